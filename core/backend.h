@@ -1,0 +1,24 @@
+/*
+ * backend: the state of one backend that every worker shares. The table of backends is built by
+ * the main thread from the config (indexed by gw_backend_cfg_t.gindex) and outlives the workers.
+ * Fields that change at run time are read and written with relaxed atomics; a worker never takes
+ * a lock on the request path.
+ */
+#ifndef GW_BACKEND_H
+#define GW_BACKEND_H
+
+#include <stdint.h>
+
+#include "common.h"
+#include "config.h"
+
+typedef struct gw_backend {
+    const gw_backend_cfg_t *cfg;
+    uint32_t upstream; /* index of its upstream in the config */
+    uint32_t index;    /* index within its upstream */
+    uint32_t inflight; /* requests in flight from all workers (GW_ATOMIC_ADD) */
+    uint32_t healthy;  /* 1 = may be picked (health checks and ejection set it) */
+    uint32_t fails;    /* consecutive failures seen by any worker */
+} gw_backend_t;
+
+#endif

@@ -1,0 +1,139 @@
+/*
+ * config: runs gateway.lua under LuaJIT, validates the table it returns and builds an immutable
+ * gw_config_t from it. After gw_config_load returns, nothing in the config changes and no
+ * lua_State is kept: workers share it read-only. All strings are NUL-terminated and owned by the
+ * config; gw_config_free releases everything.
+ *
+ * Errors name the key path and the place in the file, e.g.
+ *   gateway.lua:12: routes[2].match.path_prefix: expected string, got number
+ */
+#ifndef GW_CONFIG_H
+#define GW_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+typedef struct gw_addr {
+    char *text; /* as written in the config, e.g. "0.0.0.0:8080" */
+    struct sockaddr_storage sa;
+    socklen_t salen;
+} gw_addr_t;
+
+typedef struct gw_header_kv {
+    char *name;
+    char *value;
+} gw_header_kv_t;
+
+/* Header edits for one direction: every `set` header replaces all headers of that name (or is
+ * added), every `remove` name is dropped. Names are stored lower-case. `set` is sorted by name. */
+typedef struct gw_header_ops {
+    gw_header_kv_t *set;
+    size_t nset;
+    char **remove;
+    size_t nremove;
+} gw_header_ops_t;
+
+typedef struct gw_backend_cfg {
+    char *url;       /* "http://127.0.0.1:9001" as written */
+    char *authority; /* "127.0.0.1:9001": the Host header sent when preserve_host is off */
+    uint32_t weight; /* default 1 */
+    uint32_t gindex; /* index among all backends of all upstreams (metrics, shared state) */
+    struct sockaddr_storage sa;
+    socklen_t salen;
+} gw_backend_cfg_t;
+
+typedef struct gw_upstream_cfg {
+    char *name;
+    char *strategy; /* "round_robin" */
+    gw_backend_cfg_t *backends;
+    size_t nbackends;
+    uint32_t connect_timeout_ms; /* timeouts.connect_ms, default 1000 */
+    uint32_t read_timeout_ms;    /* timeouts.read_ms, default 30000: response head and between reads */
+    uint32_t send_timeout_ms;    /* timeouts.send_ms, default 30000: a write to the backend */
+    uint32_t retries_max;        /* retries.max, default 2 */
+    uint32_t retry_backoff_ms;   /* retries.backoff_ms, default 0 */
+    uint32_t keepalive_max_idle; /* keepalive.max_idle, default 64 (per backend per worker) */
+    uint32_t keepalive_idle_ms;  /* keepalive.idle_timeout_ms, default 60000 */
+} gw_upstream_cfg_t;
+
+typedef struct gw_respond_cfg {
+    int status; /* 100..599 */
+    char *body; /* may contain NULs; body_len is authoritative */
+    size_t body_len;
+    gw_header_kv_t *headers; /* names lower-case, sorted */
+    size_t nheaders;
+} gw_respond_cfg_t;
+
+typedef struct gw_route_cfg {
+    char *name;          /* `name`, or "routes[N]" (1-based) */
+    char *path_prefix;   /* match.path_prefix; NULL matches every path */
+    char *host;          /* match.host, lower-case; "*.example.com" matches any subdomain; NULL: any */
+    uint64_t methods;    /* match.methods as a bit mask of llhttp_method_t values; 0: any method */
+    int upstream;        /* index into gw_config_t.upstreams, or -1 for a respond route */
+    bool strip_prefix;   /* remove path_prefix from the path sent upstream */
+    char *add_prefix;    /* prepended after stripping; NULL: none */
+    bool preserve_host;  /* send the client's Host instead of the backend's authority */
+    gw_header_ops_t request_headers;
+    gw_header_ops_t response_headers;
+    bool has_respond;
+    gw_respond_cfg_t respond;
+    int line; /* line of the route in gateway.lua, 0 if unknown */
+} gw_route_cfg_t;
+
+typedef struct gw_limits {
+    uint32_t max_header_bytes; /* limits.header_bytes, default 32768: request line + headers -> 431 */
+    uint32_t max_uri_bytes;    /* limits.uri_bytes, default 8192 -> 414 */
+    uint32_t max_headers;      /* limits.headers, default 100 -> 431 */
+    uint64_t max_body_bytes;   /* limits.body_bytes, default 16 MiB, 0 = unlimited -> 413 */
+    uint32_t max_connections;  /* limits.connections, default 16384 per worker */
+} gw_limits_t;
+
+typedef struct gw_client_timeouts {
+    uint32_t header_ms;    /* timeouts.header_ms, default 10000: whole request head -> 408 */
+    uint32_t body_ms;      /* timeouts.body_ms, default 60000: whole request body, total -> 408 */
+    uint32_t keepalive_ms; /* timeouts.keepalive_ms, default 75000: idle between requests */
+    uint32_t send_ms;      /* timeouts.send_ms, default 60000: a write to the client stalls */
+    uint32_t drain_ms;     /* timeouts.drain_ms, default 10000: graceful shutdown limit */
+} gw_client_timeouts_t;
+
+typedef struct gw_config {
+    char *path; /* the file it was loaded from */
+    gw_addr_t *listen;
+    size_t nlisten;
+    uint32_t workers; /* resolved: "auto" is the number of CPUs */
+    bool admin_enabled;
+    gw_addr_t admin_listen; /* admin.listen, default 127.0.0.1:9901; admin = false disables */
+    char *admin_token;      /* admin.token, NULL: none */
+    gw_limits_t limits;
+    gw_client_timeouts_t timeouts;
+    char *access_log; /* "stdout", "stderr", a path, or NULL (off, the default) */
+    int log_level;    /* log_level: "debug" | "info" (default) | "warn" | "error" -> GW_LOG_* */
+    gw_upstream_cfg_t *upstreams;
+    size_t nupstreams;
+    gw_route_cfg_t *routes;
+    size_t nroutes;
+    size_t nbackends_total; /* sum of nbackends over upstreams */
+} gw_config_t;
+
+/**
+ * Runs the Lua file at `path`, validates the table it returns and builds a config.
+ * `lua_dir` is added to package.path (with the file's own directory); it may be NULL.
+ * Returns the config (free with gw_config_free), or NULL with *err set to a malloc'd message that
+ * the caller frees. Blocking: resolves backend host names with getaddrinfo.
+ */
+gw_config_t *gw_config_load(const char *path, const char *lua_dir, char **err);
+
+/**
+ * Same as gw_config_load but runs `source` as if it were the file `chunkname` (tests use this).
+ */
+gw_config_t *gw_config_load_string(const char *chunkname, const char *source, const char *lua_dir,
+                                   char **err);
+
+void gw_config_free(gw_config_t *cfg);
+
+/** Index of the upstream called `name`, or -1. */
+int gw_config_upstream_index(const gw_config_t *cfg, const char *name);
+
+#endif

@@ -1,0 +1,192 @@
+/*
+ * http1: helpers for HTTP/1.1 heads. Nothing here allocates except gw_buf_*, which grows inside
+ * the request arena.
+ */
+#include "http1.h"
+
+#include <llhttp.h>
+#include <stdio.h>
+
+void gw_buf_init(gw_buf_t *b, gw_arena_t *a, size_t initial)
+{
+    b->arena = a;
+    b->len = 0;
+    b->oom = false;
+    b->p = gw_arena_alloc(a, initial);
+    b->cap = b->p ? initial : 0;
+    if (!b->p)
+        b->oom = true;
+}
+
+void gw_buf_append(gw_buf_t *b, const char *p, size_t n)
+{
+    if (b->oom || n == 0)
+        return;
+    if (b->len + n > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 256;
+        while (cap < b->len + n)
+            cap *= 2;
+        char *np = gw_arena_alloc(b->arena, cap);
+        if (!np) {
+            b->oom = true;
+            return;
+        }
+        if (b->len)
+            memcpy(np, b->p, b->len);
+        b->p = np;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+}
+
+void gw_buf_append_u64(gw_buf_t *b, uint64_t v)
+{
+    char tmp[24];
+    int n = snprintf(tmp, sizeof tmp, "%llu", (unsigned long long)v);
+    gw_buf_append(b, tmp, (size_t)n);
+}
+
+void gw_buf_append_header(gw_buf_t *b, gw_slice_t name, gw_slice_t value)
+{
+    gw_buf_append_slice(b, name);
+    gw_buf_append(b, ": ", 2);
+    gw_buf_append_slice(b, value);
+    gw_buf_append(b, "\r\n", 2);
+}
+
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+bool gw_http1_is_token(gw_slice_t s)
+{
+    if (s.len == 0)
+        return false;
+    for (size_t i = 0; i < s.len; i++)
+        if (!is_tchar((unsigned char)s.p[i]))
+            return false;
+    return true;
+}
+
+bool gw_http1_is_hop_by_hop(gw_slice_t n)
+{
+    /* Dispatch on length first: this runs for every header of every request. */
+    switch (n.len) {
+    case 2:
+        return gw_slice_ieq(n, "te");
+    case 7:
+        return gw_slice_ieq(n, "upgrade") || gw_slice_ieq(n, "trailer");
+    case 10:
+        return gw_slice_ieq(n, "connection") || gw_slice_ieq(n, "keep-alive");
+    case 16:
+        return gw_slice_ieq(n, "proxy-connection");
+    case 17:
+        return gw_slice_ieq(n, "transfer-encoding");
+    default:
+        return false;
+    }
+}
+
+bool gw_http1_list_has(gw_slice_t list, gw_slice_t token)
+{
+    size_t i = 0;
+    while (i < list.len) {
+        while (i < list.len && (list.p[i] == ' ' || list.p[i] == '\t' || list.p[i] == ','))
+            i++;
+        size_t start = i;
+        while (i < list.len && list.p[i] != ',')
+            i++;
+        size_t end = i;
+        while (end > start && (list.p[end - 1] == ' ' || list.p[end - 1] == '\t'))
+            end--;
+        if (end > start && end - start == token.len) {
+            bool eq = true;
+            for (size_t k = 0; k < token.len && eq; k++) {
+                unsigned char x = (unsigned char)list.p[start + k], y = (unsigned char)token.p[k];
+                if (x >= 'A' && x <= 'Z')
+                    x = (unsigned char)(x + 32);
+                if (y >= 'A' && y <= 'Z')
+                    y = (unsigned char)(y + 32);
+                eq = x == y;
+            }
+            if (eq)
+                return true;
+        }
+    }
+    return false;
+}
+
+const char *gw_http1_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 417: return "Expectation Failed";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+bool gw_http1_method_idempotent(int method)
+{
+    switch (method) {
+    case HTTP_GET:
+    case HTTP_HEAD:
+    case HTTP_OPTIONS:
+    case HTTP_TRACE:
+    case HTTP_PUT:
+    case HTTP_DELETE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+bool gw_http1_response_bodyless(int status, bool head_request)
+{
+    return head_request || (status >= 100 && status < 200) || status == 204 || status == 304;
+}
+
+int64_t gw_http1_parse_u64(gw_slice_t s)
+{
+    if (s.len == 0 || s.len > 18)
+        return -1;
+    int64_t v = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        if (s.p[i] < '0' || s.p[i] > '9')
+            return -1;
+        v = v * 10 + (s.p[i] - '0');
+    }
+    return v;
+}

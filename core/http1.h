@@ -1,0 +1,68 @@
+/*
+ * http1: what the proxy needs to know about HTTP/1.1 beyond llhttp's parsing: header storage as
+ * slices, token and field-value rules, hop-by-hop headers, reason phrases, and an output buffer
+ * that grows in a request arena for serialising heads.
+ */
+#ifndef GW_HTTP1_H
+#define GW_HTTP1_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "arena.h"
+#include "common.h"
+
+typedef struct gw_header {
+    gw_slice_t name;
+    gw_slice_t value;
+} gw_header_t;
+
+/* An append-only byte buffer whose storage lives in an arena. A failed growth sets `oom` and
+ * makes further appends no-ops, so a serialiser checks once at the end. */
+typedef struct gw_buf {
+    char *p;
+    size_t len;
+    size_t cap;
+    gw_arena_t *arena;
+    bool oom;
+} gw_buf_t;
+
+void gw_buf_init(gw_buf_t *b, gw_arena_t *a, size_t initial);
+void gw_buf_append(gw_buf_t *b, const char *p, size_t n);
+static inline void gw_buf_append_slice(gw_buf_t *b, gw_slice_t s)
+{
+    gw_buf_append(b, s.p, s.len);
+}
+static inline void gw_buf_append_str(gw_buf_t *b, const char *s)
+{
+    gw_buf_append(b, s, strlen(s));
+}
+void gw_buf_append_u64(gw_buf_t *b, uint64_t v);
+/** Appends "name: value\r\n". */
+void gw_buf_append_header(gw_buf_t *b, gw_slice_t name, gw_slice_t value);
+
+/** True if `s` is a non-empty RFC 9110 token (field names, methods). */
+bool gw_http1_is_token(gw_slice_t s);
+
+/** True for the hop-by-hop fields a proxy must not forward (RFC 9110 §7.6.1 plus the legacy
+ * Keep-Alive and Proxy-Connection). */
+bool gw_http1_is_hop_by_hop(gw_slice_t name);
+
+/** True if the comma-separated token list `list` contains `token` (case-insensitive, OWS
+ * around elements ignored). */
+bool gw_http1_list_has(gw_slice_t list, gw_slice_t token);
+
+/** The reason phrase for `status` ("Unknown" for codes without one). */
+const char *gw_http1_reason(int status);
+
+/** True for methods RFC 9110 calls idempotent (a retry after the request reached a backend is
+ * allowed only for these). `method` is an llhttp_method_t. */
+bool gw_http1_method_idempotent(int method);
+
+/** True when a response with this status to a request with this method carries no body. */
+bool gw_http1_response_bodyless(int status, bool head_request);
+
+/** Parses a non-negative decimal integer that fills the whole slice; -1 otherwise. */
+int64_t gw_http1_parse_u64(gw_slice_t s);
+
+#endif

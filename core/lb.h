@@ -1,0 +1,73 @@
+/*
+ * lb: the strategy interface and the native strategies. A strategy is an ops table (one file per
+ * strategy, like HAProxy's backend algorithms) with per-worker state, so `pick` needs no lock.
+ * It is pure: time and randomness come in through gw_lb_ctx_t, so tests are exact.
+ *
+ * Contract of `pick`: return the index (within ctx->backends) of a healthy backend that is not in
+ * ctx->tried; when no healthy backend is left untried, an unhealthy untried one may be returned
+ * (better than failing when every health signal is wrong); return -1 only when every backend has
+ * been tried. The caller sets the tried bit of what it got before asking again (retries).
+ */
+#ifndef GW_LB_H
+#define GW_LB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "common.h"
+#include "config.h"
+
+typedef struct gw_lb_ctx {
+    gw_backend_t *const *backends; /* the upstream's backends */
+    size_t n;
+    const uint64_t *tried; /* bit i set: backends[i] already tried for this request; may be NULL */
+    uint64_t *rng;         /* the worker's generator */
+    uint64_t now_ms;
+} gw_lb_ctx_t;
+
+enum gw_lb_outcome {
+    GW_LB_OK = 0,          /* a response head arrived (any status) */
+    GW_LB_CONNECT_ERROR,   /* could not connect */
+    GW_LB_TIMEOUT,         /* connect or read timeout */
+    GW_LB_PROTOCOL_ERROR,  /* malformed response, reset mid-response */
+};
+
+typedef struct gw_lb_result {
+    enum gw_lb_outcome outcome;
+    int status;        /* HTTP status when outcome is GW_LB_OK */
+    double latency_ms; /* time to the response head */
+} gw_lb_result_t;
+
+typedef struct gw_lb_ops {
+    const char *name;
+    /** Creates per-worker state for an upstream with `n` backends. Returns 0 or negative. */
+    int (*create)(const gw_upstream_cfg_t *u, size_t n, void **state);
+    void (*destroy)(void *state);
+    /** See the contract above. */
+    int (*pick)(void *state, const gw_lb_ctx_t *ctx);
+    /** Optional: learns from the outcome of a request sent to backends[idx]. */
+    void (*on_result)(void *state, const gw_lb_ctx_t *ctx, size_t idx, const gw_lb_result_t *r);
+    /** Optional: the backend list changed (size or order); ctx describes the new list. */
+    void (*on_backends_changed)(void *state, const gw_lb_ctx_t *ctx);
+} gw_lb_ops_t;
+
+/** The native strategy called `name`, or NULL. */
+const gw_lb_ops_t *gw_lb_find(const char *name);
+
+/** Names of all native strategies, NULL-terminated (for config validation messages). */
+const char *const *gw_lb_names(void);
+
+static inline bool gw_lb_tried(const gw_lb_ctx_t *ctx, size_t i)
+{
+    return ctx->tried && (ctx->tried[i / 64] >> (i % 64)) & 1;
+}
+
+static inline void gw_lb_set_tried(uint64_t *tried, size_t i)
+{
+    tried[i / 64] |= (uint64_t)1 << (i % 64);
+}
+
+extern const gw_lb_ops_t gw_lb_round_robin;
+
+#endif

@@ -1,0 +1,435 @@
+/*
+ * metrics: per-worker metric shards and their Prometheus text exposition (format 0.0.4).
+ *
+ * Ownership and threading: a shard is allocated by the main thread for one worker and written only
+ * by that worker, with single-writer relaxed stores (GW_COUNTER_ADD), so the hot path pays no lock
+ * prefix. gw_metrics_render runs on the main thread while the workers keep writing; it reads every
+ * field with GW_RELAXED_LOAD, so no value is ever torn, but values read at slightly different
+ * moments may disagree by an observation or two. The one place where that would break the format
+ * is a histogram whose `_count` differs from its `+Inf` bucket, so `_count` is derived from the
+ * buckets rather than read from the `count` field.
+ *
+ * The rendered text is built in a growable buffer owned by the renderer until it is returned;
+ * every growth is checked and an allocation failure makes gw_metrics_render return NULL.
+ */
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "common.h"
+#include "metrics.h"
+
+#ifndef PGW_VERSION
+#define PGW_VERSION "dev"
+#endif
+
+/* Bucket upper bounds, inclusive as Prometheus defines `le`, in microseconds and as labels. */
+static const uint64_t gw_hist_bounds_us[GW_HIST_NBUCKETS] = {
+    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
+    1000000, 2500000, 5000000, 10000000, 30000000,
+};
+static const char *const gw_hist_le[GW_HIST_NBUCKETS + 1] = {
+    "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
+    "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "30",    "+Inf",
+};
+
+static const char *const gw_status_class_label[GW_STATUS_CLASSES] = {
+    "other", "1xx", "2xx", "3xx", "4xx", "5xx",
+};
+
+static const char *const gw_uerr_label[GW_UERR_MAX] = {
+    "connect", "timeout", "protocol", "reset",
+};
+
+/* Shards are control structures sized by the config, not by peer input: OOM aborts. calloc(0)
+ * may legally return NULL, so every array gets at least one element. */
+static void *gw_metrics_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (p == NULL) {
+        fputs("prequal-gw: out of memory allocating metric shards\n", stderr);
+        abort();
+    }
+    return p;
+}
+
+gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg)
+{
+    gw_metrics_shard_t *s = gw_metrics_xcalloc(1, sizeof(*s));
+    s->nroutes = cfg->nroutes;
+    s->nbackends = cfg->nbackends_total;
+    s->nupstreams = cfg->nupstreams;
+    s->requests = gw_metrics_xcalloc(s->nroutes + 1, sizeof(*s->requests));
+    s->request_duration = gw_metrics_xcalloc(s->nroutes + 1, sizeof(*s->request_duration));
+    s->upstream_requests = gw_metrics_xcalloc(s->nbackends, sizeof(*s->upstream_requests));
+    s->upstream_latency = gw_metrics_xcalloc(s->nbackends, sizeof(*s->upstream_latency));
+    s->upstream_errors = gw_metrics_xcalloc(s->nbackends, sizeof(*s->upstream_errors));
+    s->retries = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->retries));
+    return s;
+}
+
+void gw_metrics_shard_free(gw_metrics_shard_t *s)
+{
+    if (s == NULL)
+        return;
+    free(s->requests);
+    free(s->request_duration);
+    free(s->upstream_requests);
+    free(s->upstream_latency);
+    free(s->upstream_errors);
+    free(s->retries);
+    free(s);
+}
+
+void gw_histogram_observe(gw_histogram_t *h, uint64_t usec)
+{
+    size_t i = 0;
+    while (i < GW_HIST_NBUCKETS && usec > gw_hist_bounds_us[i])
+        i++;
+    GW_COUNTER_INC(h->buckets[i]);
+    GW_COUNTER_ADD(h->sum_us, usec);
+    GW_COUNTER_INC(h->count);
+}
+
+/* ---- output buffer ---- */
+
+typedef struct gw_mbuf {
+    char *p;
+    size_t len;
+    size_t cap;
+    bool oom; /* sticky: once set, every append is a no-op and render returns NULL */
+} gw_mbuf_t;
+
+/* Makes room for `extra` more bytes plus a NUL. Returns false (and sets oom) on failure. */
+static bool gw_mbuf_reserve(gw_mbuf_t *b, size_t extra)
+{
+    if (b->oom)
+        return false;
+    if (extra > SIZE_MAX - b->len - 1) {
+        b->oom = true;
+        return false;
+    }
+    size_t need = b->len + extra + 1;
+    if (need <= b->cap)
+        return true;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) {
+            cap = need;
+            break;
+        }
+        cap *= 2;
+    }
+    char *p = realloc(b->p, cap);
+    if (p == NULL) {
+        b->oom = true;
+        return false;
+    }
+    b->p = p;
+    b->cap = cap;
+    return true;
+}
+
+static void gw_mbuf_add(gw_mbuf_t *b, const char *s, size_t n)
+{
+    if (!gw_mbuf_reserve(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = '\0';
+}
+
+static void gw_mbuf_puts(gw_mbuf_t *b, const char *s)
+{
+    gw_mbuf_add(b, s, strlen(s));
+}
+
+static void gw_mbuf_printf(gw_mbuf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void gw_mbuf_printf(gw_mbuf_t *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->oom = true;
+        return;
+    }
+    if (!gw_mbuf_reserve(b, (size_t)n))
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+/* A label value, escaped as the text format requires: backslash, double quote and newline. */
+static void gw_mbuf_label_value(gw_mbuf_t *b, const char *s)
+{
+    for (const char *p = s; *p; p++) {
+        switch (*p) {
+        case '\\':
+            gw_mbuf_add(b, "\\\\", 2);
+            break;
+        case '"':
+            gw_mbuf_add(b, "\\\"", 2);
+            break;
+        case '\n':
+            gw_mbuf_add(b, "\\n", 2);
+            break;
+        default:
+            gw_mbuf_add(b, p, 1);
+        }
+    }
+}
+
+/* `name="value"`, with a leading comma unless it is the first label. */
+static void gw_mbuf_label(gw_mbuf_t *b, bool first, const char *name, const char *value)
+{
+    if (!first)
+        gw_mbuf_add(b, ",", 1);
+    gw_mbuf_puts(b, name);
+    gw_mbuf_add(b, "=\"", 2);
+    gw_mbuf_label_value(b, value);
+    gw_mbuf_add(b, "\"", 1);
+}
+
+static void gw_mbuf_family(gw_mbuf_t *b, const char *name, const char *type, const char *help)
+{
+    gw_mbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Microseconds as exact decimal seconds, without trailing zeros ("0.0125", "3"). */
+static void gw_mbuf_seconds(gw_mbuf_t *b, uint64_t usec)
+{
+    uint64_t whole = usec / 1000000, frac = usec % 1000000;
+    if (frac == 0) {
+        gw_mbuf_printf(b, "%" PRIu64, whole);
+        return;
+    }
+    char digits[8];
+    snprintf(digits, sizeof(digits), "%06" PRIu64, frac);
+    size_t n = 6;
+    while (digits[n - 1] == '0')
+        n--;
+    digits[n] = '\0';
+    gw_mbuf_printf(b, "%" PRIu64 ".%s", whole, digits);
+}
+
+/* ---- summing shards ---- */
+
+static void gw_hist_accumulate(gw_histogram_t *acc, gw_histogram_t *h)
+{
+    for (size_t i = 0; i <= GW_HIST_NBUCKETS; i++)
+        acc->buckets[i] += GW_RELAXED_LOAD(h->buckets[i]);
+    acc->sum_us += GW_RELAXED_LOAD(h->sum_us);
+}
+
+/*
+ * One histogram series: cumulative buckets, _sum and _count. `labels` is the already escaped
+ * label list without braces (may be empty); `le` is appended to it.
+ */
+static void gw_mbuf_histogram(gw_mbuf_t *b, const char *name, const char *labels,
+                              const gw_histogram_t *h)
+{
+    uint64_t cum = 0;
+    const char *sep = labels[0] ? "," : "";
+    for (size_t i = 0; i <= GW_HIST_NBUCKETS; i++) {
+        cum += h->buckets[i];
+        gw_mbuf_printf(b, "%s_bucket{%s%sle=\"%s\"} %" PRIu64 "\n", name, labels, sep,
+                       gw_hist_le[i], cum);
+    }
+    gw_mbuf_printf(b, "%s_sum%s%s%s ", name, labels[0] ? "{" : "", labels, labels[0] ? "}" : "");
+    gw_mbuf_seconds(b, h->sum_us);
+    gw_mbuf_printf(b, "\n%s_count%s%s%s %" PRIu64 "\n", name, labels[0] ? "{" : "", labels,
+                   labels[0] ? "}" : "", cum);
+}
+
+/* Escaped label lists are built in a scratch buffer, reused for every series. */
+static const char *gw_labels_route(gw_mbuf_t *tmp, const char *route)
+{
+    tmp->len = 0;
+    gw_mbuf_label(tmp, true, "route", route);
+    return tmp->oom ? "" : tmp->p;
+}
+
+static const char *gw_labels_backend(gw_mbuf_t *tmp, const char *upstream, const char *backend)
+{
+    tmp->len = 0;
+    gw_mbuf_label(tmp, true, "upstream", upstream);
+    gw_mbuf_label(tmp, false, "backend", backend);
+    return tmp->oom ? "" : tmp->p;
+}
+
+/* Name of route row r: the configured name, or "(none)" for the no-route row. */
+static const char *gw_route_label(const gw_config_t *cfg, size_t r)
+{
+    return r < cfg->nroutes ? cfg->routes[r].name : "(none)";
+}
+
+/*
+ * Row index inside shard `s` for config row r. The last row of a shard is always "no route";
+ * a shard sized for a different config (a reload in progress) contributes only the rows it has.
+ * Returns SIZE_MAX when the shard has no such row.
+ */
+static size_t gw_shard_route_row(const gw_config_t *cfg, const gw_metrics_shard_t *s, size_t r)
+{
+    if (r == cfg->nroutes)
+        return s->nroutes;
+    return r < s->nroutes ? r : SIZE_MAX;
+}
+
+static void gw_render_requests(gw_mbuf_t *b, gw_mbuf_t *tmp, const gw_config_t *cfg,
+                               gw_metrics_shard_t *const *shards, size_t nshards)
+{
+    gw_mbuf_family(b, "gw_requests_total", "counter",
+                   "Requests answered, by route and status class.");
+    for (size_t r = 0; r <= cfg->nroutes; r++) {
+        uint64_t sum[GW_STATUS_CLASSES] = {0};
+        for (size_t k = 0; k < nshards; k++) {
+            size_t row = gw_shard_route_row(cfg, shards[k], r);
+            if (row == SIZE_MAX)
+                continue;
+            for (size_t c = 0; c < GW_STATUS_CLASSES; c++)
+                sum[c] += GW_RELAXED_LOAD(shards[k]->requests[row][c]);
+        }
+        const char *labels = gw_labels_route(tmp, gw_route_label(cfg, r));
+        /* 1xx..5xx in order, then "other"; 2xx..5xx always so dashboards see zeros. */
+        for (size_t i = 1; i <= GW_STATUS_CLASSES; i++) {
+            size_t c = i % GW_STATUS_CLASSES;
+            if ((c == 0 || c == 1) && sum[c] == 0)
+                continue;
+            gw_mbuf_printf(b, "gw_requests_total{%s,code=\"%s\"} %" PRIu64 "\n", labels,
+                           gw_status_class_label[c], sum[c]);
+        }
+    }
+
+    gw_mbuf_family(b, "gw_request_duration_seconds", "histogram",
+                   "Time from the request head to the end of the response, by route.");
+    for (size_t r = 0; r <= cfg->nroutes; r++) {
+        gw_histogram_t h = {.count = 0};
+        for (size_t k = 0; k < nshards; k++) {
+            size_t row = gw_shard_route_row(cfg, shards[k], r);
+            if (row != SIZE_MAX)
+                gw_hist_accumulate(&h, &shards[k]->request_duration[row]);
+        }
+        gw_mbuf_histogram(b, "gw_request_duration_seconds",
+                          gw_labels_route(tmp, gw_route_label(cfg, r)), &h);
+    }
+}
+
+/* Iterates over every backend of every upstream, in config order. */
+#define GW_FOR_EACH_BACKEND(cfg, u, be)                                                            \
+    for (size_t u = 0; u < (cfg)->nupstreams; u++)                                                 \
+        for (const gw_backend_cfg_t *be = (cfg)->upstreams[u].backends;                            \
+             be < (cfg)->upstreams[u].backends + (cfg)->upstreams[u].nbackends; be++)
+
+static void gw_render_upstreams(gw_mbuf_t *b, gw_mbuf_t *tmp, const gw_config_t *cfg,
+                                gw_metrics_shard_t *const *shards, size_t nshards,
+                                gw_backend_t *const *backends)
+{
+    gw_mbuf_family(b, "gw_upstream_requests_total", "counter",
+                   "Requests sent to a backend.");
+    GW_FOR_EACH_BACKEND (cfg, u, be) {
+        uint64_t sum = 0;
+        for (size_t k = 0; k < nshards; k++)
+            if (be->gindex < shards[k]->nbackends)
+                sum += GW_RELAXED_LOAD(shards[k]->upstream_requests[be->gindex]);
+        gw_mbuf_printf(b, "gw_upstream_requests_total{%s} %" PRIu64 "\n",
+                       gw_labels_backend(tmp, cfg->upstreams[u].name, be->url), sum);
+    }
+
+    gw_mbuf_family(b, "gw_upstream_latency_seconds", "histogram",
+                   "Time from sending a request to a backend to its response head.");
+    GW_FOR_EACH_BACKEND (cfg, u, be) {
+        gw_histogram_t h = {.count = 0};
+        for (size_t k = 0; k < nshards; k++)
+            if (be->gindex < shards[k]->nbackends)
+                gw_hist_accumulate(&h, &shards[k]->upstream_latency[be->gindex]);
+        gw_mbuf_histogram(b, "gw_upstream_latency_seconds",
+                          gw_labels_backend(tmp, cfg->upstreams[u].name, be->url), &h);
+    }
+
+    if (backends != NULL) {
+        gw_mbuf_family(b, "gw_upstream_in_flight", "gauge",
+                       "Requests in flight to a backend, from all workers.");
+        GW_FOR_EACH_BACKEND (cfg, u, be) {
+            if (be->gindex >= cfg->nbackends_total || backends[be->gindex] == NULL)
+                continue;
+            gw_mbuf_printf(b, "gw_upstream_in_flight{%s} %" PRIu32 "\n",
+                           gw_labels_backend(tmp, cfg->upstreams[u].name, be->url),
+                           GW_RELAXED_LOAD(backends[be->gindex]->inflight));
+        }
+        gw_mbuf_family(b, "gw_upstream_healthy", "gauge",
+                       "1 if the backend may be picked, 0 if it is down or ejected.");
+        GW_FOR_EACH_BACKEND (cfg, u, be) {
+            if (be->gindex >= cfg->nbackends_total || backends[be->gindex] == NULL)
+                continue;
+            gw_mbuf_printf(b, "gw_upstream_healthy{%s} %d\n",
+                           gw_labels_backend(tmp, cfg->upstreams[u].name, be->url),
+                           GW_RELAXED_LOAD(backends[be->gindex]->healthy) ? 1 : 0);
+        }
+    }
+
+    gw_mbuf_family(b, "gw_upstream_errors_total", "counter",
+                   "Failed attempts to a backend, by kind.");
+    GW_FOR_EACH_BACKEND (cfg, u, be) {
+        uint64_t sum[GW_UERR_MAX] = {0};
+        for (size_t k = 0; k < nshards; k++)
+            if (be->gindex < shards[k]->nbackends)
+                for (size_t e = 0; e < GW_UERR_MAX; e++)
+                    sum[e] += GW_RELAXED_LOAD(shards[k]->upstream_errors[be->gindex][e]);
+        const char *labels = gw_labels_backend(tmp, cfg->upstreams[u].name, be->url);
+        for (size_t e = 0; e < GW_UERR_MAX; e++)
+            gw_mbuf_printf(b, "gw_upstream_errors_total{%s,kind=\"%s\"} %" PRIu64 "\n", labels,
+                           gw_uerr_label[e], sum[e]);
+    }
+
+    gw_mbuf_family(b, "gw_retries_total", "counter", "Retried upstream attempts.");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        uint64_t sum = 0;
+        for (size_t k = 0; k < nshards; k++)
+            if (u < shards[k]->nupstreams)
+                sum += GW_RELAXED_LOAD(shards[k]->retries[u]);
+        tmp->len = 0;
+        gw_mbuf_label(tmp, true, "upstream", cfg->upstreams[u].name);
+        gw_mbuf_printf(b, "gw_retries_total{%s} %" PRIu64 "\n", tmp->oom ? "" : tmp->p, sum);
+    }
+}
+
+char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shards, size_t nshards,
+                        gw_backend_t *const *backends, size_t *len)
+{
+    gw_mbuf_t b = {0}, tmp = {0};
+
+    gw_render_requests(&b, &tmp, cfg, shards, nshards);
+    gw_render_upstreams(&b, &tmp, cfg, shards, nshards, backends);
+
+    uint64_t active = 0, total = 0;
+    for (size_t k = 0; k < nshards; k++) {
+        active += GW_RELAXED_LOAD(shards[k]->connections_active);
+        total += GW_RELAXED_LOAD(shards[k]->connections_total);
+    }
+    gw_mbuf_family(&b, "gw_connections_active", "gauge", "Open client connections.");
+    gw_mbuf_printf(&b, "gw_connections_active %" PRIu64 "\n", active);
+    gw_mbuf_family(&b, "gw_connections_total", "counter", "Client connections accepted.");
+    gw_mbuf_printf(&b, "gw_connections_total %" PRIu64 "\n", total);
+    gw_mbuf_family(&b, "gw_workers", "gauge", "Worker threads.");
+    gw_mbuf_printf(&b, "gw_workers %zu\n", nshards);
+    gw_mbuf_family(&b, "gw_build_info", "gauge", "Build information; the value is always 1.");
+    gw_mbuf_puts(&b, "gw_build_info{");
+    gw_mbuf_label(&b, true, "version", PGW_VERSION);
+    gw_mbuf_puts(&b, "} 1\n");
+
+    bool failed = b.oom || tmp.oom;
+    free(tmp.p);
+    if (failed) {
+        free(b.p);
+        return NULL;
+    }
+    *len = b.len;
+    return b.p;
+}

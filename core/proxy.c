@@ -1,0 +1,800 @@
+/*
+ * proxy: forwarding one request. Picks a backend through the upstream's strategy, leases a
+ * keep-alive connection (or connects), writes the head and streams the body, parses the response
+ * with llhttp, rewrites its head for the client and streams its body back, then returns the
+ * connection to the pool if it is still trustworthy.
+ *
+ * Retries: a request is tried again on another backend (the tried bit set keeps the strategy
+ * from picking the same one) when nothing reached the failed backend (connect refused or timed
+ * out), or when a reused keep-alive connection turned out to be closed before answering and the
+ * request is idempotent and has no body (the classic stale-connection race). Anything else that
+ * fails after bytes were sent is answered with 502/504 and not retried.
+ *
+ * Backpressure: while a write to the client is pending we do not read from the backend, and
+ * while a body write to the backend is pending we do not read from the client, so at most one
+ * buffer of each direction is in memory whatever the peers' speeds.
+ *
+ * Response framing to the client: Content-Length is kept; chunked passes through raw to HTTP/1.1
+ * clients and is de-chunked for HTTP/1.0 clients; a close-delimited body is passed through and
+ * the client connection closed after it.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "log.h"
+#include "worker.h"
+
+static llhttp_settings_t resp_settings;
+static uv_once_t resp_once = UV_ONCE_INIT;
+
+static void proxy_attempt(gw_conn_t *c);
+static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind, bool connect_phase);
+static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u);
+
+/* ---- response parser callbacks ---- */
+
+static int on_resp_status(llhttp_t *p, const char *at, size_t n)
+{
+    gw_upconn_t *u = p->data;
+    if (!u->reason.p)
+        u->reason.p = at;
+    u->reason.len += n;
+    return 0;
+}
+
+static int on_resp_header_field(llhttp_t *p, const char *at, size_t n)
+{
+    gw_upconn_t *u = p->data;
+    if (u->head_done || !u->conn)
+        return 0; /* trailers pass through raw */
+    if (u->in_field) {
+        u->headers[u->nheaders - 1].name.len += n;
+        return 0;
+    }
+    if (u->nheaders == u->cap_headers) {
+        if (u->cap_headers >= 256)
+            return -1;
+        uint32_t cap = u->cap_headers ? u->cap_headers * 2 : 32;
+        gw_header_t *h = gw_arena_alloc(&u->conn->arena, cap * sizeof *h);
+        if (!h)
+            return -1;
+        if (u->nheaders)
+            memcpy(h, u->headers, u->nheaders * sizeof *h);
+        u->headers = h;
+        u->cap_headers = cap;
+    }
+    gw_header_t *h = &u->headers[u->nheaders++];
+    h->name = GW_SLICE(at, n);
+    h->value = GW_SLICE(NULL, 0);
+    u->in_field = true;
+    return 0;
+}
+
+static int on_resp_header_field_complete(llhttp_t *p)
+{
+    gw_upconn_t *u = p->data;
+    u->in_field = false;
+    return 0;
+}
+
+static int on_resp_header_value(llhttp_t *p, const char *at, size_t n)
+{
+    gw_upconn_t *u = p->data;
+    if (u->head_done || !u->conn || u->nheaders == 0)
+        return 0;
+    gw_header_t *h = &u->headers[u->nheaders - 1];
+    if (!h->value.p)
+        h->value.p = at;
+    h->value.len += n;
+    return 0;
+}
+
+static int on_resp_header_value_complete(llhttp_t *p)
+{
+    gw_upconn_t *u = p->data;
+    if (u->head_done || !u->conn || u->nheaders == 0)
+        return 0;
+    gw_header_t *h = &u->headers[u->nheaders - 1];
+    if (!h->value.p)
+        h->value.p = h->name.p + h->name.len;
+    while (h->value.len && (h->value.p[h->value.len - 1] == ' ' || h->value.p[h->value.len - 1] == '\t'))
+        h->value.len--;
+    return 0;
+}
+
+static int on_resp_headers_complete(llhttp_t *p)
+{
+    gw_upconn_t *u = p->data;
+    /* A response to HEAD has no body whatever its Content-Length says; llhttp reads the flag
+     * after this callback returns (it is what returning 1 would set). */
+    if (u->conn && u->conn->req.head_request)
+        p->flags |= F_SKIPBODY;
+    return HPE_PAUSED;
+}
+
+static int on_resp_body(llhttp_t *p, const char *at, size_t n)
+{
+    gw_upconn_t *u = p->data;
+    if (!u->dechunk)
+        return 0;
+    if (u->nbody_bufs == u->cap_body_bufs) {
+        uint32_t cap = u->cap_body_bufs ? u->cap_body_bufs * 2 : 16;
+        uv_buf_t *b = realloc(u->body_bufs, cap * sizeof *b);
+        if (!b)
+            return -1;
+        u->body_bufs = b;
+        u->cap_body_bufs = cap;
+    }
+    u->body_bufs[u->nbody_bufs++] = uv_buf_init((char *)at, (unsigned)n);
+    return 0;
+}
+
+static int on_resp_message_complete(llhttp_t *p)
+{
+    gw_upconn_t *u = p->data;
+    u->message_done = true;
+    return HPE_PAUSED;
+}
+
+static void resp_settings_init(void)
+{
+    llhttp_settings_init(&resp_settings);
+    resp_settings.on_status = on_resp_status;
+    resp_settings.on_header_field = on_resp_header_field;
+    resp_settings.on_header_field_complete = on_resp_header_field_complete;
+    resp_settings.on_header_value = on_resp_header_value;
+    resp_settings.on_header_value_complete = on_resp_header_value_complete;
+    resp_settings.on_headers_complete = on_resp_headers_complete;
+    resp_settings.on_body = on_resp_body;
+    resp_settings.on_message_complete = on_resp_message_complete;
+}
+
+/* ---- attaching and detaching ---- */
+
+static void proxy_attach(gw_conn_t *c, gw_upconn_t *u)
+{
+    uv_once(&resp_once, resp_settings_init);
+    c->up = u;
+    u->conn = c;
+    u->head_done = u->message_done = u->got_bytes = false;
+    u->interim = u->dechunk = u->close_delimited = false;
+    u->nbody_bufs = 0;
+    u->headers = NULL;
+    u->nheaders = u->cap_headers = 0;
+    u->in_field = false;
+    u->reason = GW_SLICE(NULL, 0);
+    llhttp_init(&u->parser, HTTP_RESPONSE, &resp_settings);
+    u->parser.data = u;
+}
+
+static void proxy_release_inflight(gw_conn_t *c)
+{
+    if (c->req.inflight && c->req.backend) {
+        GW_ATOMIC_ADD(c->req.backend->inflight, (uint32_t)-1);
+        c->req.inflight = false;
+    }
+}
+
+/* Detaches and closes the request's upstream connection (it cannot be reused). */
+static void proxy_drop_upstream(gw_conn_t *c)
+{
+    gw_upconn_t *u = c->up;
+    proxy_release_inflight(c);
+    if (!u)
+        return;
+    c->up = NULL;
+    u->conn = NULL;
+    gw_upconn_close(u);
+}
+
+void gw_proxy_abort(gw_conn_t *c)
+{
+    uv_timer_stop(&c->aux_timer);
+    proxy_drop_upstream(c);
+}
+
+static void proxy_report(gw_conn_t *c, enum gw_lb_outcome outcome, int status)
+{
+    gw_request_t *r = &c->req;
+    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
+    if (!wu->lb->on_result || !r->backend)
+        return;
+    gw_lb_ctx_t ctx = {wu->backends, wu->n, r->tried, &c->w->rng, uv_now(&c->w->loop)};
+    gw_lb_result_t res = {outcome, status,
+                          r->upstream_head_ns ? (double)(r->upstream_head_ns - r->upstream_start_ns) / 1e6 : 0};
+    wu->lb->on_result(wu->lb_state, &ctx, r->backend->index, &res);
+}
+
+/* ---- sending the request ---- */
+
+static void proxy_on_up_write(uv_write_t *req, int status)
+{
+    gw_upconn_t *u = req->data;
+    u->write_pending = false;
+    if (u->state == GW_US_CLOSING)
+        return;
+    gw_conn_t *c = u->conn;
+    if (!c) {
+        gw_upconn_close(u);
+        return;
+    }
+    if (status < 0) {
+        if (u->state == GW_US_TUNNEL) {
+            gw_conn_close(c);
+            return;
+        }
+        /* The backend went away while we were sending. If it already answered, the reader will
+         * see that; otherwise this is a reset. */
+        if (!u->head_done)
+            proxy_fail(c, u, GW_UERR_RESET, false);
+        return;
+    }
+    if (u->state == GW_US_TUNNEL) {
+        gw_conn_tunnel_consumed(c);
+        return;
+    }
+    if (!u->head_done)
+        gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
+    if (u->write_kind == GW_UW_HEAD && c->req.expect_continue && !c->req.body_done &&
+        !c->req.response_started)
+        gw_conn_send_continue(c);
+    gw_conn_resume_body(c);
+}
+
+static int proxy_up_write(gw_upconn_t *u, const uv_buf_t *bufs, unsigned n, int kind)
+{
+    u->write_kind = kind;
+    u->write_pending = true;
+    int rc = uv_write(&u->wreq, (uv_stream_t *)&u->tcp, bufs, n, proxy_on_up_write);
+    if (rc != 0)
+        u->write_pending = false;
+    return rc;
+}
+
+static void proxy_send_head(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_request_t *r = &c->req;
+    const gw_route_cfg_t *route = &c->w->cfg->routes[r->route];
+    u->state = GW_US_ACTIVE;
+    u->requests++;
+    gw_slice_t host = route->preserve_host && r->host.len
+                          ? r->host
+                          : GW_SLICE(u->pool->backend->cfg->authority, strlen(u->pool->backend->cfg->authority));
+    gw_buf_t tail;
+    gw_buf_init(&tail, &c->arena, host.len + 16);
+    gw_buf_append_header(&tail, GW_SLICE_LIT("Host"), host);
+    gw_buf_append(&tail, "\r\n", 2);
+    if (tail.oom) {
+        proxy_drop_upstream(c);
+        gw_conn_close(c);
+        return;
+    }
+    uv_buf_t bufs[2] = {uv_buf_init(r->up_head.p, (unsigned)r->up_head.len), uv_buf_init(tail.p, (unsigned)tail.len)};
+    r->upstream_sent = true;
+    r->upstream_start_ns = gw_now_ns();
+    GW_ATOMIC_ADD(r->backend->inflight, 1);
+    r->inflight = true;
+    GW_COUNTER_INC(c->w->metrics->upstream_requests[r->backend->cfg->gindex]);
+    if (proxy_up_write(u, bufs, 2, GW_UW_HEAD) != 0 || gw_upconn_read_start(u) != 0) {
+        proxy_fail(c, u, GW_UERR_RESET, false);
+        return;
+    }
+    gw_upconn_arm(u, u->pool->ucfg->send_timeout_ms);
+}
+
+void gw_proxy_body(gw_conn_t *c, const char *p, size_t n, bool last)
+{
+    gw_upconn_t *u = c->up;
+    if (!u || u->state != GW_US_ACTIVE || n == 0) {
+        /* Nothing to send, or the backend already answered and left: the bytes are dropped
+         * (the client connection closes after the response since the body was not used). */
+        if (u || !c->req.response_started || n == 0) {
+            if (!u)
+                c->req.close_after = true;
+        }
+        gw_conn_resume_body(c);
+        return;
+    }
+    uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
+    if (proxy_up_write(u, &b, 1, GW_UW_BODY) != 0) {
+        proxy_fail(c, u, GW_UERR_RESET, false);
+        return;
+    }
+    if (!u->head_done)
+        gw_upconn_arm(u, u->pool->ucfg->send_timeout_ms);
+}
+
+/* ---- picking and connecting ---- */
+
+static void proxy_on_backoff(uv_timer_t *t)
+{
+    gw_conn_t *c = t->data;
+    if (c->state == GW_CS_CLOSING)
+        return;
+    proxy_attempt(c);
+}
+
+static void proxy_attempt(gw_conn_t *c)
+{
+    gw_request_t *r = &c->req;
+    gw_worker_t *w = c->w;
+    gw_worker_upstream_t *wu = &w->ups[r->upstream];
+    if (wu->n == 0) {
+        gw_conn_respond_error(c, 503, "no_backend", "the upstream has no backends");
+        return;
+    }
+    gw_lb_ctx_t ctx = {wu->backends, wu->n, r->tried, &w->rng, uv_now(&w->loop)};
+    int idx = wu->lb->pick(wu->lb_state, &ctx);
+    if (idx < 0 || (size_t)idx >= wu->n) {
+        if (r->attempts == 0)
+            gw_conn_respond_error(c, 503, "no_healthy_backend", "no backend is available");
+        else if (r->last_error == GW_UERR_TIMEOUT)
+            gw_conn_respond_error(c, 504, "upstream_timeout", "the upstream did not answer in time");
+        else
+            gw_conn_respond_error(c, 502, "upstream_unavailable", "no upstream could be reached");
+        return;
+    }
+    if ((size_t)idx < 64 * GW_ARRAY_LEN(r->tried))
+        gw_lb_set_tried(r->tried, (size_t)idx);
+    gw_backend_t *b = wu->backends[idx];
+    r->backend = b;
+    r->attempts++;
+    gw_pool_t *pool = &w->pools[b->cfg->gindex];
+    gw_upconn_t *u = gw_pool_lease(pool);
+    if (u) {
+        proxy_attach(c, u);
+        u->reused = true;
+        proxy_send_head(c, u);
+        return;
+    }
+    u = gw_upconn_connect(w, pool);
+    if (!u) {
+        proxy_fail(c, NULL, GW_UERR_CONNECT, true);
+        return;
+    }
+    proxy_attach(c, u);
+    u->reused = false;
+}
+
+void gw_proxy_start(gw_conn_t *c)
+{
+    c->req.attempts = 0;
+    proxy_attempt(c);
+}
+
+void gw_proxy_on_connect(gw_upconn_t *u, int status)
+{
+    gw_conn_t *c = u->conn;
+    if (!c) {
+        gw_upconn_close(u);
+        return;
+    }
+    if (status < 0) {
+        gw_log_debug("connect %s: %s", u->pool->backend->cfg->url, uv_strerror(status));
+        proxy_fail(c, u, GW_UERR_CONNECT, true);
+        return;
+    }
+    uv_timer_stop(&u->timer);
+    proxy_send_head(c, u);
+}
+
+/* A backend failed this request. Counts it, then retries or answers with an error. */
+static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind, bool connect_phase)
+{
+    gw_request_t *r = &c->req;
+    gw_worker_t *w = c->w;
+    const gw_upstream_cfg_t *ucfg = w->ups[r->upstream].cfg;
+    if (r->backend)
+        GW_COUNTER_INC(w->metrics->upstream_errors[r->backend->cfg->gindex][kind]);
+    proxy_report(c, kind == GW_UERR_TIMEOUT ? GW_LB_TIMEOUT
+                    : kind == GW_UERR_CONNECT ? GW_LB_CONNECT_ERROR
+                                              : GW_LB_PROTOCOL_ERROR,
+                 0);
+    bool stale = u && u->reused && !u->got_bytes && kind == GW_UERR_RESET;
+    if (u) {
+        u->reusable = false;
+        proxy_drop_upstream(c);
+    } else {
+        proxy_release_inflight(c);
+    }
+    r->last_error = kind;
+    if (r->response_started) {
+        gw_conn_close(c);
+        return;
+    }
+    /* A reused connection that the backend had already closed is not the backend's fault and
+     * not a real attempt: try the same backend again on a fresh connection. */
+    bool safe = connect_phase || (stale && gw_http1_method_idempotent(r->method) && !r->has_body);
+    if (safe && stale && r->stale_retries < 2) {
+        r->stale_retries++;
+        r->attempts--;
+        if (r->backend)
+            r->tried[r->backend->index / 64] &= ~((uint64_t)1 << (r->backend->index % 64));
+        proxy_attempt(c);
+        return;
+    }
+    if (safe && r->attempts <= ucfg->retries_max) {
+        GW_COUNTER_INC(w->metrics->retries[r->upstream]);
+        if (ucfg->retry_backoff_ms) {
+            uv_timer_start(&c->aux_timer, proxy_on_backoff, ucfg->retry_backoff_ms, 0);
+            return;
+        }
+        proxy_attempt(c);
+        return;
+    }
+    switch (kind) {
+    case GW_UERR_TIMEOUT:
+        gw_conn_respond_error(c, 504, "upstream_timeout", "the upstream did not answer in time");
+        break;
+    case GW_UERR_CONNECT:
+        gw_conn_respond_error(c, 502, "upstream_unavailable", "no upstream could be reached");
+        break;
+    case GW_UERR_PROTOCOL:
+        gw_conn_respond_error(c, 502, "upstream_protocol_error", "the upstream sent an invalid response");
+        break;
+    default:
+        gw_conn_respond_error(c, 502, "upstream_reset", "the upstream closed the connection");
+        break;
+    }
+}
+
+void gw_proxy_on_timeout(gw_upconn_t *u)
+{
+    gw_conn_t *c = u->conn;
+    if (!c) {
+        gw_upconn_close(u);
+        return;
+    }
+    if (u->state == GW_US_CONNECTING) {
+        proxy_fail(c, u, GW_UERR_TIMEOUT, true);
+        return;
+    }
+    if (c->req.response_started) {
+        GW_COUNTER_INC(c->w->metrics->upstream_errors[c->req.backend->cfg->gindex][GW_UERR_TIMEOUT]);
+        gw_conn_close(c);
+        return;
+    }
+    proxy_fail(c, u, GW_UERR_TIMEOUT, false);
+}
+
+/* ---- the response ---- */
+
+/* The response is complete and everything was written to the client. */
+static void proxy_finish(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_request_t *r = &c->req;
+    proxy_release_inflight(c);
+    c->up = NULL;
+    u->conn = NULL;
+    if (!r->body_done || u->close_delimited || !llhttp_should_keep_alive(&u->parser))
+        u->reusable = false;
+    if (!r->body_done)
+        r->close_after = true;
+    gw_pool_release(u);
+    gw_conn_request_done(c);
+}
+
+static void proxy_on_client_written(gw_conn_t *c, int status)
+{
+    gw_proxy_client_drained(c);
+}
+
+void gw_proxy_client_drained(gw_conn_t *c)
+{
+    gw_upconn_t *u = c->up;
+    if (!u)
+        return;
+    u->nbody_bufs = 0;
+    if (u->state == GW_US_TUNNEL) {
+        u->in_len = u->parsed = 0;
+        gw_upconn_read_start(u);
+        return;
+    }
+    if (u->message_done) {
+        proxy_finish(c, u);
+        return;
+    }
+    if (u->parsed == u->in_len)
+        u->in_len = u->parsed = 0;
+    gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
+    if (u->parsed < u->in_len) {
+        proxy_process_response(c, u);
+        return;
+    }
+    gw_upconn_read_start(u);
+}
+
+/* Builds the head sent to the client from the backend's response head. */
+static bool proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
+{
+    gw_request_t *r = &c->req;
+    llhttp_t *p = &u->parser;
+    const gw_route_cfg_t *route = &c->w->cfg->routes[r->route];
+    const gw_header_ops_t *ops = &route->response_headers;
+    int status = p->status_code;
+    bool bodyless = gw_http1_response_bodyless(status, r->head_request);
+    bool upgrade = status == 101;
+    gw_slice_t connection = GW_SLICE(NULL, 0), upgrade_value = GW_SLICE(NULL, 0);
+    for (uint32_t i = 0; i < u->nheaders; i++) {
+        if (gw_slice_ieq(u->headers[i].name, "connection"))
+            connection = u->headers[i].value;
+        else if (gw_slice_ieq(u->headers[i].name, "upgrade"))
+            upgrade_value = u->headers[i].value;
+    }
+    if (!bodyless && !upgrade) {
+        if (p->flags & F_CHUNKED) {
+            if (r->http_minor == 0) {
+                u->dechunk = true;
+                r->close_after = true;
+            }
+        } else if (!(p->flags & F_CONTENT_LENGTH)) {
+            u->close_delimited = true;
+            r->close_after = true;
+        }
+    }
+    if (c->w->draining || !r->keep_alive)
+        r->close_after = true;
+    gw_buf_init(b, &c->arena, 256 + (u->parsed));
+    char line[48];
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
+    gw_buf_append(b, line, (size_t)n);
+    if (u->reason.len)
+        gw_buf_append_slice(b, u->reason);
+    else
+        gw_buf_append_str(b, gw_http1_reason(status));
+    gw_buf_append(b, "\r\n", 2);
+    for (uint32_t i = 0; i < u->nheaders; i++) {
+        gw_slice_t name = u->headers[i].name;
+        if (gw_http1_is_hop_by_hop(name) || gw_slice_ieq(name, "content-length") ||
+            gw_slice_ieq(name, "x-request-id"))
+            continue;
+        if (connection.len && gw_http1_list_has(connection, name))
+            continue;
+        bool drop = false;
+        for (size_t k = 0; k < ops->nremove && !drop; k++)
+            drop = gw_slice_ieq(name, ops->remove[k]);
+        for (size_t k = 0; k < ops->nset && !drop; k++)
+            drop = gw_slice_ieq(name, ops->set[k].name);
+        if (!drop)
+            gw_buf_append_header(b, name, u->headers[i].value);
+    }
+    for (size_t k = 0; k < ops->nset; k++)
+        gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
+                             GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
+    if ((p->flags & F_CONTENT_LENGTH) && status != 204 && !(status >= 100 && status < 200)) {
+        /* Kept for HEAD and 304 too: there it describes the representation. */
+        gw_buf_append_str(b, "Content-Length: ");
+        gw_buf_append_u64(b, p->content_length);
+        gw_buf_append(b, "\r\n", 2);
+    } else if (!bodyless && !upgrade && (p->flags & F_CHUNKED) && !u->dechunk) {
+        gw_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
+    }
+    gw_buf_append_header(b, GW_SLICE_LIT("X-Request-Id"), r->request_id);
+    if (upgrade) {
+        gw_buf_append_str(b, "Connection: upgrade\r\n");
+        if (upgrade_value.len)
+            gw_buf_append_header(b, GW_SLICE_LIT("Upgrade"), upgrade_value);
+    } else if (r->close_after) {
+        gw_buf_append_str(b, "Connection: close\r\n");
+    } else if (r->http_minor == 0) {
+        gw_buf_append_str(b, "Connection: keep-alive\r\n");
+    }
+    gw_buf_append(b, "\r\n", 2);
+    r->status = status;
+    return !b->oom;
+}
+
+static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_request_t *r = &c->req;
+    gw_worker_t *w = c->w;
+    r->upstream_head_ns = gw_now_ns();
+    gw_histogram_observe(&w->metrics->upstream_latency[r->backend->cfg->gindex],
+                         (r->upstream_head_ns - r->upstream_start_ns) / 1000);
+    proxy_report(c, GW_LB_OK, u->parser.status_code);
+}
+
+static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_request_t *r = &c->req;
+    gw_buf_t head = {0};
+    bool send_head = false;
+    while (!u->head_done) {
+        llhttp_errno_t e = llhttp_execute(&u->parser, u->in + u->parsed, u->in_len - u->parsed);
+        if (e == HPE_OK) {
+            u->parsed = u->in_len;
+            if (u->in_len >= gw_worker_buf_size(c->w))
+                proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+            return;
+        }
+        if (e != HPE_PAUSED) {
+            gw_log_warn("upstream %s: invalid response: %s", u->pool->backend->cfg->url,
+                        llhttp_get_error_reason(&u->parser));
+            proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+            return;
+        }
+        u->parsed = (size_t)(llhttp_get_error_pos(&u->parser) - u->in);
+        llhttp_resume(&u->parser);
+        if (u->interim) {
+            /* The end of a 1xx interim response: go on with the final one. */
+            u->interim = false;
+            continue;
+        }
+        if (u->message_done) {
+            u->message_done = false;
+            continue;
+        }
+        int status = u->parser.status_code;
+        if (status >= 100 && status < 200 && status != 101) {
+            /* 100 Continue (we sent no Expect) and 103 Early Hints are not forwarded. */
+            u->interim = true;
+            u->nheaders = 0;
+            u->reason = GW_SLICE(NULL, 0);
+            continue;
+        }
+        u->head_done = true;
+        proxy_on_head(c, u);
+        if (!proxy_build_client_head(c, u, &head)) {
+            proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+            return;
+        }
+        send_head = true;
+        r->response_started = true;
+        if (status == 101) {
+            if (!r->is_upgrade) {
+                proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+                return;
+            }
+            u->state = GW_US_TUNNEL;
+            uv_timer_stop(&u->timer);
+        }
+    }
+
+    uv_buf_t bufs[2];
+    unsigned nb = 0;
+    if (send_head)
+        bufs[nb++] = uv_buf_init(head.p, (unsigned)head.len);
+
+    if (u->state == GW_US_TUNNEL) {
+        if (u->parsed < u->in_len)
+            bufs[nb++] = uv_buf_init(u->in + u->parsed, (unsigned)(u->in_len - u->parsed));
+        u->parsed = u->in_len;
+        gw_upconn_read_stop(u);
+        if (send_head) {
+            /* The tunnel starts when the 101 went out; bytes the client already sent follow. */
+            if (gw_conn_write(c, bufs, nb, proxy_on_client_written) != 0) {
+                gw_conn_close(c);
+                return;
+            }
+            gw_conn_start_tunnel(c);
+            return;
+        }
+        if (nb && gw_conn_write(c, bufs, nb, proxy_on_client_written) != 0)
+            gw_conn_close(c);
+        return;
+    }
+
+    uv_buf_t *body = NULL;
+    unsigned nbody = 0;
+    if (!u->message_done && u->parsed < u->in_len) {
+        size_t start = u->parsed;
+        llhttp_errno_t e = llhttp_execute(&u->parser, u->in + start, u->in_len - start);
+        size_t end;
+        if (e == HPE_OK) {
+            end = u->in_len;
+        } else if (e == HPE_PAUSED) {
+            end = (size_t)(llhttp_get_error_pos(&u->parser) - u->in);
+        } else {
+            gw_log_warn("upstream %s: invalid response body: %s", u->pool->backend->cfg->url,
+                        llhttp_get_error_reason(&u->parser));
+            GW_COUNTER_INC(c->w->metrics->upstream_errors[r->backend->cfg->gindex][GW_UERR_PROTOCOL]);
+            proxy_drop_upstream(c);
+            gw_conn_close(c);
+            return;
+        }
+        u->parsed = end;
+        if (!u->dechunk && end > start) {
+            bufs[nb++] = uv_buf_init(u->in + start, (unsigned)(end - start));
+        }
+    }
+    if (u->message_done && u->parsed < u->in_len) {
+        /* Bytes after the end of the response: the connection is out of step. */
+        u->reusable = false;
+        u->parsed = u->in_len;
+    }
+    if (u->dechunk && u->nbody_bufs) {
+        /* Head (if any) then the de-chunked spans. */
+        uint32_t total = u->nbody_bufs + nb;
+        if (total > u->cap_body_bufs) {
+            uv_buf_t *nbufs = realloc(u->body_bufs, total * sizeof *nbufs);
+            if (!nbufs) {
+                proxy_drop_upstream(c);
+                gw_conn_close(c);
+                return;
+            }
+            u->body_bufs = nbufs;
+            u->cap_body_bufs = total;
+        }
+        memmove(u->body_bufs + nb, u->body_bufs, u->nbody_bufs * sizeof(uv_buf_t));
+        for (unsigned i = 0; i < nb; i++)
+            u->body_bufs[i] = bufs[i];
+        body = u->body_bufs;
+        nbody = total;
+    } else {
+        body = bufs;
+        nbody = nb;
+    }
+    if (nbody == 0) {
+        if (u->message_done) {
+            proxy_finish(c, u);
+            return;
+        }
+        gw_upconn_read_start(u);
+        return;
+    }
+    gw_upconn_read_stop(u);
+    uv_timer_stop(&u->timer);
+    if (gw_conn_write(c, body, nbody, proxy_on_client_written) != 0) {
+        proxy_drop_upstream(c);
+        gw_conn_close(c);
+    }
+}
+
+void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread)
+{
+    gw_conn_t *c = u->conn;
+    if (!c) {
+        gw_upconn_close(u);
+        return;
+    }
+    if (u->state == GW_US_TUNNEL) {
+        if (nread < 0) {
+            gw_conn_close(c);
+            return;
+        }
+        gw_upconn_read_stop(u);
+        uv_buf_t b = uv_buf_init(u->in, (unsigned)u->in_len);
+        u->parsed = u->in_len;
+        if (gw_conn_write(c, &b, 1, proxy_on_client_written) != 0)
+            gw_conn_close(c);
+        return;
+    }
+    if (nread < 0) {
+        u->reusable = false;
+        if (!u->head_done) {
+            proxy_fail(c, u, u->got_bytes ? GW_UERR_PROTOCOL : GW_UERR_RESET, false);
+            return;
+        }
+        if (u->close_delimited && nread == UV_EOF) {
+            llhttp_finish(&u->parser);
+            u->message_done = true;
+            proxy_finish(c, u);
+            return;
+        }
+        /* The response was cut short: the client must not mistake it for a complete one. */
+        GW_COUNTER_INC(c->w->metrics->upstream_errors[c->req.backend->cfg->gindex][GW_UERR_RESET]);
+        proxy_drop_upstream(c);
+        gw_conn_close(c);
+        return;
+    }
+    u->got_bytes = true;
+    if (!u->head_done)
+        gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
+    proxy_process_response(c, u);
+}
+
+/* ---- tunnel (after 101) ---- */
+
+void gw_proxy_tunnel_client_data(gw_conn_t *c)
+{
+    gw_upconn_t *u = c->up;
+    if (!u || u->state != GW_US_TUNNEL) {
+        gw_conn_close(c);
+        return;
+    }
+    uv_buf_t b = uv_buf_init(c->in + c->parsed, (unsigned)(c->in_len - c->parsed));
+    c->parsed = c->in_len;
+    gw_conn_pause_reading(c);
+    if (proxy_up_write(u, &b, 1, GW_UW_TUNNEL) != 0)
+        gw_conn_close(c);
+}

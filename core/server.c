@@ -1,0 +1,401 @@
+/*
+ * server: workers and their lifecycle (see server.h and worker.h).
+ *
+ * Threads: the main thread initialises each worker's loop, binds its listeners and creates its
+ * handles before the thread starts; from then on only the worker touches them. The main thread
+ * talks to a worker only through `wakeup` (uv_async_send) and the atomic `command`; a worker
+ * reports that it finished through the server's `done` async on the main loop.
+ *
+ * Shutdown of a worker: close the listeners, close idle connections, let the others finish their
+ * current response (they close after it), force-close whatever is left when timeouts.drain_ms
+ * expires, then close every remaining handle so the loop ends and uv_loop_close succeeds.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "lb.h"
+#include "log.h"
+#include "worker.h"
+
+enum { GW_CMD_NONE = 0, GW_CMD_DRAIN = 1, GW_CMD_STOP = 2 };
+
+#define GW_FREE_BUFS_MAX 64
+
+struct gw_server {
+    const gw_config_t *cfg;
+    uv_loop_t *main_loop;
+    uv_async_t done;
+    void (*on_stopped)(void *);
+    void *arg;
+    gw_backend_t *backend_store;
+    gw_backend_t **backends;
+    gw_metrics_shard_t **shards;
+    gw_worker_t *workers;
+    size_t nworkers;
+    size_t nstarted;
+    int command;
+    int finished; /* workers whose loop ended */
+    bool stopped_reported;
+};
+
+uint64_t gw_now_ns(void)
+{
+    return uv_hrtime();
+}
+
+size_t gw_worker_buf_size(const gw_worker_t *w)
+{
+    size_t need = (size_t)w->cfg->limits.max_header_bytes + 16384;
+    return need < 65536 ? 65536 : need;
+}
+
+char *gw_worker_buf_get(gw_worker_t *w)
+{
+    if (w->nfree_bufs)
+        return w->free_bufs[--w->nfree_bufs];
+    char *b = malloc(gw_worker_buf_size(w));
+    if (!b)
+        abort(); /* a fixed-size control buffer: treated like any small allocation */
+    return b;
+}
+
+void gw_worker_buf_put(gw_worker_t *w, char *buf)
+{
+    if (w->nfree_bufs < GW_FREE_BUFS_MAX && !w->draining)
+        w->free_bufs[w->nfree_bufs++] = buf;
+    else
+        free(buf);
+}
+
+static void worker_on_handle_closed(uv_handle_t *h)
+{
+    GW_UNUSED(h);
+}
+
+static void worker_close_listeners(gw_worker_t *w)
+{
+    for (size_t i = 0; i < w->nlisteners; i++)
+        if (!uv_is_closing((uv_handle_t *)&w->listeners[i]))
+            uv_close((uv_handle_t *)&w->listeners[i], worker_on_handle_closed);
+}
+
+/* Closes the worker's remaining handles once no connection is left; the loop then ends. */
+static void worker_maybe_finish(gw_worker_t *w)
+{
+    if (!w->draining || w->nconns > 0 || w->finishing)
+        return;
+    w->finishing = true;
+    worker_close_listeners(w);
+    gw_upconn_close_all(w);
+    uv_close((uv_handle_t *)&w->drain_timer, worker_on_handle_closed);
+    uv_close((uv_handle_t *)&w->wakeup, worker_on_handle_closed);
+}
+
+void gw_worker_conn_closed(gw_worker_t *w)
+{
+    worker_maybe_finish(w);
+}
+
+static void worker_on_drain_timeout(uv_timer_t *t)
+{
+    gw_worker_t *w = t->data;
+    if (w->nconns)
+        gw_log_warn("drain timeout: closing %u connection(s)", w->nconns);
+    gw_conn_close_all(w);
+}
+
+static void worker_on_wakeup(uv_async_t *a)
+{
+    gw_worker_t *w = a->data;
+    int cmd = __atomic_load_n(&w->server->command, __ATOMIC_ACQUIRE);
+    if (cmd == GW_CMD_NONE || w->finishing)
+        return;
+    if (!w->draining) {
+        w->draining = true;
+        worker_close_listeners(w);
+        gw_conn_drain_all(w);
+        uv_timer_start(&w->drain_timer, worker_on_drain_timeout, w->cfg->timeouts.drain_ms, 0);
+    }
+    if (cmd == GW_CMD_STOP)
+        gw_conn_close_all(w);
+    worker_maybe_finish(w);
+}
+
+static void worker_on_connection(uv_stream_t *server, int status)
+{
+    gw_worker_t *w = server->data;
+    if (status < 0) {
+        gw_log_warn("accept: %s", uv_strerror(status));
+        return;
+    }
+    gw_conn_accept(w, server);
+}
+
+static void worker_thread(void *arg)
+{
+    gw_worker_t *w = arg;
+    gw_server_t *s = w->server;
+    gw_log_set_thread_id(w->id);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    int rc = uv_loop_close(&w->loop);
+    if (rc != 0)
+        gw_log_err("worker %d: loop closed with handles open: %s", w->id, uv_strerror(rc));
+    __atomic_add_fetch(&s->finished, 1, __ATOMIC_ACQ_REL);
+    uv_async_send(&s->done);
+}
+
+static void server_on_done(uv_async_t *a)
+{
+    gw_server_t *s = a->data;
+    if (s->stopped_reported ||
+        (size_t)__atomic_load_n(&s->finished, __ATOMIC_ACQUIRE) < s->nstarted)
+        return;
+    s->stopped_reported = true;
+    uv_close((uv_handle_t *)&s->done, NULL);
+    if (s->on_stopped)
+        s->on_stopped(s->arg);
+}
+
+/* Creates a listening socket with SO_REUSEPORT so every worker gets its own accept queue and the
+ * kernel spreads connections over them. */
+static int server_bind(const gw_addr_t *a, int *fd_out)
+{
+    int fd = socket(a->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (a->sa.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->sa, a->salen) != 0) {
+        int e = -errno;
+        close(fd);
+        return e;
+    }
+    *fd_out = fd;
+    return 0;
+}
+
+static char *fmt_err(const char *fmt, const char *a, const char *b)
+{
+    size_t n = strlen(fmt) + strlen(a) + strlen(b) + 1;
+    char *m = malloc(n);
+    if (m)
+        snprintf(m, n, fmt, a, b);
+    return m;
+}
+
+static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
+{
+    const gw_config_t *cfg = s->cfg;
+    w->id = id;
+    w->server = s;
+    w->cfg = cfg;
+    w->metrics = s->shards[id];
+    w->rng = (uv_hrtime() ^ ((uint64_t)(id + 1) * 0x9E3779B97F4A7C15ULL)) | 1;
+    gw_list_init(&w->conns);
+    gw_list_init(&w->upconns);
+    w->free_bufs = calloc(GW_FREE_BUFS_MAX, sizeof(char *));
+    w->pools = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof(gw_pool_t));
+    w->ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(gw_worker_upstream_t));
+    w->listeners = calloc(cfg->nlisten, sizeof(uv_tcp_t));
+    if (!w->free_bufs || !w->pools || !w->ups || !w->listeners)
+        abort();
+    for (size_t i = 0; i < cfg->nbackends_total; i++) {
+        gw_pool_t *p = &w->pools[i];
+        p->backend = s->backends[i];
+        p->ucfg = &cfg->upstreams[p->backend->upstream];
+        gw_list_init(&p->idle);
+    }
+    size_t g = 0;
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        gw_worker_upstream_t *wu = &w->ups[u];
+        wu->cfg = &cfg->upstreams[u];
+        wu->n = wu->cfg->nbackends;
+        wu->backends = calloc(wu->n ? wu->n : 1, sizeof(gw_backend_t *));
+        if (!wu->backends)
+            abort();
+        for (size_t k = 0; k < wu->n; k++)
+            wu->backends[k] = s->backends[wu->cfg->backends[k].gindex];
+        g += wu->n;
+        wu->lb = gw_lb_find(wu->cfg->strategy);
+        if (!wu->lb) {
+            *err = fmt_err("upstreams.%s.strategy: unknown strategy \"%s\"", wu->cfg->name, wu->cfg->strategy);
+            return -EINVAL;
+        }
+        if (wu->lb->create(wu->cfg, wu->n, &wu->lb_state) != 0)
+            abort();
+    }
+    GW_UNUSED(g);
+    int rc = uv_loop_init(&w->loop);
+    if (rc != 0) {
+        *err = fmt_err("event loop: %s%s", uv_strerror(rc), "");
+        return rc;
+    }
+    w->loop_ready = true;
+    uv_async_init(&w->loop, &w->wakeup, worker_on_wakeup);
+    w->wakeup.data = w;
+    uv_timer_init(&w->loop, &w->drain_timer);
+    w->drain_timer.data = w;
+    for (size_t i = 0; i < cfg->nlisten; i++) {
+        int fd = -1;
+        rc = server_bind(&cfg->listen[i], &fd);
+        if (rc != 0) {
+            *err = fmt_err("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
+            return rc;
+        }
+        uv_tcp_init(&w->loop, &w->listeners[i]);
+        w->listeners[i].data = w;
+        w->nlisteners++;
+        rc = uv_tcp_open(&w->listeners[i], fd);
+        if (rc != 0)
+            close(fd); /* the handle does not own it yet */
+        else
+            rc = uv_listen((uv_stream_t *)&w->listeners[i], 511, worker_on_connection);
+        if (rc != 0) {
+            *err = fmt_err("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Releases what worker_init built; the loop must have no running handle left. */
+static void worker_free(gw_worker_t *w)
+{
+    if (w->loop_ready && !w->thread_started) {
+        /* Never ran: close its handles by running the loop once. */
+        worker_close_listeners(w);
+        uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        uv_close((uv_handle_t *)&w->wakeup, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&w->loop);
+    }
+    for (size_t u = 0; w->ups && u < w->cfg->nupstreams; u++) {
+        if (w->ups[u].lb && w->ups[u].lb_state)
+            w->ups[u].lb->destroy(w->ups[u].lb_state);
+        free(w->ups[u].backends);
+    }
+    for (uint32_t i = 0; i < w->nfree_bufs; i++)
+        free(w->free_bufs[i]);
+    free(w->free_bufs);
+    free(w->ups);
+    free(w->pools);
+    free(w->listeners);
+}
+
+int gw_server_start(const gw_config_t *cfg, uv_loop_t *main_loop, void (*on_stopped)(void *),
+                    void *arg, gw_server_t **out, char **err)
+{
+    *err = NULL;
+    gw_server_t *s = calloc(1, sizeof *s);
+    if (!s)
+        abort();
+    s->cfg = cfg;
+    s->main_loop = main_loop;
+    s->on_stopped = on_stopped;
+    s->arg = arg;
+    s->nworkers = cfg->workers;
+    size_t nb = cfg->nbackends_total;
+    s->backend_store = calloc(nb ? nb : 1, sizeof(gw_backend_t));
+    s->backends = calloc(nb ? nb : 1, sizeof(gw_backend_t *));
+    s->shards = calloc(s->nworkers, sizeof(gw_metrics_shard_t *));
+    s->workers = calloc(s->nworkers, sizeof(gw_worker_t));
+    if (!s->backend_store || !s->backends || !s->shards || !s->workers)
+        abort();
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        for (size_t k = 0; k < cfg->upstreams[u].nbackends; k++) {
+            const gw_backend_cfg_t *bc = &cfg->upstreams[u].backends[k];
+            gw_backend_t *b = &s->backend_store[bc->gindex];
+            b->cfg = bc;
+            b->upstream = (uint32_t)u;
+            b->index = (uint32_t)k;
+            b->healthy = 1;
+            s->backends[bc->gindex] = b;
+        }
+    }
+    for (size_t i = 0; i < s->nworkers; i++)
+        s->shards[i] = gw_metrics_shard_new(cfg);
+    int rc = 0;
+    for (size_t i = 0; i < s->nworkers && rc == 0; i++)
+        rc = worker_init(s, &s->workers[i], (int)i, err);
+    if (rc != 0) {
+        for (size_t i = 0; i < s->nworkers; i++)
+            if (s->workers[i].cfg)
+                worker_free(&s->workers[i]);
+        for (size_t i = 0; i < s->nworkers; i++)
+            gw_metrics_shard_free(s->shards[i]);
+        free(s->workers);
+        free(s->shards);
+        free(s->backends);
+        free(s->backend_store);
+        free(s);
+        return rc;
+    }
+    uv_async_init(main_loop, &s->done, server_on_done);
+    s->done.data = s;
+    for (size_t i = 0; i < s->nworkers; i++) {
+        gw_worker_t *w = &s->workers[i];
+        if (uv_thread_create(&w->thread, worker_thread, w) != 0)
+            abort();
+        w->thread_started = true;
+        s->nstarted++;
+    }
+    *out = s;
+    return 0;
+}
+
+static void server_command(gw_server_t *s, int cmd)
+{
+    int cur = __atomic_load_n(&s->command, __ATOMIC_ACQUIRE);
+    if (cmd > cur)
+        __atomic_store_n(&s->command, cmd, __ATOMIC_RELEASE);
+    for (size_t i = 0; i < s->nworkers; i++)
+        uv_async_send(&s->workers[i].wakeup);
+}
+
+void gw_server_drain(gw_server_t *s)
+{
+    server_command(s, GW_CMD_DRAIN);
+}
+
+void gw_server_stop(gw_server_t *s)
+{
+    server_command(s, GW_CMD_STOP);
+}
+
+void gw_server_free(gw_server_t *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nworkers; i++)
+        if (s->workers[i].thread_started)
+            uv_thread_join(&s->workers[i].thread);
+    for (size_t i = 0; i < s->nworkers; i++)
+        worker_free(&s->workers[i]);
+    for (size_t i = 0; i < s->nworkers; i++)
+        gw_metrics_shard_free(s->shards[i]);
+    free(s->workers);
+    free(s->shards);
+    free(s->backends);
+    free(s->backend_store);
+    free(s);
+}
+
+gw_metrics_shard_t *const *gw_server_shards(const gw_server_t *s, size_t *n)
+{
+    *n = s->nworkers;
+    return s->shards;
+}
+
+gw_backend_t *const *gw_server_backends(const gw_server_t *s)
+{
+    return s->backends;
+}

@@ -1,0 +1,235 @@
+#!/usr/bin/env python3
+"""`prequal-gw -t`: good configs pass, bad ones fail with `file:LINE: key.path: problem`;
+a bad config given to a normal start exits non-zero and binds nothing."""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import *  # noqa: E402,F401,F403
+
+# Each bad config: (name, lua text with {port}/{aport}, the line the problem is on,
+# substrings the message must contain). Lines are 1-based.
+GOOD = """return {{
+  listen = "127.0.0.1:{port}",
+  workers = 1,
+  admin = {{ listen = "127.0.0.1:{aport}" }},
+  upstreams = {{
+    api = {{
+      backends = {{ "http://127.0.0.1:9001", {{ url = "http://127.0.0.1:9002", weight = 2 }} }},
+      strategy = "round_robin",
+      timeouts = {{ connect_ms = 1000, read_ms = 30000 }},
+      retries = {{ max = 2, backoff_ms = 0 }},
+    }},
+  }},
+  routes = {{
+    {{ name = "hello", match = {{ path_prefix = "/hello" }}, respond = {{ status = 200, body = "hi\\n" }} }},
+    {{ match = {{ path_prefix = "/" }}, upstream = "api" }},
+  }},
+}}
+"""
+
+HEAD = """return {{
+  listen = "127.0.0.1:{port}",
+  admin = {{ listen = "127.0.0.1:{aport}" }},
+"""
+UPS = """  upstreams = {{
+    api = {{ backends = {{ "http://127.0.0.1:9001" }} }},
+  }},
+"""
+
+BAD = [
+    ("unknown_key", HEAD + "  bogus_key = 1,\n" + UPS +
+     "  routes = {{ {{ match = {{ path_prefix = \"/\" }}, upstream = \"api\" }} }},\n}}\n",
+     4, ["bogus_key"]),
+    ("wrong_type", HEAD + UPS +
+     "  routes = {{\n"
+     "    {{ match = {{ path_prefix = \"/a\" }}, upstream = \"api\" }},\n"
+     "    {{ match = {{\n"
+     "        path_prefix = 5,\n"
+     "      }}, upstream = \"api\" }},\n"
+     "  }},\n}}\n",
+     10, ["routes[2].match.path_prefix", "string"]),
+    ("unknown_upstream", HEAD + UPS +
+     "  routes = {{\n"
+     "    {{ match = {{ path_prefix = \"/\" }},\n"
+     "      upstream = \"nope\" }},\n"
+     "  }},\n}}\n",
+     9, ["routes[1].upstream", "nope"]),
+    ("bad_url", HEAD +
+     "  upstreams = {{\n"
+     "    api = {{\n"
+     "      backends = {{\n"
+     "        \"not a url\",\n"
+     "      }},\n"
+     "    }},\n"
+     "  }},\n"
+     "  routes = {{ {{ match = {{ path_prefix = \"/\" }}, upstream = \"api\" }} }},\n}}\n",
+     7, ["upstreams.api.backends[1]"]),
+    ("bad_backend_url_scheme", HEAD +
+     "  upstreams = {{\n"
+     "    api = {{\n"
+     "      backends = {{ \"http://127.0.0.1:9001\",\n"
+     "        {{ url = \"ftp://127.0.0.1:21\", weight = 2 }},\n"
+     "      }},\n"
+     "    }},\n"
+     "  }},\n"
+     "  routes = {{ {{ match = {{ path_prefix = \"/\" }}, upstream = \"api\" }} }},\n}}\n",
+     7, ["upstreams.api.backends[2].url"]),
+    ("bad_listen", "return {{\n"
+     "  workers = 1,\n"
+     "  listen = \"127.0.0.1:99999\",\n"
+     "  admin = {{ listen = \"127.0.0.1:{aport}\" }},\n" + UPS +
+     "  routes = {{ {{ match = {{ path_prefix = \"/\" }}, upstream = \"api\" }} }},\n}}\n",
+     3, ["listen"]),
+    ("bad_listen_host", "return {{\n"
+     "  listen = \"not-an-address\",\n"
+     "  admin = {{ listen = \"127.0.0.1:{aport}\" }},\n" + UPS +
+     "  routes = {{ {{ match = {{ path_prefix = \"/\" }}, upstream = \"api\" }} }},\n}}\n",
+     2, ["listen"]),
+    ("nested_unknown_key", HEAD + UPS +
+     "  routes = {{\n"
+     "    {{ match = {{ path_prefix = \"/\",\n"
+     "                path_prefx = \"/x\" }}, upstream = \"api\" }},\n"
+     "  }},\n}}\n",
+     9, ["routes[1].match.path_prefx"]),
+    ("bad_workers", HEAD +
+     "  workers = \"many\",\n" + UPS +
+     "  routes = {{ {{ match = {{ path_prefix = \"/\" }}, upstream = \"api\" }} }},\n}}\n",
+     4, ["workers"]),
+    ("bad_timeout_type", HEAD + UPS +
+     "  timeouts = {{\n"
+     "    header_ms = \"soon\",\n"
+     "  }},\n"
+     "  routes = {{ {{ match = {{ path_prefix = \"/\" }}, upstream = \"api\" }} }},\n}}\n",
+     8, ["timeouts.header_ms"]),
+    ("syntax_error", "return {{\n"
+     "  listen = \"127.0.0.1:{port}\",\n"
+     "  workers = = 1,\n"
+     "}}\n",
+     3, []),
+    ("runtime_error", "local x = nil\n"
+     "return {{\n"
+     "  listen = x.y,\n"
+     "}}\n",
+     3, []),
+    ("not_a_table", "return 42\n", None, []),
+]
+
+
+def run_t(path, timeout=15):
+    return subprocess.run([PGW_BIN, "-t", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+
+
+class ConfigTest(GwTestCase):
+
+    def setUp(self):
+        super().setUp()
+        require_gateway()
+        self.dir = tempfile.mkdtemp(prefix="pgw-cfg-")
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name + ".lua")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def test_good_config(self):
+        port, aport = free_port(), free_port()
+        path = self.write("gateway", GOOD.format(port=port, aport=aport))
+        p = run_t(path)
+        self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace"))
+        self.assertFalse(port_open(port), "-t left something listening")
+        self.assertNotIn(b"AddressSanitizer", p.stderr)
+
+    def test_example_config_from_issue(self):
+        port, aport = free_port(), free_port()
+        text = """return {
+  listen = "127.0.0.1:%d",
+  workers = 2,
+  admin = { listen = "127.0.0.1:%d" },
+  access_log = "%s/access.log",
+  log_level = "info",
+  limits = { header_bytes = 32768, uri_bytes = 8192, headers = 100, body_bytes = 16777216, connections = 16384 },
+  timeouts = { header_ms = 10000, body_ms = 60000, keepalive_ms = 75000, send_ms = 60000, drain_ms = 10000 },
+  upstreams = {
+    api = {
+      backends = { "http://127.0.0.1:9001", { url = "http://127.0.0.1:9002", weight = 2 } },
+      strategy = "round_robin",
+      timeouts = { connect_ms = 1000, read_ms = 30000, send_ms = 30000 },
+      retries = { max = 2, backoff_ms = 0 },
+      keepalive = { max_idle = 64, idle_timeout_ms = 60000 },
+    },
+  },
+  routes = {
+    { name = "api", match = { path_prefix = "/api/", host = "example.com", methods = { "GET", "POST" } },
+      upstream = "api", strip_prefix = true, add_prefix = "/v1", preserve_host = false,
+      request_headers = { set = { ["X-From"] = "gw" }, remove = { "X-Secret" } },
+      response_headers = { set = { ["X-Served-By"] = "pgw" }, remove = { "Server" } } },
+    { name = "hello", match = { path_prefix = "/hello" }, respond = { status = 200, body = "hi\\n", headers = { ["Content-Type"] = "text/plain" } } },
+    { match = { path_prefix = "/" }, upstream = "api" },
+  },
+}
+""" % (port, aport, self.dir)
+        p = run_t(self.write("issue", text))
+        self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace"))
+
+    def check_bad(self, name, text, line, needles):
+        port, aport = free_port(), free_port()
+        path = self.write(name, text.format(port=port, aport=aport))
+        p = run_t(path)
+        err = p.stderr.decode(errors="replace")
+        self.assertNotEqual(p.returncode, 0, "%s: -t accepted a bad config" % name)
+        self.assertGreater(p.returncode, 0, "%s: killed by a signal (%d): %s" % (name, p.returncode, err))
+        self.assertNotIn("AddressSanitizer", err)
+        self.assertNotIn("runtime error:", err)
+        if line is not None:
+            self.assertRegex(err, re.escape(os.path.basename(path)) + ":%d:" % line,
+                             "%s: message lacks `%s.lua:%d:`: %r" % (name, name, line, err))
+        for n in needles:
+            self.assertIn(n, err, "%s: message lacks %r: %r" % (name, n, err))
+
+    def test_bad_configs(self):
+        for name, text, line, needles in BAD:
+            with self.subTest(name):
+                self.check_bad(name, text, line, needles)
+
+    def test_missing_file(self):
+        p = run_t(os.path.join(self.dir, "does-not-exist.lua"))
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn("does-not-exist.lua", p.stderr.decode(errors="replace"))
+
+    def test_bad_config_normal_start_binds_nothing(self):
+        port, aport = free_port(), free_port()
+        text = (HEAD + UPS + "  routes = {{\n    {{ match = {{ path_prefix = \"/\" }}, upstream = \"nope\" }},\n"
+                "  }},\n}}\n").format(port=port, aport=aport)
+        path = self.write("badstart", text)
+        proc = subprocess.Popen([PGW_BIN, path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                stdin=subprocess.DEVNULL)
+        try:
+            bound = False
+            deadline = time.monotonic() + 5
+            while proc.poll() is None and time.monotonic() < deadline:
+                if port_open(port, timeout=0.05) or port_open(aport, timeout=0.05):
+                    bound = True
+                time.sleep(0.01)
+            rc = proc.poll()
+            out, err = proc.communicate(timeout=5) if rc is not None else (b"", b"")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self.assertIsNotNone(rc, "gateway kept running with a bad config")
+        self.assertNotEqual(rc, 0)
+        self.assertGreater(rc, 0, "killed by a signal: %r" % err)
+        self.assertFalse(bound, "gateway bound a port with a bad config")
+        self.assertIn("routes[1].upstream", err.decode(errors="replace"))
+
+
+if __name__ == "__main__":
+    main()
