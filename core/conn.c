@@ -130,8 +130,15 @@ static int on_header_value(llhttp_t *p, const char *at, size_t n)
         return -1;
     }
     gw_header_t *h = &c->req.headers[c->req.nheaders - 1];
-    if (!h->value.p)
+    if (!h->value.p) {
         h->value.p = at;
+    } else if (at != h->value.p + h->value.len) {
+        /* A value split across reads is contiguous in `in`; a gap means llhttp went on after
+         * a CRLF: an obs-fold continuation without the value-complete callback in between. */
+        c->parse_error_status = 400;
+        c->parse_error_msg = "obsolete line folding is not accepted";
+        return -1;
+    }
     h->value.len += n;
     return 0;
 }
@@ -567,8 +574,11 @@ static void conn_log_and_count(gw_conn_t *c)
         .duration_ms = (double)dur_ns / 1e6,
         .route = r->route >= 0 ? GW_SLICE(cfg->routes[r->route].name, strlen(cfg->routes[r->route].name))
                                : GW_SLICE("", 0),
-        .upstream = r->backend ? GW_SLICE(r->backend->cfg->url, strlen(r->backend->cfg->url))
-                               : GW_SLICE("", 0),
+        .upstream = r->upstream >= 0 ? GW_SLICE(cfg->upstreams[r->upstream].name,
+                                                 strlen(cfg->upstreams[r->upstream].name))
+                                     : GW_SLICE("", 0),
+        .backend = r->backend ? GW_SLICE(r->backend->cfg->url, strlen(r->backend->cfg->url))
+                              : GW_SLICE("", 0),
         .upstream_ms = r->upstream_head_ns ? (double)(r->upstream_head_ns - r->upstream_start_ns) / 1e6
                                            : -1.0,
         .worker = w->id,
@@ -697,19 +707,19 @@ void gw_conn_respond_error(gw_conn_t *c, int status, const char *code, const cha
     static const gw_header_kv_t retry_after = {"Retry-After", "1"};
     /* Errors that leave the request body unread, or mean the framing cannot be trusted, close
      * the connection; a 404 or 502 after a complete request keeps it. */
-    bool close = !r->body_done || status == 400 || status == 408 || status == 413 ||
-                 status == 414 || status == 431 || status == 505 || status == 417;
+    bool close = !r->body_done || status == 400 || status == 405 || status == 408 ||
+                 status == 413 || status == 414 || status == 417 || status == 431 || status == 505;
     conn_send(c, status, "application/json", GW_SLICE(b.p, b.len), status == 503 ? &retry_after : NULL,
               status == 503 ? 1 : 0, close);
 }
 
+/* Answers the current request with an error. Framing errors and unread bodies close the
+ * connection (gw_conn_respond_error decides), so nothing the client sent after a bad request is
+ * ever parsed; a 404 after a complete request keeps the connection. */
 static void conn_error(gw_conn_t *c, int status, const char *code, const char *message)
 {
-    /* Whatever the client sends after this is not processed: stop parsing for good. */
-    c->req.close_after = true;
     if (c->state != GW_CS_PROXY)
         conn_set_state(c, GW_CS_PROXY);
-    c->req.body_done = c->req.body_done; /* body state decides close in respond_error */
     gw_conn_respond_error(c, status, code, message);
 }
 

@@ -333,6 +333,8 @@ void gw_access_log_write(const gw_access_entry_t *e)
     gw_line_str(&l, e->route, 256);
     GW_LINE_LIT(&l, ",\"upstream\":");
     gw_line_str(&l, e->upstream, 512);
+    GW_LINE_LIT(&l, ",\"backend\":");
+    gw_line_str(&l, e->backend, 512);
     GW_LINE_LIT(&l, ",\"upstream_ms\":");
     gw_line_ms(&l, e->upstream_ms);
     gw_line_fmt(&l, ",\"worker\":%d}\n", e->worker);

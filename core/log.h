@@ -49,7 +49,8 @@ typedef struct gw_access_entry {
     uint64_t bytes_out; /* response bytes written, head included */
     double duration_ms;
     gw_slice_t route;    /* route name, empty if none */
-    gw_slice_t upstream; /* backend URL, empty if none */
+    gw_slice_t upstream; /* upstream name, empty if none */
+    gw_slice_t backend;  /* URL of the last backend tried, empty if none */
     double upstream_ms;  /* time to the backend's response head, -1 if none */
     int worker;
 } gw_access_entry_t;

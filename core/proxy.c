@@ -105,9 +105,10 @@ static int on_resp_header_value_complete(llhttp_t *p)
 static int on_resp_headers_complete(llhttp_t *p)
 {
     gw_upconn_t *u = p->data;
-    /* A response to HEAD has no body whatever its Content-Length says; llhttp reads the flag
-     * after this callback returns (it is what returning 1 would set). */
-    if (u->conn && u->conn->req.head_request)
+    /* A response to HEAD, a 1xx, 204 or 304 has no body whatever its Content-Length says
+     * (RFC 9112 §6.3); llhttp reads the flag after this callback returns (it is what returning 1
+     * would set), and would otherwise wait for a 304's Content-Length bytes. */
+    if (gw_http1_response_bodyless(p->status_code, u->conn && u->conn->req.head_request))
         p->flags |= F_SKIPBODY;
     return HPE_PAUSED;
 }
@@ -391,6 +392,7 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
                                               : GW_LB_PROTOCOL_ERROR,
                  0);
     bool stale = u && u->reused && !u->got_bytes && kind == GW_UERR_RESET;
+    bool replayable = gw_http1_method_idempotent(r->method) && !r->has_body;
     if (u) {
         u->reusable = false;
         proxy_drop_upstream(c);
@@ -404,7 +406,10 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
     }
     /* A reused connection that the backend had already closed is not the backend's fault and
      * not a real attempt: try the same backend again on a fresh connection. */
-    bool safe = connect_phase || (stale && gw_http1_method_idempotent(r->method) && !r->has_body);
+    /* What reached a backend is sent again only when the method is idempotent, and only
+     * without a body (it was streamed and is gone). Read timeouts are not retried: the backend
+     * may still be working on it, and a retry doubles the load exactly when it hurts. */
+    bool safe = connect_phase || (kind != GW_UERR_TIMEOUT && replayable);
     if (safe && stale && r->stale_retries < 2) {
         r->stale_retries++;
         r->attempts--;
@@ -676,7 +681,8 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
 
     uv_buf_t *body = NULL;
     unsigned nbody = 0;
-    if (!u->message_done && u->parsed < u->in_len) {
+    if (!u->message_done) {
+        /* Runs even with no byte left: a bodyless response (HEAD, 204, 304) completes here. */
         size_t start = u->parsed;
         llhttp_errno_t e = llhttp_execute(&u->parser, u->in + start, u->in_len - start);
         size_t end;

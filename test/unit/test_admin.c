@@ -133,17 +133,25 @@ static int teardown(void **state)
 
 /* ---- the client ---- */
 
-static client_t *client_open(int port)
+/* `rcvbuf` > 0 shrinks the client's receive buffer (before connecting, so the window is small). */
+static client_t *client_open_rcvbuf(int port, int rcvbuf)
 {
     client_t *c = calloc(1, sizeof(*c));
     assert_non_null(c);
     c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     assert_true(c->fd >= 0);
+    if (rcvbuf > 0)
+        assert_int_equal(setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf)), 0);
     struct sockaddr_in sin;
     assert_int_equal(uv_ip4_addr("127.0.0.1", port, &sin), 0);
     int rc = connect(c->fd, (struct sockaddr *)&sin, sizeof(sin));
     assert_true(rc == 0 || errno == EINPROGRESS);
     return c;
+}
+
+static client_t *client_open(int port)
+{
+    return client_open_rcvbuf(port, 0);
 }
 
 static void client_close(client_t *c)
@@ -401,10 +409,8 @@ static void test_pipelining(void **state)
 static void test_pipelining_backpressure(void **state)
 {
     fixture_t *f = *state;
-    enum { N = 300 };
-    client_t *c = client_open(f->port);
-    int small = 4096;
-    setsockopt(c->fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof(small));
+    enum { N = 1500 };
+    client_t *c = client_open_rcvbuf(f->port, 4096);
     static const char req[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
     char *all = malloc(N * (sizeof(req) - 1) + 64);
     assert_non_null(all);

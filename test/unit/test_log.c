@@ -118,7 +118,8 @@ static gw_access_entry_t fixed_entry(void)
         .bytes_out = 3456,
         .duration_ms = 12.3456,
         .route = S("api"),
-        .upstream = S("http://127.0.0.1:9001"),
+        .upstream = S("api"),
+        .backend = S("http://127.0.0.1:9001"),
         .upstream_ms = 10.5,
         .worker = 2,
     };
@@ -169,11 +170,11 @@ static void test_access_line_exact(void **state)
         "users?q=\\\"x\\\"&y=a\\\\b\",\"host\":\"example.com\","
         "\"status\":200,\"bytes_in\":12,\"bytes_out\":3456,\"duration_ms\":12.346,\"route\":"
         "\"api\","
-        "\"upstream\":\"http://127.0.0.1:9001\",\"upstream_ms\":10.500,\"worker\":2}\n"
+        "\"upstream\":\"api\",\"backend\":\"http://127.0.0.1:9001\",\"upstream_ms\":10.500,\"worker\":2}\n"
         "{\"time\":\"1970-01-01T00:00:00.000Z\",\"request_id\":\"\",\"client\":\"\","
         "\"method\":\"GET\",\"target\":\"/\\u000a\",\"host\":\"\",\"status\":404,\"bytes_in\":0,"
         "\"bytes_out\":0,\"duration_ms\":0.250,\"route\":\"\",\"upstream\":\"\","
-        "\"upstream_ms\":null,\"worker\":0}\n";
+        "\"backend\":\"\",\"upstream_ms\":null,\"worker\":0}\n";
     assert_string_equal(buf, want);
     unlink(path);
 }

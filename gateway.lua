@@ -1,0 +1,37 @@
+-- prequal-gw's default configuration. `./scripts/run` starts four example backends on
+-- 127.0.0.1:9001-9004 and then the gateway on this file. `prequal-gw -t gateway.lua` checks it.
+-- Every key is described in README.md ("gateway.lua reference").
+return {
+  listen  = "0.0.0.0:8080",
+  workers = "auto",                        -- one worker thread per CPU
+  admin   = { listen = "127.0.0.1:9901" }, -- GET /metrics, GET /healthz
+  access_log = "stdout",                   -- JSON lines; a file path works too (SIGUSR1 reopens)
+  log_level  = "info",
+
+  limits = {
+    header_bytes = 32768,                  -- request line + headers, else 431
+    body_bytes   = 16 * 1024 * 1024,       -- else 413 (0 = unlimited)
+  },
+
+  upstreams = {
+    app = {
+      strategy = "round_robin",
+      backends = {
+        "http://127.0.0.1:9001",
+        "http://127.0.0.1:9002",
+        "http://127.0.0.1:9003",
+        "http://127.0.0.1:9004",
+      },
+      timeouts = { connect_ms = 1000, read_ms = 30000 },
+      retries  = { max = 2 },
+    },
+  },
+
+  routes = {                               -- first match wins, in this order
+    { name = "hello", match = { path_prefix = "/hello", methods = { "GET", "HEAD" } },
+      respond = { status = 200, body = "hello from prequal-gw\n" } },
+    { name = "api", match = { path_prefix = "/api/" }, upstream = "app", strip_prefix = true,
+      response_headers = { set = { ["X-Served-By"] = "prequal-gw" } } },
+    { name = "default", match = { path_prefix = "/" }, upstream = "app" },
+  },
+}

@@ -1,0 +1,153 @@
+/* Unit tests for core/http1 (header rules) and core/arena (the request allocator). */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+#include <llhttp.h>
+
+#include "arena.h"
+#include "http1.h"
+
+#define S(lit) GW_SLICE_LIT(lit)
+
+static void test_tokens(void **state)
+{
+    assert_true(gw_http1_is_token(S("X-Request-Id")));
+    assert_true(gw_http1_is_token(S("a!#$%&'*+-.^_`|~z")));
+    assert_false(gw_http1_is_token(S("")));
+    assert_false(gw_http1_is_token(S("X ")));
+    assert_false(gw_http1_is_token(S("X(y)")));
+    assert_false(gw_http1_is_token(S("a:b")));
+    assert_false(gw_http1_is_token(GW_SLICE("a\0b", 3)));
+}
+
+static void test_hop_by_hop(void **state)
+{
+    const char *hop[] = {"Connection", "keep-alive", "Proxy-Connection", "TE", "Trailer",
+                         "Transfer-Encoding", "UPGRADE"};
+    for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
+        assert_true(gw_http1_is_hop_by_hop(GW_SLICE(hop[i], strlen(hop[i]))));
+    assert_false(gw_http1_is_hop_by_hop(S("Content-Length")));
+    assert_false(gw_http1_is_hop_by_hop(S("Host")));
+    assert_false(gw_http1_is_hop_by_hop(S("Trailers")));
+    assert_false(gw_http1_is_hop_by_hop(S("T")));
+}
+
+static void test_list_has(void **state)
+{
+    assert_true(gw_http1_list_has(S("close"), S("Close")));
+    assert_true(gw_http1_list_has(S("keep-alive, X-Secret"), S("x-secret")));
+    assert_true(gw_http1_list_has(S(" ,, Upgrade ,\t"), S("upgrade")));
+    assert_false(gw_http1_list_has(S("upgraded"), S("upgrade")));
+    assert_false(gw_http1_list_has(S("x-secretive"), S("x-secret")));
+    assert_false(gw_http1_list_has(S(""), S("close")));
+}
+
+static void test_reason_and_methods(void **state)
+{
+    assert_string_equal(gw_http1_reason(431), "Request Header Fields Too Large");
+    assert_string_equal(gw_http1_reason(799), "Unknown");
+    assert_true(gw_http1_method_idempotent(HTTP_GET));
+    assert_true(gw_http1_method_idempotent(HTTP_PUT));
+    assert_true(gw_http1_method_idempotent(HTTP_DELETE));
+    assert_false(gw_http1_method_idempotent(HTTP_POST));
+    assert_false(gw_http1_method_idempotent(HTTP_PATCH));
+    assert_true(gw_http1_response_bodyless(200, true));
+    assert_true(gw_http1_response_bodyless(204, false));
+    assert_true(gw_http1_response_bodyless(304, false));
+    assert_true(gw_http1_response_bodyless(103, false));
+    assert_false(gw_http1_response_bodyless(200, false));
+    assert_false(gw_http1_response_bodyless(404, false));
+}
+
+static void test_parse_u64(void **state)
+{
+    assert_int_equal(gw_http1_parse_u64(S("0")), 0);
+    assert_int_equal(gw_http1_parse_u64(S("1234567890")), 1234567890);
+    assert_int_equal(gw_http1_parse_u64(S("")), -1);
+    assert_int_equal(gw_http1_parse_u64(S("-1")), -1);
+    assert_int_equal(gw_http1_parse_u64(S("12a")), -1);
+    assert_int_equal(gw_http1_parse_u64(S("1234567890123456789")), -1);
+}
+
+static void test_buf_grows_in_arena(void **state)
+{
+    gw_arena_t a;
+    gw_arena_init(&a, 1024, 0);
+    gw_buf_t b;
+    gw_buf_init(&b, &a, 8);
+    for (int i = 0; i < 100; i++)
+        gw_buf_append_header(&b, S("X-N"), S("value"));
+    gw_buf_append_u64(&b, 18446744073709551615ULL);
+    assert_false(b.oom);
+    assert_int_equal(b.len, 100 * strlen("X-N: value\r\n") + 20);
+    assert_memory_equal(b.p, "X-N: value\r\nX-N:", 16);
+    assert_memory_equal(b.p + b.len - 20, "18446744073709551615", 20);
+    gw_arena_free(&a);
+}
+
+static void test_buf_oom_is_sticky(void **state)
+{
+    gw_arena_t a;
+    gw_arena_init(&a, 256, 512); /* at most 512 bytes in blocks */
+    gw_buf_t b;
+    gw_buf_init(&b, &a, 64);
+    char big[600];
+    memset(big, 'x', sizeof big);
+    gw_buf_append(&b, big, sizeof big);
+    assert_true(b.oom);
+    size_t len = b.len;
+    gw_buf_append(&b, "y", 1);
+    assert_int_equal(b.len, len);
+    gw_arena_free(&a);
+}
+
+static void test_arena_reset_keeps_first_block(void **state)
+{
+    gw_arena_t a;
+    gw_arena_init(&a, 4096, 0);
+    char *p1 = gw_arena_alloc(&a, 100);
+    assert_non_null(p1);
+    assert_int_equal((uintptr_t)p1 % 16, 0);
+    void *big = gw_arena_alloc(&a, 10000); /* its own block */
+    assert_non_null(big);
+    assert_int_equal(a.total, 4096 + 10000);
+    char *p2 = gw_arena_alloc(&a, 100); /* still from the first block */
+    assert_ptr_equal(p2, p1 + 112);
+    gw_arena_reset(&a);
+    assert_int_equal(a.total, 4096);
+    char *p3 = gw_arena_alloc(&a, 10);
+    assert_ptr_equal(p3, p1); /* the kept block is reused from its start: no malloc */
+    char *d = gw_arena_dup(&a, "abc", 3);
+    assert_string_equal(d, "abc");
+    gw_arena_free(&a);
+    assert_null(a.head);
+}
+
+static void test_arena_limit(void **state)
+{
+    gw_arena_t a;
+    gw_arena_init(&a, 1024, 2048);
+    assert_non_null(gw_arena_alloc(&a, 1000));
+    assert_non_null(gw_arena_alloc(&a, 1000));
+    assert_null(gw_arena_alloc(&a, 1000));
+    gw_arena_free(&a);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tokens),
+        cmocka_unit_test(test_hop_by_hop),
+        cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_reason_and_methods),
+        cmocka_unit_test(test_parse_u64),
+        cmocka_unit_test(test_buf_grows_in_arena),
+        cmocka_unit_test(test_buf_oom_is_sticky),
+        cmocka_unit_test(test_arena_reset_keeps_first_block),
+        cmocka_unit_test(test_arena_limit),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
