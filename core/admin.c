@@ -84,9 +84,9 @@ struct gw_admin_conn {
     /* The request being parsed. */
     char path[GW_ADMIN_PATH_MAX]; /* up to '?', not NUL-terminated */
     size_t path_len;
-    bool path_long; /* longer than path[]: matches no endpoint */
-    bool path_done; /* '?' seen: the rest of the target is the query */
-    bool in_head;   /* between message begin and headers complete */
+    bool path_long;        /* longer than path[]: matches no endpoint */
+    bool path_done;        /* '?' seen: the rest of the target is the query */
+    bool in_head;          /* between message begin and headers complete */
     const char *head_mark; /* head bytes before this point are counted */
     size_t head_bytes;
     uint64_t body_bytes;
@@ -379,7 +379,8 @@ static void gw_admin_conn_send_error(gw_admin_conn_t *c, int status, const char 
 
 static bool gw_admin_path_is(const gw_admin_conn_t *c, const char *path)
 {
-    return !c->path_long && gw_slice_eq(GW_SLICE(c->path, c->path_len), GW_SLICE(path, strlen(path)));
+    return !c->path_long &&
+           gw_slice_eq(GW_SLICE(c->path, c->path_len), GW_SLICE(path, strlen(path)));
 }
 
 /* Answers the request that just completed. */
@@ -401,8 +402,8 @@ static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
     }
     if (healthz) {
         static const char ok[] = "{\"status\":\"ok\"}";
-        gw_admin_conn_send(c, 200, "application/json", "", (char *)ok, sizeof(ok) - 1, false,
-                           head, !keep_alive);
+        gw_admin_conn_send(c, 200, "application/json", "", (char *)ok, sizeof(ok) - 1, false, head,
+                           !keep_alive);
         return;
     }
     const gw_admin_source_t *src = c->admin->src;
@@ -563,8 +564,8 @@ static void gw_admin_conn_parse(gw_admin_conn_t *c)
                                  true);
         break;
     case 431:
-        gw_admin_conn_send_error(c, 431, "headers_too_large", "request head over 8 KiB", "",
-                                 false, true);
+        gw_admin_conn_send_error(c, 431, "headers_too_large", "request head over 8 KiB", "", false,
+                                 true);
         break;
     default:
         gw_admin_conn_send_error(c, 400, "bad_request", "malformed request", "", false, true);

@@ -17,18 +17,52 @@ struct gw_arena_block {
 
 #define GW_ARENA_HDR ((sizeof(gw_arena_block_t) + 15) & ~(size_t)15)
 
-void gw_arena_init(gw_arena_t *a, size_t block_size, size_t limit)
+void gw_arena_init(gw_arena_t *a, size_t block_size, size_t limit, gw_arena_cache_t *cache)
 {
     a->head = NULL;
     a->block_size = block_size;
     a->limit = limit;
     a->total = 0;
+    a->cache = cache;
+}
+
+void gw_arena_cache_drain(gw_arena_cache_t *cache)
+{
+    while (cache->free) {
+        gw_arena_block_t *b = cache->free;
+        cache->free = b->next;
+        free(b);
+    }
+    cache->n = 0;
+}
+
+/* Frees a block, or parks an ordinary one in the cache. */
+static void arena_drop_block(gw_arena_t *a, gw_arena_block_t *b)
+{
+    a->total -= b->size;
+    gw_arena_cache_t *c = a->cache;
+    if (c && b->size == a->block_size && c->n < c->max) {
+        b->next = c->free;
+        c->free = b;
+        c->n++;
+        return;
+    }
+    free(b);
 }
 
 static gw_arena_block_t *arena_new_block(gw_arena_t *a, size_t size)
 {
     if (a->limit && a->total + size > a->limit)
         return NULL;
+    gw_arena_cache_t *c = a->cache;
+    if (c && c->free && size == a->block_size) {
+        gw_arena_block_t *cb = c->free;
+        c->free = cb->next;
+        c->n--;
+        cb->used = 0;
+        a->total += size;
+        return cb;
+    }
     gw_arena_block_t *b = malloc(GW_ARENA_HDR + size);
     if (!b)
         return NULL;
@@ -89,12 +123,10 @@ void gw_arena_reset(gw_arena_t *a)
     gw_arena_block_t *b = a->head;
     while (b) {
         gw_arena_block_t *next = b->next;
-        if (!keep && b->size == a->block_size) {
+        if (!keep && b->size == a->block_size)
             keep = b;
-        } else {
-            a->total -= b->size;
-            free(b);
-        }
+        else
+            arena_drop_block(a, b);
         b = next;
     }
     if (keep) {
@@ -109,7 +141,7 @@ void gw_arena_free(gw_arena_t *a)
     gw_arena_block_t *b = a->head;
     while (b) {
         gw_arena_block_t *next = b->next;
-        free(b);
+        arena_drop_block(a, b);
         b = next;
     }
     a->head = NULL;

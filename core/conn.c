@@ -437,14 +437,40 @@ static void conn_on_write(uv_write_t *req, int status)
         cb(c, 0);
 }
 
+int gw_write_rest(uv_write_t *req, uv_stream_t *s, const uv_buf_t *bufs, unsigned nbufs, size_t done,
+                  uv_write_cb cb)
+{
+    uv_buf_t rest[16];
+    unsigned n = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        if (done >= bufs[i].len) {
+            done -= bufs[i].len;
+            continue;
+        }
+        if (n == GW_ARRAY_LEN(rest))
+            return UV_ENOBUFS;
+        rest[n++] = uv_buf_init(bufs[i].base + done, (unsigned)(bufs[i].len - done));
+        done = 0;
+    }
+    return uv_write(req, s, rest, n, cb);
+}
+
 int gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned nbufs, void (*cb)(gw_conn_t *, int))
 {
+    size_t total = 0;
     for (unsigned i = 0; i < nbufs; i++)
-        c->req.bytes_out += bufs[i].len;
+        total += bufs[i].len;
+    c->req.bytes_out += total;
+    int n = c->writes_pending ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (n >= 0 && (size_t)n == total)
+        return 1;
+    if (n < 0 && n != UV_EAGAIN)
+        return n;
     c->write_cb = cb;
     c->writes_pending++;
     c->write_since_ms = now_ms(c);
-    int rc = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, bufs, nbufs, conn_on_write);
+    int rc = gw_write_rest(&c->wreq, (uv_stream_t *)&c->tcp, bufs, nbufs, n > 0 ? (size_t)n : 0,
+                           conn_on_write);
     if (rc != 0) {
         c->writes_pending--;
         c->write_cb = NULL;
@@ -592,10 +618,12 @@ static void conn_next_request(gw_conn_t *c)
 {
     size_t left = c->in_len - c->parsed;
     if (left == 0) {
+        /* Going idle: an idle keep-alive connection holds neither buffer nor arena block. */
         if (c->in) {
             gw_worker_buf_put(c->w, c->in);
             c->in = NULL;
         }
+        gw_arena_free(&c->arena);
         c->in_len = c->parsed = 0;
     } else {
         memmove(c->in, c->in + c->parsed, left);
@@ -681,7 +709,10 @@ static void conn_send(gw_conn_t *c, int status, const char *content_type, gw_sli
     }
     uv_buf_t bufs[2] = {uv_buf_init(h.p, (unsigned)h.len), uv_buf_init((char *)body.p, (unsigned)body.len)};
     unsigned nb = (body.len && !r->head_request) ? 2 : 1;
-    if (gw_conn_write(c, bufs, nb, conn_after_response_write) != 0)
+    int rc = gw_conn_write(c, bufs, nb, conn_after_response_write);
+    if (rc == 1)
+        conn_after_response_write(c, 0);
+    else if (rc < 0)
         gw_conn_close(c);
 }
 
@@ -983,8 +1014,10 @@ static void conn_pump_body(gw_conn_t *c)
     }
     c->parsed = end;
     c->body_wait = true;
-    conn_update_reading(c);
     gw_proxy_body(c, c->in + start, end - start, r->body_done);
+    /* Still waiting means the write was queued: stop reading the client until it is done. */
+    if (c->body_wait && c->state == GW_CS_PROXY)
+        conn_update_reading(c);
 }
 
 void gw_conn_resume_body(gw_conn_t *c)
@@ -1040,7 +1073,7 @@ void gw_conn_accept(gw_worker_t *w, uv_stream_t *server)
     w->nconns++;
     GW_COUNTER_INC(w->metrics->connections_total);
     GW_RELAXED_STORE(w->metrics->connections_active, GW_RELAXED_LOAD(w->metrics->connections_active) + 1);
-    gw_arena_init(&c->arena, 8192, 0);
+    gw_arena_init(&c->arena, 8192, 0, &w->arena_cache);
     llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
     c->parser.data = c;
     conn_start_request(c);

@@ -26,12 +26,12 @@
 
 /* Bucket upper bounds, inclusive as Prometheus defines `le`, in microseconds and as labels. */
 static const uint64_t gw_hist_bounds_us[GW_HIST_NBUCKETS] = {
-    500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
-    1000000, 2500000, 5000000, 10000000, 30000000,
+    500,    1000,   2500,    5000,    10000,   25000,    50000,    100000,
+    250000, 500000, 1000000, 2500000, 5000000, 10000000, 30000000,
 };
 static const char *const gw_hist_le[GW_HIST_NBUCKETS + 1] = {
     "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1",
-    "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "30",    "+Inf",
+    "0.25",   "0.5",   "1",      "2.5",   "5",    "10",    "30",   "+Inf",
 };
 
 static const char *const gw_status_class_label[GW_STATUS_CLASSES] = {
@@ -39,7 +39,10 @@ static const char *const gw_status_class_label[GW_STATUS_CLASSES] = {
 };
 
 static const char *const gw_uerr_label[GW_UERR_MAX] = {
-    "connect", "timeout", "protocol", "reset",
+    "connect",
+    "timeout",
+    "protocol",
+    "reset",
 };
 
 /* Shards are control structures sized by the config, not by peer input: OOM aborts. calloc(0)
@@ -282,9 +285,22 @@ static size_t gw_shard_route_row(const gw_config_t *cfg, const gw_metrics_shard_
     return r < s->nroutes ? r : SIZE_MAX;
 }
 
-static void gw_render_requests(gw_mbuf_t *b, gw_mbuf_t *tmp, const gw_config_t *cfg,
-                               gw_metrics_shard_t *const *shards, size_t nshards)
+typedef struct gw_render_ctx {
+    gw_mbuf_t *b;
+    gw_mbuf_t *tmp;
+    const gw_config_t *cfg;
+    gw_metrics_shard_t *const *shards;
+    size_t nshards;
+    gw_backend_t *const *backends; /* may be NULL: the gauges are left out */
+} gw_render_ctx_t;
+
+static void gw_render_requests(const gw_render_ctx_t *x)
 {
+    gw_mbuf_t *b = x->b, *tmp = x->tmp;
+    const gw_config_t *cfg = x->cfg;
+    gw_metrics_shard_t *const *shards = x->shards;
+    size_t nshards = x->nshards;
+
     gw_mbuf_family(b, "gw_requests_total", "counter",
                    "Requests answered, by route and status class.");
     for (size_t r = 0; r <= cfg->nroutes; r++) {
@@ -321,82 +337,102 @@ static void gw_render_requests(gw_mbuf_t *b, gw_mbuf_t *tmp, const gw_config_t *
     }
 }
 
-/* Iterates over every backend of every upstream, in config order. */
-#define GW_FOR_EACH_BACKEND(cfg, u, be)                                                            \
-    for (size_t u = 0; u < (cfg)->nupstreams; u++)                                                 \
-        for (const gw_backend_cfg_t *be = (cfg)->upstreams[u].backends;                            \
-             be < (cfg)->upstreams[u].backends + (cfg)->upstreams[u].nbackends; be++)
+/* The per-backend families, each rendered as one series (or group of series) per backend. */
+typedef enum gw_backend_family {
+    GW_FAM_UPSTREAM_REQUESTS,
+    GW_FAM_UPSTREAM_LATENCY,
+    GW_FAM_IN_FLIGHT,
+    GW_FAM_HEALTHY,
+    GW_FAM_UPSTREAM_ERRORS,
+} gw_backend_family_t;
 
-static void gw_render_upstreams(gw_mbuf_t *b, gw_mbuf_t *tmp, const gw_config_t *cfg,
-                                gw_metrics_shard_t *const *shards, size_t nshards,
-                                gw_backend_t *const *backends)
+static void gw_render_backend_series(const gw_render_ctx_t *x, gw_backend_family_t fam,
+                                     const char *upstream, const gw_backend_cfg_t *be)
 {
-    gw_mbuf_family(b, "gw_upstream_requests_total", "counter",
-                   "Requests sent to a backend.");
-    GW_FOR_EACH_BACKEND (cfg, u, be) {
-        uint64_t sum = 0;
-        for (size_t k = 0; k < nshards; k++)
-            if (be->gindex < shards[k]->nbackends)
-                sum += GW_RELAXED_LOAD(shards[k]->upstream_requests[be->gindex]);
-        gw_mbuf_printf(b, "gw_upstream_requests_total{%s} %" PRIu64 "\n",
-                       gw_labels_backend(tmp, cfg->upstreams[u].name, be->url), sum);
+    const char *labels = gw_labels_backend(x->tmp, upstream, be->url);
+    uint32_t g = be->gindex;
+    uint64_t sum = 0, errs[GW_UERR_MAX] = {0};
+    gw_histogram_t h = {.count = 0};
+    const gw_backend_t *state = NULL;
+
+    if (fam == GW_FAM_IN_FLIGHT || fam == GW_FAM_HEALTHY) {
+        if (g >= x->cfg->nbackends_total || x->backends[g] == NULL)
+            return;
+        state = x->backends[g];
+    }
+    for (size_t k = 0; k < x->nshards; k++) {
+        gw_metrics_shard_t *s = x->shards[k];
+        if (g >= s->nbackends)
+            continue;
+        if (fam == GW_FAM_UPSTREAM_REQUESTS)
+            sum += GW_RELAXED_LOAD(s->upstream_requests[g]);
+        else if (fam == GW_FAM_UPSTREAM_LATENCY)
+            gw_hist_accumulate(&h, &s->upstream_latency[g]);
+        else if (fam == GW_FAM_UPSTREAM_ERRORS)
+            for (size_t e = 0; e < GW_UERR_MAX; e++)
+                errs[e] += GW_RELAXED_LOAD(s->upstream_errors[g][e]);
     }
 
-    gw_mbuf_family(b, "gw_upstream_latency_seconds", "histogram",
-                   "Time from sending a request to a backend to its response head.");
-    GW_FOR_EACH_BACKEND (cfg, u, be) {
-        gw_histogram_t h = {.count = 0};
-        for (size_t k = 0; k < nshards; k++)
-            if (be->gindex < shards[k]->nbackends)
-                gw_hist_accumulate(&h, &shards[k]->upstream_latency[be->gindex]);
-        gw_mbuf_histogram(b, "gw_upstream_latency_seconds",
-                          gw_labels_backend(tmp, cfg->upstreams[u].name, be->url), &h);
-    }
-
-    if (backends != NULL) {
-        gw_mbuf_family(b, "gw_upstream_in_flight", "gauge",
-                       "Requests in flight to a backend, from all workers.");
-        GW_FOR_EACH_BACKEND (cfg, u, be) {
-            if (be->gindex >= cfg->nbackends_total || backends[be->gindex] == NULL)
-                continue;
-            gw_mbuf_printf(b, "gw_upstream_in_flight{%s} %" PRIu32 "\n",
-                           gw_labels_backend(tmp, cfg->upstreams[u].name, be->url),
-                           GW_RELAXED_LOAD(backends[be->gindex]->inflight));
-        }
-        gw_mbuf_family(b, "gw_upstream_healthy", "gauge",
-                       "1 if the backend may be picked, 0 if it is down or ejected.");
-        GW_FOR_EACH_BACKEND (cfg, u, be) {
-            if (be->gindex >= cfg->nbackends_total || backends[be->gindex] == NULL)
-                continue;
-            gw_mbuf_printf(b, "gw_upstream_healthy{%s} %d\n",
-                           gw_labels_backend(tmp, cfg->upstreams[u].name, be->url),
-                           GW_RELAXED_LOAD(backends[be->gindex]->healthy) ? 1 : 0);
-        }
-    }
-
-    gw_mbuf_family(b, "gw_upstream_errors_total", "counter",
-                   "Failed attempts to a backend, by kind.");
-    GW_FOR_EACH_BACKEND (cfg, u, be) {
-        uint64_t sum[GW_UERR_MAX] = {0};
-        for (size_t k = 0; k < nshards; k++)
-            if (be->gindex < shards[k]->nbackends)
-                for (size_t e = 0; e < GW_UERR_MAX; e++)
-                    sum[e] += GW_RELAXED_LOAD(shards[k]->upstream_errors[be->gindex][e]);
-        const char *labels = gw_labels_backend(tmp, cfg->upstreams[u].name, be->url);
+    switch (fam) {
+    case GW_FAM_UPSTREAM_REQUESTS:
+        gw_mbuf_printf(x->b, "gw_upstream_requests_total{%s} %" PRIu64 "\n", labels, sum);
+        break;
+    case GW_FAM_UPSTREAM_LATENCY:
+        gw_mbuf_histogram(x->b, "gw_upstream_latency_seconds", labels, &h);
+        break;
+    case GW_FAM_IN_FLIGHT:
+        gw_mbuf_printf(x->b, "gw_upstream_in_flight{%s} %" PRIu32 "\n", labels,
+                       GW_RELAXED_LOAD(state->inflight));
+        break;
+    case GW_FAM_HEALTHY:
+        gw_mbuf_printf(x->b, "gw_upstream_healthy{%s} %d\n", labels,
+                       GW_RELAXED_LOAD(state->healthy) ? 1 : 0);
+        break;
+    case GW_FAM_UPSTREAM_ERRORS:
         for (size_t e = 0; e < GW_UERR_MAX; e++)
-            gw_mbuf_printf(b, "gw_upstream_errors_total{%s,kind=\"%s\"} %" PRIu64 "\n", labels,
-                           gw_uerr_label[e], sum[e]);
+            gw_mbuf_printf(x->b, "gw_upstream_errors_total{%s,kind=\"%s\"} %" PRIu64 "\n", labels,
+                           gw_uerr_label[e], errs[e]);
+        break;
     }
+}
 
-    gw_mbuf_family(b, "gw_retries_total", "counter", "Retried upstream attempts.");
-    for (size_t u = 0; u < cfg->nupstreams; u++) {
+/* One family over every backend of every upstream, in config order. */
+static void gw_render_backend_family(const gw_render_ctx_t *x, gw_backend_family_t fam,
+                                     const char *name, const char *type, const char *help)
+{
+    gw_mbuf_family(x->b, name, type, help);
+    for (size_t u = 0; u < x->cfg->nupstreams; u++) {
+        const gw_upstream_cfg_t *up = &x->cfg->upstreams[u];
+        for (size_t i = 0; i < up->nbackends; i++)
+            gw_render_backend_series(x, fam, up->name, &up->backends[i]);
+    }
+}
+
+static void gw_render_upstreams(const gw_render_ctx_t *x)
+{
+    gw_render_backend_family(x, GW_FAM_UPSTREAM_REQUESTS, "gw_upstream_requests_total", "counter",
+                             "Requests sent to a backend.");
+    gw_render_backend_family(x, GW_FAM_UPSTREAM_LATENCY, "gw_upstream_latency_seconds", "histogram",
+                             "Time from sending a request to a backend to its response head.");
+    if (x->backends != NULL) {
+        gw_render_backend_family(x, GW_FAM_IN_FLIGHT, "gw_upstream_in_flight", "gauge",
+                                 "Requests in flight to a backend, from all workers.");
+        gw_render_backend_family(x, GW_FAM_HEALTHY, "gw_upstream_healthy", "gauge",
+                                 "1 if the backend may be picked, 0 if it is down or ejected.");
+    }
+    gw_render_backend_family(x, GW_FAM_UPSTREAM_ERRORS, "gw_upstream_errors_total", "counter",
+                             "Failed attempts to a backend, by kind.");
+
+    gw_mbuf_family(x->b, "gw_retries_total", "counter", "Retried upstream attempts.");
+    for (size_t u = 0; u < x->cfg->nupstreams; u++) {
         uint64_t sum = 0;
-        for (size_t k = 0; k < nshards; k++)
-            if (u < shards[k]->nupstreams)
-                sum += GW_RELAXED_LOAD(shards[k]->retries[u]);
-        tmp->len = 0;
-        gw_mbuf_label(tmp, true, "upstream", cfg->upstreams[u].name);
-        gw_mbuf_printf(b, "gw_retries_total{%s} %" PRIu64 "\n", tmp->oom ? "" : tmp->p, sum);
+        for (size_t k = 0; k < x->nshards; k++)
+            if (u < x->shards[k]->nupstreams)
+                sum += GW_RELAXED_LOAD(x->shards[k]->retries[u]);
+        x->tmp->len = 0;
+        gw_mbuf_label(x->tmp, true, "upstream", x->cfg->upstreams[u].name);
+        gw_mbuf_printf(x->b, "gw_retries_total{%s} %" PRIu64 "\n", x->tmp->oom ? "" : x->tmp->p,
+                       sum);
     }
 }
 
@@ -405,8 +441,9 @@ char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shard
 {
     gw_mbuf_t b = {0}, tmp = {0};
 
-    gw_render_requests(&b, &tmp, cfg, shards, nshards);
-    gw_render_upstreams(&b, &tmp, cfg, shards, nshards, backends);
+    gw_render_ctx_t x = {&b, &tmp, cfg, shards, nshards, backends};
+    gw_render_requests(&x);
+    gw_render_upstreams(&x);
 
     uint64_t active = 0, total = 0;
     for (size_t k = 0; k < nshards; k++) {

@@ -208,12 +208,20 @@ static void proxy_report(gw_conn_t *c, enum gw_lb_outcome outcome, int status)
 
 /* ---- sending the request ---- */
 
+static void proxy_up_written(gw_upconn_t *u, int status);
+
 static void proxy_on_up_write(uv_write_t *req, int status)
 {
     gw_upconn_t *u = req->data;
     u->write_pending = false;
     if (u->state == GW_US_CLOSING)
         return;
+    proxy_up_written(u, status);
+}
+
+/* A write to the backend finished (at once or from its callback). */
+static void proxy_up_written(gw_upconn_t *u, int status)
+{
     gw_conn_t *c = u->conn;
     if (!c) {
         gw_upconn_close(u);
@@ -242,11 +250,24 @@ static void proxy_on_up_write(uv_write_t *req, int status)
     gw_conn_resume_body(c);
 }
 
+/* Writes to the backend, at once when the kernel takes it all (then the completion runs
+ * before this returns), else queued. Returns 0 or a negative error. */
 static int proxy_up_write(gw_upconn_t *u, const uv_buf_t *bufs, unsigned n, int kind)
 {
     u->write_kind = kind;
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    int w = u->write_pending ? UV_EAGAIN : uv_try_write((uv_stream_t *)&u->tcp, bufs, n);
+    if (w >= 0 && (size_t)w == total) {
+        proxy_up_written(u, 0);
+        return 0;
+    }
+    if (w < 0 && w != UV_EAGAIN)
+        return w;
     u->write_pending = true;
-    int rc = uv_write(&u->wreq, (uv_stream_t *)&u->tcp, bufs, n, proxy_on_up_write);
+    int rc = gw_write_rest(&u->wreq, (uv_stream_t *)&u->tcp, bufs, n, w > 0 ? (size_t)w : 0,
+                           proxy_on_up_write);
     if (rc != 0)
         u->write_pending = false;
     return rc;
@@ -276,11 +297,13 @@ static void proxy_send_head(gw_conn_t *c, gw_upconn_t *u)
     GW_ATOMIC_ADD(r->backend->inflight, 1);
     r->inflight = true;
     GW_COUNTER_INC(c->w->metrics->upstream_requests[r->backend->cfg->gindex]);
-    if (proxy_up_write(u, bufs, 2, GW_UW_HEAD) != 0 || gw_upconn_read_start(u) != 0) {
+    if (gw_upconn_read_start(u) != 0) {
         proxy_fail(c, u, GW_UERR_RESET, false);
         return;
     }
     gw_upconn_arm(u, u->pool->ucfg->send_timeout_ms);
+    if (proxy_up_write(u, bufs, 2, GW_UW_HEAD) != 0)
+        proxy_fail(c, u, GW_UERR_RESET, false);
 }
 
 void gw_proxy_body(gw_conn_t *c, const char *p, size_t n, bool last)
@@ -297,12 +320,10 @@ void gw_proxy_body(gw_conn_t *c, const char *p, size_t n, bool last)
         return;
     }
     uv_buf_t b = uv_buf_init((char *)p, (unsigned)n);
-    if (proxy_up_write(u, &b, 1, GW_UW_BODY) != 0) {
-        proxy_fail(c, u, GW_UERR_RESET, false);
-        return;
-    }
     if (!u->head_done)
         gw_upconn_arm(u, u->pool->ucfg->send_timeout_ms);
+    if (proxy_up_write(u, &b, 1, GW_UW_BODY) != 0)
+        proxy_fail(c, u, GW_UERR_RESET, false);
 }
 
 /* ---- picking and connecting ---- */
@@ -665,17 +686,15 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
             bufs[nb++] = uv_buf_init(u->in + u->parsed, (unsigned)(u->in_len - u->parsed));
         u->parsed = u->in_len;
         gw_upconn_read_stop(u);
-        if (send_head) {
-            /* The tunnel starts when the 101 went out; bytes the client already sent follow. */
-            if (gw_conn_write(c, bufs, nb, proxy_on_client_written) != 0) {
-                gw_conn_close(c);
-                return;
-            }
-            gw_conn_start_tunnel(c);
+        int rc = gw_conn_write(c, bufs, nb, proxy_on_client_written);
+        if (rc < 0) {
+            gw_conn_close(c);
             return;
         }
-        if (nb && gw_conn_write(c, bufs, nb, proxy_on_client_written) != 0)
-            gw_conn_close(c);
+        /* The tunnel starts with the 101; bytes the client already sent follow it. */
+        gw_conn_start_tunnel(c);
+        if (rc == 1 && c->state == GW_CS_TUNNEL)
+            gw_proxy_client_drained(c);
         return;
     }
 
@@ -738,9 +757,14 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         gw_upconn_read_start(u);
         return;
     }
-    gw_upconn_read_stop(u);
-    uv_timer_stop(&u->timer);
-    if (gw_conn_write(c, body, nbody, proxy_on_client_written) != 0) {
+    int rc = gw_conn_write(c, body, nbody, proxy_on_client_written);
+    if (rc == 1) {
+        gw_proxy_client_drained(c);
+    } else if (rc == 0) {
+        /* The client is slower than the backend: stop reading it until the write is done. */
+        gw_upconn_read_stop(u);
+        uv_timer_stop(&u->timer);
+    } else {
         proxy_drop_upstream(c);
         gw_conn_close(c);
     }
@@ -758,10 +782,14 @@ void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread)
             gw_conn_close(c);
             return;
         }
-        gw_upconn_read_stop(u);
         uv_buf_t b = uv_buf_init(u->in, (unsigned)u->in_len);
         u->parsed = u->in_len;
-        if (gw_conn_write(c, &b, 1, proxy_on_client_written) != 0)
+        int rc = gw_conn_write(c, &b, 1, proxy_on_client_written);
+        if (rc == 1)
+            gw_proxy_client_drained(c);
+        else if (rc == 0)
+            gw_upconn_read_stop(u);
+        else
             gw_conn_close(c);
         return;
     }
@@ -800,7 +828,11 @@ void gw_proxy_tunnel_client_data(gw_conn_t *c)
     }
     uv_buf_t b = uv_buf_init(c->in + c->parsed, (unsigned)(c->in_len - c->parsed));
     c->parsed = c->in_len;
-    gw_conn_pause_reading(c);
-    if (proxy_up_write(u, &b, 1, GW_UW_TUNNEL) != 0)
+    c->body_wait = true;
+    if (proxy_up_write(u, &b, 1, GW_UW_TUNNEL) != 0) {
         gw_conn_close(c);
+        return;
+    }
+    if (c->body_wait && c->state == GW_CS_TUNNEL)
+        gw_conn_pause_reading(c); /* the backend is slower than the client */
 }

@@ -203,6 +203,7 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
     gw_list_init(&w->conns);
     gw_list_init(&w->upconns);
     w->free_bufs = calloc(GW_FREE_BUFS_MAX, sizeof(char *));
+    w->arena_cache.max = GW_FREE_BUFS_MAX * 4;
     w->pools = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof(gw_pool_t));
     w->ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(gw_worker_upstream_t));
     w->listeners = calloc(cfg->nlisten, sizeof(uv_tcp_t));
@@ -285,6 +286,7 @@ static void worker_free(gw_worker_t *w)
     }
     for (uint32_t i = 0; i < w->nfree_bufs; i++)
         free(w->free_bufs[i]);
+    gw_arena_cache_drain(&w->arena_cache);
     free(w->free_bufs);
     free(w->ups);
     free(w->pools);

@@ -97,6 +97,7 @@ struct gw_worker {
     gw_metrics_shard_t *metrics;
     uint64_t rng;
     uint64_t request_seq;
+    gw_arena_cache_t arena_cache; /* request arena blocks of idle connections */
     char **free_bufs;      /* recycled connection input buffers */
     uint32_t nfree_bufs;
 };
@@ -215,9 +216,18 @@ void gw_conn_close_all(gw_worker_t *w);
 
 /* The response side calls back into the connection (proxy.c -> conn.c). */
 void gw_conn_close(gw_conn_t *c);
-/** Writes `bufs` to the client as one batch; `cb` runs when it is done (status < 0: failed,
- * and the connection is then already closing). Only one batch may be in flight. */
+/** Writes `bufs` to the client as one batch. Returns 1 when the kernel took everything at once
+ * (`cb` is not called: the caller goes on), 0 when the rest was queued (`cb` runs when it is
+ * written; if that fails the connection is closed and `cb` is not called), or a negative error
+ * (nothing queued). Only one batch may be in flight. Trying the write first saves the
+ * read-stop/read-start pair (two epoll_ctl calls) that backpressure would cost on every
+ * response. */
 int gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned nbufs, void (*cb)(gw_conn_t *, int));
+
+/** Writes what uv_try_write did not take: skips the first `done` bytes of `bufs` and queues
+ * the rest with uv_write. Returns uv_write's result. */
+int gw_write_rest(uv_write_t *req, uv_stream_t *s, const uv_buf_t *bufs, unsigned nbufs, size_t done,
+                  uv_write_cb cb);
 /** Sends a gateway-generated JSON error (DESIGN §7) and ends the request. */
 void gw_conn_respond_error(gw_conn_t *c, int status, const char *code, const char *message);
 /** The response is complete: log, count, then keep-alive or close. */

@@ -81,8 +81,7 @@ static int setup(void **state)
     assert_non_null(f);
     assert_int_equal(uv_loop_init(&f->loop), 0);
     f->backend_cfg[0] = (gw_backend_cfg_t){.url = "http://127.0.0.1:9001", .gindex = 0};
-    f->upstream[0] = (gw_upstream_cfg_t){.name = "api", .backends = f->backend_cfg,
-                                         .nbackends = 1};
+    f->upstream[0] = (gw_upstream_cfg_t){.name = "api", .backends = f->backend_cfg, .nbackends = 1};
     f->route[0] = (gw_route_cfg_t){.name = "api", .upstream = 0};
     f->cfg.upstreams = f->upstream;
     f->cfg.nupstreams = 1;
@@ -99,8 +98,8 @@ static int setup(void **state)
     f->shards[0] = gw_metrics_shard_new(&f->cfg);
     f->shards[1] = gw_metrics_shard_new(&f->cfg);
     f->shards[0]->requests[0][2] = 5;
-    f->src = (gw_admin_source_t){.cfg = &f->cfg, .shards = f->shards, .nshards = 2,
-                                 .backends = f->backends};
+    f->src = (gw_admin_source_t){
+        .cfg = &f->cfg, .shards = f->shards, .nshards = 2, .backends = f->backends};
     assert_int_equal(gw_admin_start(&f->loop, &f->src, &f->admin), 0);
     f->port = gw_admin_port(f->admin);
     assert_true(f->port > 0);
@@ -196,8 +195,7 @@ static bool client_fill(client_t *c, uint64_t deadline)
             c->eof = true;
             return false;
         }
-        assert_true(errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOTCONN ||
-                    errno == EINTR);
+        assert_true(errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOTCONN || errno == EINTR);
         if (now_ms() >= deadline)
             fail_msg("timed out waiting for the admin server");
         pump();
@@ -342,8 +340,8 @@ static void test_not_found(void **state)
 {
     fixture_t *f = *state;
     static const char *const paths[] = {"/", "/metricsx", "/metric", "/healthz/",
-                                        "/status/this/is/a/rather/long/path/beyond/sixty/four/"
-                                        "bytes/long/enough"};
+                                        ("/status/this/is/a/rather/long/path/beyond/sixty/four/"
+                                         "bytes/long/enough")};
     for (size_t i = 0; i < sizeof(paths) / sizeof(paths[0]); i++) {
         char req[256];
         snprintf(req, sizeof(req), "GET %s HTTP/1.1\r\nHost: x\r\n\r\n", paths[i]);

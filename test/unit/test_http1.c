@@ -75,7 +75,7 @@ static void test_parse_u64(void **state)
 static void test_buf_grows_in_arena(void **state)
 {
     gw_arena_t a;
-    gw_arena_init(&a, 1024, 0);
+    gw_arena_init(&a, 1024, 0, NULL);
     gw_buf_t b;
     gw_buf_init(&b, &a, 8);
     for (int i = 0; i < 100; i++)
@@ -91,7 +91,7 @@ static void test_buf_grows_in_arena(void **state)
 static void test_buf_oom_is_sticky(void **state)
 {
     gw_arena_t a;
-    gw_arena_init(&a, 256, 512); /* at most 512 bytes in blocks */
+    gw_arena_init(&a, 256, 512, NULL); /* at most 512 bytes in blocks */
     gw_buf_t b;
     gw_buf_init(&b, &a, 64);
     char big[600];
@@ -107,7 +107,7 @@ static void test_buf_oom_is_sticky(void **state)
 static void test_arena_reset_keeps_first_block(void **state)
 {
     gw_arena_t a;
-    gw_arena_init(&a, 4096, 0);
+    gw_arena_init(&a, 4096, 0, NULL);
     char *p1 = gw_arena_alloc(&a, 100);
     assert_non_null(p1);
     assert_int_equal((uintptr_t)p1 % 16, 0);
@@ -129,11 +129,33 @@ static void test_arena_reset_keeps_first_block(void **state)
 static void test_arena_limit(void **state)
 {
     gw_arena_t a;
-    gw_arena_init(&a, 1024, 2048);
+    gw_arena_init(&a, 1024, 2048, NULL);
     assert_non_null(gw_arena_alloc(&a, 1000));
     assert_non_null(gw_arena_alloc(&a, 1000));
     assert_null(gw_arena_alloc(&a, 1000));
     gw_arena_free(&a);
+}
+
+static void test_arena_cache_reuses_blocks(void **state)
+{
+    gw_arena_cache_t cache = {.max = 1};
+    gw_arena_t a, b;
+    gw_arena_init(&a, 1024, 0, &cache);
+    gw_arena_init(&b, 1024, 0, &cache);
+    char *pa = gw_arena_alloc(&a, 10);
+    assert_non_null(gw_arena_alloc(&b, 10));
+    gw_arena_free(&a); /* parked in the cache */
+    assert_int_equal(cache.n, 1);
+    gw_arena_free(&b); /* cache full: freed */
+    assert_int_equal(cache.n, 1);
+    char *pb = gw_arena_alloc(&b, 10);
+    assert_ptr_equal(pb, pa); /* the parked block came back */
+    assert_int_equal(cache.n, 0);
+    assert_int_equal(b.total, 1024);
+    gw_arena_free(&b);
+    gw_arena_cache_drain(&cache);
+    assert_int_equal(cache.n, 0);
+    assert_null(cache.free);
 }
 
 int main(void)
@@ -148,6 +170,7 @@ int main(void)
         cmocka_unit_test(test_buf_oom_is_sticky),
         cmocka_unit_test(test_arena_reset_keeps_first_block),
         cmocka_unit_test(test_arena_limit),
+        cmocka_unit_test(test_arena_cache_reuses_blocks),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,10 +32,10 @@ static int setup(void **state)
     f->api_backends[0] = (gw_backend_cfg_t){.url = "http://127.0.0.1:9001", .gindex = 0};
     f->api_backends[1] = (gw_backend_cfg_t){.url = "http://127.0.0.1:9002", .gindex = 1};
     f->static_backends[0] = (gw_backend_cfg_t){.url = "http://127.0.0.1:9003", .gindex = 2};
-    f->upstreams[0] = (gw_upstream_cfg_t){.name = "api", .backends = f->api_backends,
-                                          .nbackends = 2};
-    f->upstreams[1] = (gw_upstream_cfg_t){.name = "static", .backends = f->static_backends,
-                                          .nbackends = 1};
+    f->upstreams[0] =
+        (gw_upstream_cfg_t){.name = "api", .backends = f->api_backends, .nbackends = 2};
+    f->upstreams[1] =
+        (gw_upstream_cfg_t){.name = "static", .backends = f->static_backends, .nbackends = 1};
     f->routes[0] = (gw_route_cfg_t){.name = "api", .upstream = 0};
     f->routes[1] = (gw_route_cfg_t){.name = "we\"ird\\name\n", .upstream = 1};
     f->cfg.upstreams = f->upstreams;
@@ -45,8 +45,8 @@ static int setup(void **state)
     f->cfg.nbackends_total = 3;
     for (size_t i = 0; i < 3; i++) {
         const gw_backend_cfg_t *bc = i < 2 ? &f->api_backends[i] : &f->static_backends[0];
-        f->backend_state[i] = (gw_backend_t){.cfg = bc, .upstream = i < 2 ? 0 : 1,
-                                             .index = i < 2 ? (uint32_t)i : 0, .healthy = 1};
+        f->backend_state[i] = (gw_backend_t){
+            .cfg = bc, .upstream = i < 2 ? 0 : 1, .index = i < 2 ? (uint32_t)i : 0, .healthy = 1};
         f->backends[i] = &f->backend_state[i];
     }
     f->shards[0] = gw_metrics_shard_new(&f->cfg);
@@ -202,8 +202,7 @@ static void test_render_histogram(void **state)
     assert_line(text, "gw_request_duration_seconds_bucket{route=\"(none)\",le=\"+Inf\"} 0");
     assert_line(text, "gw_request_duration_seconds_sum{route=\"(none)\"} 0");
     assert_line(text, "gw_request_duration_seconds_count{route=\"(none)\"} 0");
-    assert_line(text,
-                "gw_request_duration_seconds_count{route=\"we\\\"ird\\\\name\\n\"} 0");
+    assert_line(text, "gw_request_duration_seconds_count{route=\"we\\\"ird\\\\name\\n\"} 0");
     free(text);
 }
 

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Throughput through prequal-gw (1 worker) vs nginx (1 worker, upstream keep-alive) vs one
+# backend directly, in one interleaved run of `wrk -t2 -c64` against the same 4 example
+# backends. Prints requests/s per round and the median per target. Installs wrk and nginx
+# (Debian) if missing. Usage: bench/throughput.sh [seconds-per-run] [rounds]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-5}
+rounds=${2:-3}
+./scripts/install-deps
+for p in wrk nginx-light; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$p" >/dev/null
+done
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+cmake --build build -j"$(nproc)" >/dev/null
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  [ -f "$tmp/nginx.pid" ] && kill "$(cat "$tmp/nginx.pid")" 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+for i in 1 2 3 4; do
+  ./build/pgw-backend --listen "127.0.0.1:1910$i" --name "b$i" --quiet >/dev/null &
+  pids+=($!)
+done
+cat >"$tmp/gw.lua" <<LUA
+return {
+  listen = "127.0.0.1:19180", workers = 1, admin = false,
+  upstreams = { b = { backends = { "http://127.0.0.1:19101", "http://127.0.0.1:19102",
+                                   "http://127.0.0.1:19103", "http://127.0.0.1:19104" } } },
+  routes = { { match = { path_prefix = "/" }, upstream = "b" } },
+}
+LUA
+cat >"$tmp/nginx.conf" <<NGX
+worker_processes 1;
+pid $tmp/nginx.pid;
+error_log $tmp/nginx-error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream b {
+    server 127.0.0.1:19101; server 127.0.0.1:19102; server 127.0.0.1:19103; server 127.0.0.1:19104;
+    keepalive 64;
+  }
+  server {
+    listen 127.0.0.1:19181;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGX
+./build/prequal-gw "$tmp/gw.lua" 2>"$tmp/gw.log" &
+pids+=($!)
+nginx -c "$tmp/nginx.conf" -e "$tmp/nginx-error.log"
+sleep 0.5
+declare -A results
+run() {
+  local name=$1 url=$2
+  local rps
+  rps=$(wrk -t2 -c64 -d"${secs}s" "$url" | awk '/Requests\/sec/ {print $2}')
+  results[$name]="${results[$name]:-} $rps"
+  printf '  %-8s %10s req/s\n' "$name" "$rps"
+}
+for r in $(seq 1 "$rounds"); do
+  echo "round $r"
+  run direct http://127.0.0.1:19101/
+  run nginx http://127.0.0.1:19181/
+  run gateway http://127.0.0.1:19180/
+done
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "median over $rounds rounds of ${secs}s (wrk -t2 -c64):"
+d=$(echo "${results[direct]}" | median)
+for n in direct nginx gateway; do
+  m=$(echo "${results[$n]}" | median)
+  printf '  %-8s %10s req/s  %.2fx of direct\n' "$n" "$m" "$(echo "$m / $d" | bc -l)"
+done
