@@ -1,0 +1,260 @@
+/*
+ * prequal: the pure core of the Prequal load balancer (PREQUAL.md; Wydrowski et al., NSDI 2024).
+ *
+ * One gw_prequal_t is the probe pool of one upstream in one worker ("client" in the paper). It does
+ * no I/O, reads no clock and keeps no global state: the caller passes the time (now_ms, from the
+ * loop's clock) and the worker's generator (uint64_t *rng, see gw_rand_next), so tests are exact.
+ * Backends are named by their index 0..n-1 within the upstream. The caller owns the network side:
+ * sending probes over keep-alive connections, timeouts, health, ejection, in-flight counts.
+ *
+ * Request path, per request:
+ *   k = gw_prequal_probes_for_request(p);                  how many probes this request triggers
+ *   gw_prequal_choose_probe_targets(p, eligible, n, k, ..) which backends to probe (async)
+ *   i = gw_prequal_pick(p, now, tried, &branch);           -1: pick a random healthy backend
+ * Probe path: gw_prequal_on_probe_result() (mode tracking), then gw_prequal_on_probe() when the
+ * reply carried signals. Failures: gw_prequal_purge(). Idle timer: gw_prequal_idle_probe_due().
+ *
+ * Nothing here allocates after gw_prequal_new()/gw_prequal_resize(); no function is thread-safe
+ * except that another thread may read gw_prequal_stats() counters with GW_RELAXED_LOAD.
+ */
+#ifndef GW_PREQUAL_H
+#define GW_PREQUAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* PREQUAL.md §2. Field names match gateway.lua. */
+typedef struct gw_prequal_params {
+    uint32_t pool_size;            /* m: max pool entries (one per backend), 1..1024 */
+    uint32_t max_age_ms;           /* entries older than this are dropped, 1..60000 */
+    double probes_per_request;     /* r_probe, 0..16, fractional allowed */
+    double removes_per_request;    /* r_remove, 0..16, fractional allowed */
+    double delta;                  /* δ of Eq. 1, 0..100 */
+    uint32_t max_reuse;            /* cap of the reuse budget, 1..1024 */
+    double q_rif;                  /* hot/cold quantile, 0..1 (1 = latency only) */
+    uint32_t rif_history;          /* K: RIF ring length, 1..4096 */
+    uint32_t probe_timeout_ms;     /* caller's probe timeout, 1..60000 (validated only) */
+    uint32_t idle_probe_ms;        /* idle probing period, 1..60000 */
+    uint32_t max_probes_in_flight; /* caller's per-worker cap, 1..65536 (validated only) */
+} gw_prequal_params_t;
+
+typedef enum gw_prequal_branch {
+    GW_PREQUAL_COLD = 0, /* a cold entry with the lowest latency */
+    GW_PREQUAL_HOT,      /* every usable entry hot: the lowest RIF */
+    GW_PREQUAL_FALLBACK, /* under 2 usable entries: caller picks a random healthy backend */
+    GW_PREQUAL_BRANCH_COUNT
+} gw_prequal_branch_t;
+
+typedef enum gw_prequal_reason {
+    GW_PREQUAL_RM_AGE = 0,    /* older than max_age_ms when selecting */
+    GW_PREQUAL_RM_REUSE,      /* reuse budget spent */
+    GW_PREQUAL_RM_CAPACITY,   /* pool full when a probe for a new backend arrived: oldest evicted */
+    GW_PREQUAL_RM_OLDEST,     /* per-request removal, the oldest */
+    GW_PREQUAL_RM_WORST,      /* per-request removal, the worst */
+    GW_PREQUAL_RM_FAILURE,    /* connect error, timeout or 5xx from the backend */
+    GW_PREQUAL_RM_MEMBERSHIP, /* backend removed or replaced */
+    GW_PREQUAL_REASON_COUNT
+} gw_prequal_reason_t;
+
+/* prequal_probes_total{result}: ok, synthetic and piggyback are counted by this module; the caller
+ * counts fail, timeout and skipped with gw_prequal_count_probe(). */
+typedef enum gw_prequal_probe_stat {
+    GW_PREQUAL_PROBE_STAT_OK = 0,
+    GW_PREQUAL_PROBE_STAT_FAIL,
+    GW_PREQUAL_PROBE_STAT_TIMEOUT,
+    GW_PREQUAL_PROBE_STAT_SKIPPED,
+    GW_PREQUAL_PROBE_STAT_SYNTHETIC,
+    GW_PREQUAL_PROBE_STAT_PIGGYBACK,
+    GW_PREQUAL_PROBE_STAT_COUNT
+} gw_prequal_probe_stat_t;
+
+/* How a backend gets into the pool (PREQUAL.md §4). */
+typedef enum gw_prequal_mode {
+    GW_PREQUAL_MODE_PROBE = 0, /* answers the probe endpoint */
+    GW_PREQUAL_MODE_PASSIVE,   /* does not: synthetic entries, explicit probe retried every 60 s */
+    GW_PREQUAL_MODE_PIGGYBACK, /* signals arrive as headers on normal responses */
+    GW_PREQUAL_MODE_COUNT
+} gw_prequal_mode_t;
+
+/* What an explicit probe reply said, for the mode state machine. */
+typedef enum gw_prequal_probe_result {
+    GW_PREQUAL_PROBE_OK_WITH_SIGNALS = 0, /* RIF (and latency) parsed from headers or JSON */
+    GW_PREQUAL_PROBE_NO_SIGNALS,          /* 404/405, or neither headers nor JSON fields */
+    GW_PREQUAL_PROBE_FAILED               /* connect error, timeout, 5xx: not a reply */
+} gw_prequal_probe_result_t;
+
+/* What to do with a backend chosen as a probe target. */
+typedef enum gw_prequal_probe_action {
+    GW_PREQUAL_SEND_PROBE = 0, /* send an explicit probe */
+    GW_PREQUAL_SYNTHESIZE      /* call gw_prequal_synthesize(): no network cost */
+} gw_prequal_probe_action_t;
+
+#define GW_PREQUAL_PASSIVE_AFTER 3          /* consecutive no-signal replies before passive mode */
+#define GW_PREQUAL_PASSIVE_RETRY_MS 60000u  /* explicit probe retry period in passive mode */
+#define GW_PREQUAL_LAT_SAMPLES 32           /* per-backend latency sample ring */
+#define GW_PREQUAL_LAT_WINDOW_MS 1000u      /* samples older than this are ignored */
+#define GW_PREQUAL_THR_INF UINT64_MAX       /* threshold when q_rif >= 1 (everything cold) */
+
+/* Counters. Written only by the owning worker with relaxed stores; other threads may read them
+ * with GW_RELAXED_LOAD. */
+typedef struct gw_prequal_stats {
+    uint64_t picks[GW_PREQUAL_BRANCH_COUNT];
+    uint64_t removals[GW_PREQUAL_REASON_COUNT];
+    uint64_t probes[GW_PREQUAL_PROBE_STAT_COUNT];
+    uint64_t pool_entries;  /* current number of entries (gauge) */
+    uint64_t rif_threshold; /* threshold of the last non-fallback pick; GW_PREQUAL_THR_INF = +Inf */
+} gw_prequal_stats_t;
+
+/* One pool entry as /status shows it. */
+typedef struct gw_prequal_entry_info {
+    uint32_t backend;
+    uint32_t rif;
+    uint64_t latency_us;
+    uint64_t age_ms;
+    uint32_t uses_left;
+} gw_prequal_entry_info_t;
+
+typedef struct gw_prequal gw_prequal_t;
+
+/** Fills `p` with the defaults of PREQUAL.md §2. */
+void gw_prequal_params_default(gw_prequal_params_t *p);
+
+/** NULL when every field of `p` is in range, else a static message naming the first bad field and
+ * its valid range (e.g. "q_rif must be in [0, 1]"). NaN is out of every range. */
+const char *gw_prequal_params_check(const gw_prequal_params_t *p);
+
+/** A new pool for an upstream of `nbackends` backends (0 allowed), with a copy of `params`.
+ * NULL when the params fail gw_prequal_params_check() or memory is short. Free with
+ * gw_prequal_free(). */
+gw_prequal_t *gw_prequal_new(const gw_prequal_params_t *params, size_t nbackends);
+
+/** Frees `p` (NULL is a no-op). */
+void gw_prequal_free(gw_prequal_t *p);
+
+/** The params the pool was created with. */
+const gw_prequal_params_t *gw_prequal_params(const gw_prequal_t *p);
+
+/** The upstream now has `nbackends` backends. Entries of backends >= nbackends are dropped
+ * (reason membership); new indices start in probe mode with no samples. Indices below the old
+ * size keep their state, so when backends were reordered or replaced the caller must also call
+ * gw_prequal_purge(p, i, GW_PREQUAL_RM_MEMBERSHIP) and gw_prequal_forget(p, i) for each changed
+ * index. Returns 0, or -ENOMEM with `p` unchanged. Allocates. */
+int gw_prequal_resize(gw_prequal_t *p, size_t nbackends);
+
+/** Number of probes this request triggers: take(&acc, probes_per_request), where take adds the
+ * rate to an accumulator and returns its integer part, so 0.5 gives 0,1,0,1 and 3 gives 3,3,3.
+ * The caller sends min(result, eligible, room under max_probes_in_flight) and counts the rest as
+ * skipped. */
+uint32_t gw_prequal_probes_for_request(gw_prequal_t *p);
+
+/** Chooses min(k, number of eligible) DISTINCT backends uniformly at random among those with
+ * eligible[i] true (healthy, not ejected, no probe of this worker in flight), by a partial
+ * Fisher-Yates shuffle; writes them to out[0..] (room for k) and returns how many. Only the first
+ * min(n, nbackends) entries of `eligible` are looked at. No allocation. */
+size_t gw_prequal_choose_probe_targets(gw_prequal_t *p, const bool *eligible, size_t n, uint32_t k,
+                                       uint64_t *rng, uint32_t *out);
+
+/** True when the idle timer should probe: no request (gw_prequal_pick call) for idle_probe_ms,
+ * or fewer than 2 unexpired entries in the pool (expired entries are dropped here, reason age).
+ * When true the caller sends gw_prequal_idle_probes() probes to targets from
+ * gw_prequal_choose_probe_targets(). */
+bool gw_prequal_idle_probe_due(gw_prequal_t *p, uint64_t now_ms);
+
+/** ceil(probes_per_request): how many probes an idle tick sends. */
+uint32_t gw_prequal_idle_probes(const gw_prequal_t *p);
+
+/** Eq. 1 of the paper: b_reuse = max{1, (1+δ) / ((1 − m/n)·r_probe − r_remove)}, with m =
+ * pool_size and n = n_healthy; max_reuse when the denominator is <= 0 (or n is 0); never more than
+ * max_reuse. Check value: m=16, n=100, r_probe=3, r_remove=1, δ=1 gives 1.316. */
+double gw_prequal_reuse_budget(const gw_prequal_params_t *params, size_t n_healthy);
+
+/** A probe reply with signals from `backend`, received at `recv_ms` (receipt, not send time).
+ * Pushes `rif` into the RIF history, replaces the backend's entry if it has one, else evicts the
+ * oldest entry when the pool is full (reason capacity), and inserts the entry with uses_left =
+ * the reuse budget for `n_healthy` healthy backends, randomly rounded to floor or ceil so the
+ * expectation is exact. Counts the probe as ok. Out-of-range backends are ignored. No allocation. */
+void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
+                         uint64_t recv_ms, size_t n_healthy, uint64_t *rng);
+
+/** Selects a backend by the hot-cold lexicographic rule (PREQUAL.md §3), ignoring entries of
+ * backends whose bit is set in `tried` (bit i of tried[i / 64]; may be NULL). Expired entries are
+ * dropped first (reason age). Returns the backend index and sets *branch to COLD or HOT; with
+ * fewer than 2 usable entries returns -1 and sets FALLBACK: the caller then picks a uniformly
+ * random healthy untried backend itself. After a selection the entry's RIF is incremented
+ * (compensation), its uses_left decremented (removed at 0, reason reuse), and
+ * take(&acc, removes_per_request) removals run, alternating oldest and worst. Records now_ms as
+ * the last request time for gw_prequal_idle_probe_due(). No allocation; O(pool_size). */
+int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
+                    gw_prequal_branch_t *branch);
+
+/** The current hot/cold threshold: nearest-rank q_rif quantile of the RIF history,
+ * sorted[floor(q·(K−1))]; GW_PREQUAL_THR_INF when q_rif >= 1 or the history is empty. O(1). */
+uint64_t gw_prequal_rif_threshold(const gw_prequal_t *p);
+
+/** Drops the entry of `backend` if there is one (reason is FAILURE for a connect error, timeout
+ * or 5xx, MEMBERSHIP for a removed backend). Returns whether an entry was dropped. */
+bool gw_prequal_purge(gw_prequal_t *p, uint32_t backend, gw_prequal_reason_t reason);
+
+/** Resets the per-backend state of `backend` (mode, no-signal count, latency samples) for an
+ * index that now names a different backend. Does not touch the pool (see gw_prequal_purge). */
+void gw_prequal_forget(gw_prequal_t *p, uint32_t backend);
+
+/** Feeds an explicit probe's outcome to the backend's mode state machine (PREQUAL.md §4): in probe
+ * mode, GW_PREQUAL_PASSIVE_AFTER consecutive NO_SIGNALS replies switch to passive with a retry at
+ * now+60 s; OK resets the count; FAILED is not a reply and neither counts nor resets. In passive
+ * or piggyback mode (a retry probe), OK returns to probe mode; anything else keeps the mode. */
+void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend,
+                                gw_prequal_probe_result_t result, uint64_t now_ms);
+
+/** The backend's mode (probe mode for out-of-range indices). */
+gw_prequal_mode_t gw_prequal_mode(const gw_prequal_t *p, uint32_t backend);
+
+/** For a backend chosen as a probe target: SEND_PROBE in probe mode, and in passive/piggyback mode
+ * when the 60 s retry is due (the next retry is then scheduled, so a lost reply cannot cause a
+ * probe storm); SYNTHESIZE otherwise. */
+gw_prequal_probe_action_t gw_prequal_probe_action(gw_prequal_t *p, uint32_t backend,
+                                                  uint64_t now_ms);
+
+/** X-Prequal headers seen on a normal response of `backend`: a passive backend switches to
+ * piggyback mode, and the signals enter the pool like a probe reply (counted as piggyback). */
+void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
+                             uint64_t recv_ms, size_t n_healthy, uint64_t *rng);
+
+/** Records a finished request to `backend`: the gateway's in-flight count to it (all workers)
+ * when the request was sent, and its latency. Kept in a ring of the last GW_PREQUAL_LAT_SAMPLES
+ * per backend, for synthetic entries. Call it for every backend; it is cheap. */
+void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_at_start,
+                               uint64_t latency_us, uint64_t now_ms);
+
+/** Median latency (mean of the two middle values for an even count) of the backend's recorded
+ * samples at RIF rif-1..rif+1 from the last GW_PREQUAL_LAT_WINDOW_MS; 0 when there is none. */
+uint64_t gw_prequal_synthetic_latency(const gw_prequal_t *p, uint32_t backend, uint32_t rif,
+                                      uint64_t now_ms);
+
+/** A synthetic probe for a passive/piggyback backend: rif = `inflight` (the gateway's in-flight
+ * count to it, all workers), latency = gw_prequal_synthetic_latency(); enters the pool like a
+ * probe reply received now (counted as synthetic). Sound only when this gateway sends most of
+ * the backend's traffic. */
+void gw_prequal_synthesize(gw_prequal_t *p, uint32_t backend, uint32_t inflight, uint64_t now_ms,
+                           size_t n_healthy, uint64_t *rng);
+
+/** Counts a probe outcome the caller observes (fail, timeout, skipped). */
+void gw_prequal_count_probe(gw_prequal_t *p, gw_prequal_probe_stat_t stat);
+
+/** The counters, owned by `p` and valid until gw_prequal_free(). */
+const gw_prequal_stats_t *gw_prequal_stats(const gw_prequal_t *p);
+
+/** Copies up to `cap` pool entries into out (in no particular order), ages relative to now_ms;
+ * returns the number of entries in the pool (which may exceed cap). Does not expire entries. */
+size_t gw_prequal_pool_snapshot(const gw_prequal_t *p, uint64_t now_ms,
+                                gw_prequal_entry_info_t *out, size_t cap);
+
+/** Label values for metrics: "cold"|"hot"|"fallback"; "age"|"reuse"|...; "ok"|"fail"|...;
+ * "probe"|"passive"|"piggyback". "?" for values out of range. */
+const char *gw_prequal_branch_name(gw_prequal_branch_t b);
+const char *gw_prequal_reason_name(gw_prequal_reason_t r);
+const char *gw_prequal_probe_stat_name(gw_prequal_probe_stat_t s);
+const char *gw_prequal_mode_name(gw_prequal_mode_t m);
+
+#endif
