@@ -11,7 +11,8 @@
  *
  * Arrival times are computed in ns (uv_hrtime). libuv timers are millisecond-granular, so a 1 ms
  * repeating timer (plus a check handle after every loop iteration) sends every arrival whose time
- * has come; the send lag this adds is reported in the summary.
+ * has come; on Linux a timerfd armed at the next due time (same clock as uv_hrtime) wakes the loop
+ * with sub-ms precision too. The send lag left over is reported in the summary.
  *
  * Accounting (only for arrivals after --warmup; later arrivals up to --duration are "sent"):
  *   ok        a 2xx response, completely read;
@@ -39,7 +40,7 @@
  *          share=NAME:FRACTION,...
  *
  * Build: gcc -std=gnu11 -O2 -Wall -Wextra -I/usr/share/include/llhttp bench/loadgen.c
- *        /usr/share/llhttp/*.c $(pkg-config --cflags --libs libuv) -lm -o pgw-loadgen
+ *        /usr/share/llhttp/[*].c $(pkg-config --cflags --libs libuv) -lm -o pgw-loadgen
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -52,6 +53,9 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/resource.h>
+#ifdef __linux__
+#include <sys/timerfd.h>
+#endif
 #include <time.h>
 #include <unistd.h>
 
@@ -137,11 +141,13 @@ typedef struct {
 static uv_loop_t *loop;
 static uv_timer_t tick;
 static uv_check_t check;
+static uv_poll_t tfd_poll; /* Linux: a timerfd armed at the next arrival, for sub-ms precision */
+static int tfd = -1;
 static uv_signal_t sigint_h, sigterm_h;
 static conn_t **pool; /* slots, NULL = free */
 static unsigned nopen, nconnecting;
-static conn_t *idle_head[1]; /* unused: idle search is a scan of the idle stack below */
-static conn_t **idle;        /* stack of idle connections */
+static conn_t **idle; /* stack of idle connections */
+static uint64_t conns_opened;
 static unsigned nidle;
 
 static arrival_t *q; /* FIFO ring of waiting arrivals */
@@ -220,17 +226,17 @@ static void share_add(stats_t *s, const char *name, uint64_t n)
 /* ---------------------------------------------------------------------------------------------- */
 /* outcomes                                                                                       */
 
-enum { R_OK, R_TIMEOUT, R_CONNECT, R_RESET, R_STATUS, R_PARSE };
+enum { RES_OK, RES_TIMEOUT, RES_CONNECT, RES_RESET, RES_STATUS, RES_PARSE };
 
 static void record(int measured, int result, uint64_t intended, const char *backend)
 {
     uint64_t now = uv_hrtime();
-    if (opt.calibrate && result == R_OK && now >= t_measure && now < t_end)
+    if (opt.calibrate && result == RES_OK && now >= t_measure && now < t_end)
         calib_done_ok++;
     if (!measured)
         return;
     switch (result) {
-    case R_OK:
+    case RES_OK:
         st.ok++;
         lat_push(&st, now - intended);
         if (backend && *backend)
@@ -238,17 +244,17 @@ static void record(int measured, int result, uint64_t intended, const char *back
         else
             st.nolabel++;
         break;
-    case R_TIMEOUT:
+    case RES_TIMEOUT:
         st.timeouts++;
         lat_push(&st, opt.timeout_ms * NS_PER_MS);
         break;
     default:
         st.errors++;
-        if (result == R_CONNECT)
+        if (result == RES_CONNECT)
             st.err_connect++;
-        else if (result == R_RESET)
+        else if (result == RES_RESET)
             st.err_reset++;
-        else if (result == R_STATUS)
+        else if (result == RES_STATUS)
             st.err_status++;
         else
             st.err_parse++;
@@ -341,7 +347,7 @@ static void on_written(uv_write_t *w, int status)
     conn_t *c = w->data;
     free(w);
     if (status < 0 && status != UV_ECANCELED && c->state != C_CLOSING)
-        conn_fail(c, R_RESET);
+        conn_fail(c, RES_RESET);
 }
 
 static void conn_send(conn_t *c, uint64_t intended, int measured)
@@ -370,7 +376,7 @@ static void conn_send(conn_t *c, uint64_t intended, int measured)
     int rc = uv_write(w, (uv_stream_t *)&c->tcp, &b, 1, on_written);
     if (rc < 0) {
         free(w);
-        conn_fail(c, R_RESET);
+        conn_fail(c, RES_RESET);
     }
 }
 
@@ -390,7 +396,7 @@ static void conn_response_done(conn_t *c)
         c->has_req = 0;
         int ok = c->status >= 200 && c->status < 300;
         c->backend[c->blen] = 0;
-        record(c->measured, ok ? R_OK : R_STATUS, c->intended, c->backend);
+        record(c->measured, ok ? RES_OK : RES_STATUS, c->intended, c->backend);
     }
     if (!keep) {
         conn_close(c);
@@ -410,14 +416,14 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         if (n == UV_EOF && c->has_req) {
             /* a close-delimited body ends here */
             llhttp_errno_t e = llhttp_finish(&c->parser);
-            if (e == HPE_OK && c->done) {
+            if ((e == HPE_OK || e == HPE_PAUSED) && c->done) {
                 conn_response_done(c);
                 conn_close(c);
                 dispatch();
                 return;
             }
         }
-        conn_fail(c, R_RESET); /* EOF while idle: no request is charged */
+        conn_fail(c, RES_RESET); /* EOF while idle: no request is charged */
         dispatch();
         return;
     }
@@ -438,7 +444,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         return;
     }
     if (e != HPE_OK) {
-        conn_fail(c, R_PARSE);
+        conn_fail(c, RES_PARSE);
         dispatch();
     }
 }
@@ -457,9 +463,9 @@ static void on_connected(uv_connect_t *r, int status)
         c->state = C_BUSY;
         if (qlen > 0) {
             arrival_t a = q_pop();
-            record(a.measured, R_CONNECT, a.intended, NULL);
+            record(a.measured, RES_CONNECT, a.intended, NULL);
         } else if (opt.calibrate) {
-            record(uv_hrtime() >= t_measure, R_CONNECT, uv_hrtime(), NULL);
+            record(uv_hrtime() >= t_measure, RES_CONNECT, uv_hrtime(), NULL);
         }
         conn_close(c);
         return;
@@ -547,18 +553,19 @@ static void conn_open(void)
         die("uv_tcp_init failed");
     pool[slot] = c;
     nopen++;
+    conns_opened++;
     nconnecting++;
     uv_tcp_nodelay(&c->tcp, 1);
     int rc = uv_tcp_connect(&c->creq, &c->tcp, (const struct sockaddr *)&addr, on_connected);
     if (rc < 0) {
         /* e.g. EMFILE / EADDRNOTAVAIL: fail like a refused connect, from the next tick */
-        if (!opt.quiet)
+        if (!opt.quiet && ++consecutive_connect_fail == 1)
             fprintf(stderr, "pgw-loadgen: connect: %s\n", uv_strerror(rc));
         nconnecting--;
         c->state = C_BUSY;
         if (qlen > 0) {
             arrival_t a = q_pop();
-            record(a.measured, R_CONNECT, a.intended, NULL);
+            record(a.measured, RES_CONNECT, a.intended, NULL);
         }
         conn_close(c);
     }
@@ -572,12 +579,12 @@ static void expire(uint64_t now)
     uint64_t to = opt.timeout_ms * NS_PER_MS;
     while (qlen > 0 && q[qhead].intended + to <= now) {
         arrival_t a = q_pop();
-        record(a.measured, R_TIMEOUT, a.intended, NULL);
+        record(a.measured, RES_TIMEOUT, a.intended, NULL);
     }
     for (unsigned i = 0; i < opt.connections; i++) {
         conn_t *c = pool[i];
         if (c && c->state == C_BUSY && c->has_req && c->intended + to <= now)
-            conn_fail(c, R_TIMEOUT);
+            conn_fail(c, RES_TIMEOUT);
     }
 }
 
@@ -601,19 +608,13 @@ static void dispatch(void)
         arrival_t a = q_pop();
         conn_send(idle[--nidle], a.intended, a.measured);
     }
-    while (qlen > nconnecting && nopen < opt.connections) {
-        unsigned before = nopen;
+    /* each attempt either adds a connecting connection or fails (charging a queued request) */
+    while (qlen > nconnecting && nopen < opt.connections)
         conn_open();
-        if (nopen == before && qlen <= nconnecting)
-            break;
-    }
 }
 
-static void pump(void)
+static void arrivals(uint64_t now)
 {
-    if (finished)
-        return;
-    uint64_t now = uv_hrtime();
     if (!opt.calibrate && generating) {
         while (next_due <= now && next_due < t_end) {
             q_push(next_due, next_due >= t_measure);
@@ -624,6 +625,40 @@ static void pump(void)
         if (next_due >= t_end)
             generating = 0;
     }
+}
+
+/* Arms the timerfd at the next arrival's due time (absolute CLOCK_MONOTONIC, as uv_hrtime). */
+static void tfd_arm(void)
+{
+#ifdef __linux__
+    if (tfd < 0 || !generating)
+        return;
+    struct itimerspec its = {{0, 0}, {(time_t)(next_due / NS_PER_S), (long)(next_due % NS_PER_S)}};
+    timerfd_settime(tfd, TFD_TIMER_ABSTIME, &its, NULL);
+#endif
+}
+
+static void on_tfd(uv_poll_t *h, int status, int events)
+{
+    (void)h;
+    (void)status;
+    (void)events;
+    uint64_t expirations;
+    if (read(tfd, &expirations, sizeof expirations) < 0 && errno != EAGAIN)
+        return;
+    if (finished)
+        return;
+    arrivals(uv_hrtime());
+    dispatch();
+    tfd_arm();
+}
+
+static void pump(void)
+{
+    if (finished)
+        return;
+    uint64_t now = uv_hrtime();
+    arrivals(now);
     if (opt.calibrate && now >= t_end)
         generating = 0;
     expire(now);
@@ -640,8 +675,12 @@ static void on_tick(uv_timer_t *t)
 static void on_check(uv_check_t *h)
 {
     (void)h;
-    if (!opt.calibrate && generating && next_due <= uv_hrtime())
-        pump();
+    /* cheap path after every loop iteration: no timeout scan */
+    if (!finished && !opt.calibrate && generating && next_due <= uv_hrtime()) {
+        arrivals(uv_hrtime());
+        dispatch();
+        tfd_arm();
+    }
 }
 
 static void shutdown_all(void)
@@ -649,6 +688,8 @@ static void shutdown_all(void)
     finished = 1;
     uv_timer_stop(&tick);
     uv_check_stop(&check);
+    if (tfd >= 0)
+        uv_close((uv_handle_t *)&tfd_poll, NULL);
     uv_close((uv_handle_t *)&sigint_h, NULL);
     uv_close((uv_handle_t *)&sigterm_h, NULL);
     for (unsigned i = 0; i < opt.connections; i++)
@@ -742,7 +783,7 @@ static void report(stats_t *s, const char *what)
         printf("    mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n", mean,
                pct(s, .50), pct(s, .90), pct(s, .99), pct(s, .999), pct(s, 1.0));
         if (lag_n)
-            printf("  send lag (loadgen scheduling): mean %.3f ms, max %.3f ms, %.2f%% > 1 ms\n",
+            printf("  send lag (intended -> written; loadgen queue + timer): mean %.3f ms, max %.3f ms, %.2f%% > 1 ms\n",
                    (double)lag_sum / (double)lag_n / 1e6, (double)lag_max / 1e6,
                    100.0 * (double)lag_over_1ms / (double)lag_n);
         if (s->nnames) {
@@ -752,6 +793,8 @@ static void report(stats_t *s, const char *what)
                        100.0 * (double)s->names[i].count / (double)labelled);
             printf("\n");
         }
+        if (conns_opened)
+            printf("  connections opened: %" PRIu64 " (max %u)\n", conns_opened, opt.connections);
         if (s->nolabel)
             printf("  %" PRIu64 " ok responses had no X-Backend header\n", s->nolabel);
     }
@@ -920,7 +963,6 @@ int main(int argc, char **argv)
         }
 #undef NEXT
     }
-    (void)idle_head;
     if (merge) {
         if (nmerge == 0)
             die("--merge needs files");
@@ -986,6 +1028,18 @@ int main(int argc, char **argv)
     next_due = t_start + (opt.calibrate ? 0 : exp_gap_ns());
     uv_timer_start(&tick, on_tick, 1, 1);
     uv_check_start(&check, on_check);
+#ifdef __linux__
+    if (!opt.calibrate) {
+        tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+        if (tfd >= 0 && uv_poll_init(loop, &tfd_poll, tfd) == 0) {
+            uv_poll_start(&tfd_poll, UV_READABLE, on_tfd);
+            tfd_arm();
+        } else if (tfd >= 0) {
+            close(tfd);
+            tfd = -1;
+        }
+    }
+#endif
     if (opt.calibrate)
         dispatch();
     uv_run(loop, UV_RUN_DEFAULT);
@@ -1007,6 +1061,8 @@ int main(int argc, char **argv)
         double elapsed = (double)(uv_hrtime() - t_measure) / 1e9;
         st.duration_s = elapsed > 0 ? elapsed : 0;
     }
+    if (tfd >= 0)
+        close(tfd);
     if (opt.save)
         save(&st, opt.save);
     report(&st, interrupted ? "interrupted" : "open loop");

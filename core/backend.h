@@ -18,7 +18,10 @@ typedef struct gw_backend {
     uint32_t index;    /* index within its upstream */
     uint32_t inflight; /* requests in flight from all workers (GW_ATOMIC_ADD) */
     uint32_t healthy;  /* 1 = may be picked (health checks and ejection set it) */
-    uint32_t fails;    /* consecutive failures seen by any worker */
+    uint32_t fails;    /* consecutive transport failures seen by any worker (health.c) */
+    uint32_t ejected;  /* 1 while ejected by the passive health check */
+    uint32_t ejections; /* ejections in a row: the backoff exponent */
+    uint64_t ejected_until_ms;
 } gw_backend_t;
 
 #endif

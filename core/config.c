@@ -1440,8 +1440,10 @@ done:
 
 static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
-    static const char *const keys[] = {"backends", "strategy",  "timeouts",
-                                       "retries",  "keepalive", NULL};
+    static const char *const keys[] = {"backends",  "strategy", "timeouts", "retries",
+                                       "keepalive", "health",   NULL};
+    static const char *const hkeys[] = {"max_fails", "eject_ms", "max_eject_ms",
+                                        "max_ejected_percent", NULL};
     static const char *const tkeys[] = {"connect_ms", "read_ms", "send_ms", NULL};
     static const char *const rkeys[] = {"max", "backoff_ms", NULL};
     static const char *const kkeys[] = {"max_idle", "idle_timeout_ms", NULL};
@@ -1457,6 +1459,10 @@ static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     u->retry_backoff_ms = 0;
     u->keepalive_max_idle = 64;
     u->keepalive_idle_ms = 60000;
+    u->health.max_fails = 3;
+    u->health.eject_ms = 1000;
+    u->health.max_eject_ms = 30000;
+    u->health.max_ejected_percent = 50;
     if (gw_cfg_backends(c, ut, u) < 0 || gw_cfg_strategy(c, ut, u) < 0)
         return -1;
 
@@ -1497,6 +1503,32 @@ static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
         rc = gw_cfg_u32_field(c, kt, "max_idle", 0, &u->keepalive_max_idle);
         if (rc == 0)
             rc = gw_cfg_u32_field(c, kt, "idle_timeout_ms", 1, &u->keepalive_idle_ms);
+    }
+    gw_cfg_field_done(c, old);
+    if (rc < 0)
+        return -1;
+
+    old = gw_cfg_field(c, ut, "health");
+    rc = gw_cfg_record(c, hkeys);
+    if (rc > 0) {
+        int ht = lua_gettop(L);
+        rc = gw_cfg_u32_field(c, ht, "max_fails", 0, &u->health.max_fails);
+        if (rc == 0)
+            rc = gw_cfg_u32_field(c, ht, "eject_ms", 1, &u->health.eject_ms);
+        if (rc == 0)
+            rc = gw_cfg_u32_field(c, ht, "max_eject_ms", 1, &u->health.max_eject_ms);
+        if (rc == 0) {
+            size_t o2 = gw_cfg_field(c, ht, "max_ejected_percent");
+            uint64_t v = u->health.max_ejected_percent;
+            rc = gw_cfg_uint(c, 0, 100, &v);
+            u->health.max_ejected_percent = (uint32_t)v;
+            gw_cfg_field_done(c, o2);
+        }
+        if (rc == 0 && u->health.max_eject_ms < u->health.eject_ms) {
+            size_t o2 = gw_cfg_field(c, ht, "max_eject_ms");
+            rc = gw_cfg_fail(c, "must not be less than eject_ms (%u)", u->health.eject_ms);
+            gw_cfg_field_done(c, o2);
+        }
     }
     gw_cfg_field_done(c, old);
     return rc < 0 ? -1 : 0;

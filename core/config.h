@@ -44,6 +44,14 @@ typedef struct gw_backend_cfg {
     socklen_t salen;
 } gw_backend_cfg_t;
 
+/* Passive health checking (health.h). */
+typedef struct gw_health_cfg {
+    uint32_t max_fails;           /* health.max_fails, default 3; 0 disables ejection */
+    uint32_t eject_ms;            /* health.eject_ms, default 1000; doubles per ejection in a row */
+    uint32_t max_eject_ms;        /* health.max_eject_ms, default 30000 */
+    uint32_t max_ejected_percent; /* health.max_ejected_percent, default 50 */
+} gw_health_cfg_t;
+
 typedef struct gw_upstream_cfg {
     char *name;
     char *strategy; /* "round_robin" */
@@ -56,6 +64,7 @@ typedef struct gw_upstream_cfg {
     uint32_t retry_backoff_ms;   /* retries.backoff_ms, default 0 */
     uint32_t keepalive_max_idle; /* keepalive.max_idle, default 64 (per backend per worker) */
     uint32_t keepalive_idle_ms;  /* keepalive.idle_timeout_ms, default 60000 */
+    gw_health_cfg_t health;
 } gw_upstream_cfg_t;
 
 typedef struct gw_respond_cfg {

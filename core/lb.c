@@ -8,10 +8,24 @@
 
 static const gw_lb_ops_t *const gw_lb_all[] = {
     &gw_lb_round_robin,
+    &gw_lb_weighted_round_robin,
+    &gw_lb_random,
+    &gw_lb_weighted_random,
+    &gw_lb_least_conn,
+    &gw_lb_p2c,
+    &gw_lb_ewma,
+    &gw_lb_least_score,
 };
 
 static const char *const gw_lb_all_names[] = {
     "round_robin",
+    "weighted_round_robin",
+    "random",
+    "weighted_random",
+    "least_conn",
+    "p2c",
+    "ewma",
+    "least_score",
     NULL,
 };
 

@@ -69,5 +69,12 @@ static inline void gw_lb_set_tried(uint64_t *tried, size_t i)
 }
 
 extern const gw_lb_ops_t gw_lb_round_robin;
+extern const gw_lb_ops_t gw_lb_weighted_round_robin;
+extern const gw_lb_ops_t gw_lb_random;
+extern const gw_lb_ops_t gw_lb_weighted_random;
+extern const gw_lb_ops_t gw_lb_least_conn;
+extern const gw_lb_ops_t gw_lb_p2c;
+extern const gw_lb_ops_t gw_lb_ewma;
+extern const gw_lb_ops_t gw_lb_least_score;
 
 #endif

@@ -90,11 +90,11 @@ typedef enum gw_prequal_probe_action {
     GW_PREQUAL_SYNTHESIZE      /* call gw_prequal_synthesize(): no network cost */
 } gw_prequal_probe_action_t;
 
-#define GW_PREQUAL_PASSIVE_AFTER 3          /* consecutive no-signal replies before passive mode */
-#define GW_PREQUAL_PASSIVE_RETRY_MS 60000u  /* explicit probe retry period in passive mode */
-#define GW_PREQUAL_LAT_SAMPLES 32           /* per-backend latency sample ring */
-#define GW_PREQUAL_LAT_WINDOW_MS 1000u      /* samples older than this are ignored */
-#define GW_PREQUAL_THR_INF UINT64_MAX       /* threshold when q_rif >= 1 (everything cold) */
+#define GW_PREQUAL_PASSIVE_AFTER 3         /* consecutive no-signal replies before passive mode */
+#define GW_PREQUAL_PASSIVE_RETRY_MS 60000u /* explicit probe retry period in passive mode */
+#define GW_PREQUAL_LAT_SAMPLES 32          /* per-backend latency sample ring */
+#define GW_PREQUAL_LAT_WINDOW_MS 1000u     /* samples older than this are ignored */
+#define GW_PREQUAL_THR_INF UINT64_MAX      /* threshold when q_rif >= 1 (everything cold) */
 
 /* Counters. Written only by the owning worker with relaxed stores; other threads may read them
  * with GW_RELAXED_LOAD. */
@@ -173,7 +173,8 @@ double gw_prequal_reuse_budget(const gw_prequal_params_t *params, size_t n_healt
  * Pushes `rif` into the RIF history, replaces the backend's entry if it has one, else evicts the
  * oldest entry when the pool is full (reason capacity), and inserts the entry with uses_left =
  * the reuse budget for `n_healthy` healthy backends, randomly rounded to floor or ceil so the
- * expectation is exact. Counts the probe as ok. Out-of-range backends are ignored. No allocation. */
+ * expectation is exact. Counts the probe as ok. Out-of-range backends are ignored. No allocation.
+ */
 void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
                          uint64_t recv_ms, size_t n_healthy, uint64_t *rng);
 
@@ -204,8 +205,8 @@ void gw_prequal_forget(gw_prequal_t *p, uint32_t backend);
  * mode, GW_PREQUAL_PASSIVE_AFTER consecutive NO_SIGNALS replies switch to passive with a retry at
  * now+60 s; OK resets the count; FAILED is not a reply and neither counts nor resets. In passive
  * or piggyback mode (a retry probe), OK returns to probe mode; anything else keeps the mode. */
-void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend,
-                                gw_prequal_probe_result_t result, uint64_t now_ms);
+void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend, gw_prequal_probe_result_t result,
+                                uint64_t now_ms);
 
 /** The backend's mode (probe mode for out-of-range indices). */
 gw_prequal_mode_t gw_prequal_mode(const gw_prequal_t *p, uint32_t backend);

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "health.h"
 #include "log.h"
 #include "worker.h"
 
@@ -414,6 +415,12 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
                  0);
     bool stale = u && u->reused && !u->got_bytes && kind == GW_UERR_RESET;
     bool replayable = gw_http1_method_idempotent(r->method) && !r->has_body;
+    if (r->backend && !stale) {
+        gw_worker_upstream_t *wu = &w->ups[r->upstream];
+        if (gw_health_on_failure(r->backend, wu->backends, wu->n, &ucfg->health, uv_now(&w->loop)))
+            gw_log_warn("upstream %s: backend %s ejected after %u failures in a row", ucfg->name,
+                        r->backend->cfg->url, ucfg->health.max_fails);
+    }
     if (u) {
         u->reusable = false;
         proxy_drop_upstream(c);
@@ -617,6 +624,7 @@ static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
     r->upstream_head_ns = gw_now_ns();
     gw_histogram_observe(&w->metrics->upstream_latency[r->backend->cfg->gindex],
                          (r->upstream_head_ns - r->upstream_start_ns) / 1000);
+    gw_health_on_success(r->backend);
     proxy_report(c, GW_LB_OK, u->parser.status_code);
 }
 

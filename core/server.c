@@ -19,8 +19,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "health.h"
 #include "lb.h"
 #include "log.h"
+#include "probe.h"
 #include "worker.h"
 
 enum { GW_CMD_NONE = 0, GW_CMD_DRAIN = 1, GW_CMD_STOP = 2 };
@@ -31,6 +33,7 @@ struct gw_server {
     const gw_config_t *cfg;
     uv_loop_t *main_loop;
     uv_async_t done;
+    uv_timer_t health_timer; /* re-admits ejected backends */
     void (*on_stopped)(void *);
     void *arg;
     gw_backend_t *backend_store;
@@ -93,6 +96,7 @@ static void worker_maybe_finish(gw_worker_t *w)
     w->finishing = true;
     worker_close_listeners(w);
     gw_upconn_close_all(w);
+    gw_probe_close_all(w);
     uv_close((uv_handle_t *)&w->drain_timer, worker_on_handle_closed);
     uv_close((uv_handle_t *)&w->wakeup, worker_on_handle_closed);
 }
@@ -150,6 +154,14 @@ static void worker_thread(void *arg)
     uv_async_send(&s->done);
 }
 
+static void server_on_health_tick(uv_timer_t *t)
+{
+    gw_server_t *s = t->data;
+    size_t k = gw_health_tick(s->backends, s->cfg->nbackends_total, uv_now(t->loop));
+    if (k)
+        gw_log_info("%zu ejected backend(s) re-admitted", k);
+}
+
 static void server_on_done(uv_async_t *a)
 {
     gw_server_t *s = a->data;
@@ -158,6 +170,7 @@ static void server_on_done(uv_async_t *a)
         return;
     s->stopped_reported = true;
     uv_close((uv_handle_t *)&s->done, NULL);
+    uv_close((uv_handle_t *)&s->health_timer, NULL);
     if (s->on_stopped)
         s->on_stopped(s->arg);
 }
@@ -207,7 +220,8 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
     w->pools = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof(gw_pool_t));
     w->ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(gw_worker_upstream_t));
     w->listeners = calloc(cfg->nlisten, sizeof(uv_tcp_t));
-    if (!w->free_bufs || !w->pools || !w->ups || !w->listeners)
+    w->probe_conns = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof *w->probe_conns);
+    if (!w->free_bufs || !w->pools || !w->ups || !w->listeners || !w->probe_conns)
         abort();
     for (size_t i = 0; i < cfg->nbackends_total; i++) {
         gw_pool_t *p = &w->pools[i];
@@ -291,6 +305,7 @@ static void worker_free(gw_worker_t *w)
     free(w->ups);
     free(w->pools);
     free(w->listeners);
+    free(w->probe_conns);
 }
 
 int gw_server_start(const gw_config_t *cfg, uv_loop_t *main_loop, void (*on_stopped)(void *),
@@ -343,6 +358,9 @@ int gw_server_start(const gw_config_t *cfg, uv_loop_t *main_loop, void (*on_stop
     }
     uv_async_init(main_loop, &s->done, server_on_done);
     s->done.data = s;
+    uv_timer_init(main_loop, &s->health_timer);
+    s->health_timer.data = s;
+    uv_timer_start(&s->health_timer, server_on_health_tick, 100, 100);
     for (size_t i = 0; i < s->nworkers; i++) {
         gw_worker_t *w = &s->workers[i];
         if (uv_thread_create(&w->thread, worker_thread, w) != 0)

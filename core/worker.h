@@ -98,6 +98,8 @@ struct gw_worker {
     uint64_t rng;
     uint64_t request_seq;
     gw_arena_cache_t arena_cache; /* request arena blocks of idle connections */
+    struct gw_probe_conn **probe_conns; /* [cfg->nbackends_total]: Prequal probe connections */
+    uint32_t probes_in_flight;
     char **free_bufs;      /* recycled connection input buffers */
     uint32_t nfree_bufs;
 };

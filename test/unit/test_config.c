@@ -455,8 +455,8 @@ static void test_unknown_keys(void **state)
     check_err("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "  timeouts = {\n  read_ms = 1 },\n}",
               "gw.lua:5: timeouts.read_ms: unknown key");
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
-              "  health = {} } },\n" MINIMAL_ROUTES "}",
-              "gw.lua:3: upstreams.api.health: unknown key");
+              "  health = { fails = 1 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.health.fails: unknown key");
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  timeouts = { idle_ms = 1 } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.timeouts.idle_ms: unknown key");
@@ -543,7 +543,8 @@ static void test_type_and_integer_errors(void **state)
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  strategy = 'prequal2' } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.strategy: unknown strategy \"prequal2\" (known: "
-              "round_robin)");
+              "round_robin, weighted_round_robin, random, weighted_random, least_conn, p2c, "
+              "ewma, least_score)");
     check_err("return {\n upstreams = { api = 'http://127.0.0.1:1' },\n" MINIMAL_ROUTES "}",
               "gw.lua:2: upstreams.api: expected table, got string");
     check_err("return {\n upstreams = { 'http://127.0.0.1:1' },\n" MINIMAL_ROUTES "}",
@@ -552,6 +553,31 @@ static void test_type_and_integer_errors(void **state)
               "},\n" MINIMAL_ROUTES "}",
               "gw.lua:2: upstreams[\"a b\"]: upstream names may contain only letters, digits, "
               "'_', '-' and '.'");
+}
+
+static void test_health(void **state)
+{
+    gw_config_t *cfg = load_ok("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+                               "  health = { max_fails = 5, eject_ms = 200, max_eject_ms = 800,\n"
+                               "             max_ejected_percent = 30 } } },\n" MINIMAL_ROUTES "}");
+    assert_int_equal(cfg->upstreams[0].health.max_fails, 5);
+    assert_int_equal(cfg->upstreams[0].health.eject_ms, 200);
+    assert_int_equal(cfg->upstreams[0].health.max_eject_ms, 800);
+    assert_int_equal(cfg->upstreams[0].health.max_ejected_percent, 30);
+    gw_config_free(cfg);
+    cfg = load_ok("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}\n");
+    assert_int_equal(cfg->upstreams[0].health.max_fails, 3);
+    assert_int_equal(cfg->upstreams[0].health.eject_ms, 1000);
+    assert_int_equal(cfg->upstreams[0].health.max_eject_ms, 30000);
+    assert_int_equal(cfg->upstreams[0].health.max_ejected_percent, 50);
+    gw_config_free(cfg);
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  health = { max_ejected_percent = 101 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.health.max_ejected_percent: expected an integer between 0 and "
+              "100, got 101");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  health = { eject_ms = 500,\n max_eject_ms = 100 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:4: upstreams.api.health.max_eject_ms: must not be less than eject_ms (500)");
 }
 
 static void test_required(void **state)
@@ -879,6 +905,7 @@ int main(void)
         cmocka_unit_test(test_unknown_keys),
         cmocka_unit_test(test_type_and_integer_errors),
         cmocka_unit_test(test_required),
+        cmocka_unit_test(test_health),
         cmocka_unit_test(test_bad_urls),
         cmocka_unit_test(test_bad_addresses),
         cmocka_unit_test(test_route_errors),

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# Tail latency of prequal-gw's balancers vs nginx (least_conn) and HAProxy (leastconn) under an
+# OPEN-LOOP Poisson load (bench/loadgen.c), in three scenarios over 5 example backends:
+#   equal  5 equal backends (--service-ms 2 --dist exp)
+#   slow   the same, but b5 is 5x slower (--slowdown 5)
+#   stall  the same, but b5 stalls 200 ms every second (--stall-ms 200 --stall-every-ms 1000)
+# Per scenario: start the backends and every target (each a non-daemon child, loopback only),
+# calibrate the capacity once (closed loop, through prequal-gw round_robin), then offer the SAME
+# rate (65 % of capacity) to every target, interleaved: ROUNDS rounds, each running every target
+# for DURATION/ROUNDS seconds (target order rotated per round), and merge the rounds per target.
+# Targets: prequal-gw with strategy prequal / round_robin / least_conn / p2c (a strategy that
+# `prequal-gw -t` rejects is reported as skipped), nginx least_conn, HAProxy leastconn.
+#
+# Usage: bench/prequal.sh            (about 8 minutes)
+# Environment (all optional):
+#   DURATION=20      measured seconds per target per scenario (split over ROUNDS)
+#   ROUNDS=2         interleaving rounds
+#   WARMUP=2         unmeasured seconds before each measured segment
+#   RATE=            offered req/s (default: LOAD x calibrated capacity)
+#   LOAD=0.65        fraction of the calibrated capacity
+#   CONNECTIONS=2048 loadgen connection pool (max) in the open-loop runs
+#   CAL_CONNECTIONS=64  connections for the closed-loop calibration
+#   TIMEOUT_MS=5000  loadgen request timeout
+#   SERVICE_MS=2     mean backend service time (exponential)
+#   SCENARIOS="equal slow stall"   TARGETS="prequal round_robin least_conn p2c nginx haproxy"
+#   PORT_BASE=19400  ports PORT_BASE+1.. are used on 127.0.0.1
+#   KEEP=1           keep the temp dir (configs, logs, raw results)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+DURATION=${DURATION:-20}
+ROUNDS=${ROUNDS:-2}
+WARMUP=${WARMUP:-2}
+RATE=${RATE:-}
+LOAD=${LOAD:-0.65}
+CONNECTIONS=${CONNECTIONS:-2048}
+CAL_CONNECTIONS=${CAL_CONNECTIONS:-64}
+TIMEOUT_MS=${TIMEOUT_MS:-5000}
+SERVICE_MS=${SERVICE_MS:-2}
+SCENARIOS=${SCENARIOS:-"equal slow stall"}
+TARGETS=${TARGETS:-"prequal round_robin least_conn p2c nginx haproxy"}
+PORT_BASE=${PORT_BASE:-19400}
+KEEP=${KEEP:-0}
+HOST=127.0.0.1
+
+log() { printf '%s\n' "$*" >&2; }
+
+# ---- dependencies (idempotent) -------------------------------------------------------------
+./scripts/install-deps
+missing=()
+for p in nginx-light haproxy; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  log "installing: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+
+# ---- build ---------------------------------------------------------------------------------
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+if ! cmake --build build -j"$(nproc)" >/tmp/pgw-prequal-bench-build.log 2>&1; then
+  # core/ is a moving target; a bench can still run on the last good binaries
+  [ -x build/prequal-gw ] && [ -x build/pgw-backend ] || { cat /tmp/pgw-prequal-bench-build.log >&2; exit 1; }
+  log "warning: build failed (/tmp/pgw-prequal-bench-build.log); using the existing binaries"
+fi
+GW=$ROOT/build/prequal-gw
+BACKEND=$ROOT/build/pgw-backend
+LOADGEN=$ROOT/build/pgw-loadgen
+if [ ! -x "$LOADGEN" ] || [ "$ROOT/bench/loadgen.c" -nt "$LOADGEN" ]; then
+  # not (yet) a CMake target: build it by hand
+  # (llhttp's generated sources are not -Wextra clean, so they are built apart, with -w)
+  lgtmp=$(mktemp -d)
+  for f in /usr/share/llhttp/*.c; do
+    gcc -O2 -w -I/usr/share/include/llhttp -c "$f" -o "$lgtmp/$(basename "$f" .c).o"
+  done
+  gcc -std=gnu11 -O2 -Wall -Wextra -I/usr/share/include/llhttp "$ROOT/bench/loadgen.c" \
+    "$lgtmp"/*.o $(pkg-config --cflags --libs libuv) -lm -o "$LOADGEN"
+  rm -rf "$lgtmp"
+fi
+
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+tmp=$(mktemp -d /tmp/pgw-prequal-bench.XXXXXX)
+pids=()
+stop_all() {
+  local p
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  pids=()
+}
+cleanup() {
+  trap - EXIT INT TERM
+  stop_all
+  if [ "$KEEP" = 1 ]; then log "kept $tmp"; else rm -rf "$tmp"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+for i in $(seq 1 30); do
+  port_free $((PORT_BASE + i)) || { log "port $((PORT_BASE + i)) on $HOST is in use (set PORT_BASE)"; exit 1; }
+done
+
+NB=5
+BPORTS=()
+for i in $(seq 1 $NB); do BPORTS+=($((PORT_BASE + i))); done
+NGINX_PORT=$((PORT_BASE + 20))
+HAPROXY_PORT=$((PORT_BASE + 21))
+gw_port() {
+  case $1 in prequal) echo $((PORT_BASE + 10)) ;; round_robin) echo $((PORT_BASE + 11)) ;;
+    least_conn) echo $((PORT_BASE + 12)) ;; p2c) echo $((PORT_BASE + 13)) ;; *) echo $((PORT_BASE + 14)) ;; esac
+}
+target_port() {
+  case $1 in nginx) echo $NGINX_PORT ;; haproxy) echo $HAPROXY_PORT ;; *) gw_port "$1" ;; esac
+}
+
+# ---- configs -------------------------------------------------------------------------------
+write_gw_config() { # strategy file
+  local s=$1 f=$2 list="" p
+  for p in "${BPORTS[@]}"; do list+="\"http://$HOST:$p\", "; done
+  cat >"$f" <<LUA
+return {
+  listen = "$HOST:$(gw_port "$s")", workers = 1, admin = false,
+  upstreams = { b = { strategy = "$s", backends = { ${list%, } } } },
+  routes = { { match = { path_prefix = "/" }, upstream = "b" } },
+}
+LUA
+}
+
+write_nginx_config() {
+  local d=$tmp/nginx p
+  mkdir -p "$d/logs"
+  {
+    cat <<NGX
+worker_processes 1;
+daemon off;
+pid $d/nginx.pid;
+error_log $d/error.log warn;
+worker_rlimit_nofile 16384;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  client_body_temp_path $d/body; proxy_temp_path $d/proxy; fastcgi_temp_path $d/fastcgi;
+  uwsgi_temp_path $d/uwsgi; scgi_temp_path $d/scgi;
+  keepalive_timeout 300s;
+  keepalive_requests 100000000;
+  upstream b {
+    least_conn;
+NGX
+    for p in "${BPORTS[@]}"; do echo "    server $HOST:$p;"; done
+    cat <<NGX
+    keepalive 64;
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+  }
+  server {
+    listen $HOST:$NGINX_PORT;
+    location / {
+      proxy_pass http://b;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+NGX
+  } >"$d/nginx.conf"
+}
+
+write_haproxy_config() {
+  local i=0 p
+  {
+    cat <<HAP
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  maxconn 8000
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  timeout http-request 10s
+  timeout http-keep-alive 60s
+  timeout queue 10s
+frontend fe
+  bind $HOST:$HAPROXY_PORT
+  default_backend b
+backend b
+  balance leastconn
+HAP
+    for p in "${BPORTS[@]}"; do i=$((i + 1)); echo "  server b$i $HOST:$p"; done
+  } >"$tmp/haproxy.cfg"
+}
+
+# ---- which targets exist ------------------------------------------------------------------
+declare -A SKIP
+avail=()
+for t in $TARGETS; do
+  case $t in
+    nginx)
+      write_nginx_config
+      if ! err=$("$NGINX" -t -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" 2>&1); then
+        SKIP[$t]="nginx -t failed: $(echo "$err" | grep -m1 emerg || echo "$err" | tail -1)"
+      fi ;;
+    haproxy)
+      write_haproxy_config
+      if ! err=$("$HAPROXY" -c -q -f "$tmp/haproxy.cfg" 2>&1); then
+        SKIP[$t]="haproxy -c failed: $(echo "$err" | head -1)"
+      fi ;;
+    *)
+      write_gw_config "$t" "$tmp/gw-$t.lua"
+      if ! err=$("$GW" -t "$tmp/gw-$t.lua" 2>&1); then
+        SKIP[$t]="skipped: strategy not available ($(echo "$err" | head -1 | sed "s|$tmp/||"))"
+      fi ;;
+  esac
+  if [ -n "${SKIP[$t]:-}" ]; then log "$t: ${SKIP[$t]}"; else avail+=("$t"); fi
+done
+[ ${#avail[@]} -gt 0 ] || { log "no target available"; exit 1; }
+
+wait_http() { # port name
+  local i code
+  for i in $(seq 1 100); do
+    code=$(curl -s -o /dev/null -m 2 -w '%{http_code}' "http://$HOST:$1/" 2>/dev/null || true)
+    [ "$code" = 200 ] && return 0
+    sleep 0.1
+  done
+  log "$2 on port $1 did not answer 200"
+  return 1
+}
+
+start_scenario() { # scenario
+  local odd=() i
+  case $1 in
+    equal) odd=() ;;
+    slow) odd=(--slowdown 5) ;;
+    stall) odd=(--stall-ms 200 --stall-every-ms 1000) ;;
+    *) log "unknown scenario $1"; exit 1 ;;
+  esac
+  for i in $(seq 1 $NB); do
+    local extra=()
+    [ "$i" = $NB ] && extra=("${odd[@]}")
+    "$BACKEND" --listen "$HOST:${BPORTS[$((i - 1))]}" --name "b$i" --service-ms "$SERVICE_MS" \
+      --dist exp ${extra[@]+"${extra[@]}"} --quiet >/dev/null 2>"$tmp/backend-$1-b$i.log" &
+    pids+=($!)
+  done
+  for i in $(seq 1 $NB); do wait_http "${BPORTS[$((i - 1))]}" "backend b$i"; done
+  for t in "${avail[@]}"; do
+    case $t in
+      nginx) "$NGINX" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" & pids+=($!) ;;
+      haproxy) "$HAPROXY" -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy-$1.log" 2>&1 & pids+=($!) ;;
+      *) "$GW" "$tmp/gw-$t.lua" >"$tmp/gw-$t-$1.log" 2>&1 & pids+=($!) ;;
+    esac
+  done
+  for t in "${avail[@]}"; do wait_http "$(target_port "$t")" "$t"; done
+}
+
+# field NAME from a RESULT line
+field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
+
+seg=$(awk -v d="$DURATION" -v r="$ROUNDS" 'BEGIN { printf "%.3f", d / r }')
+log "targets: ${avail[*]}; ${DURATION}s per target per scenario in $ROUNDS rounds (+${WARMUP}s warm-up each)"
+tables=()
+for scn in $SCENARIOS; do
+  log ""
+  log "=== scenario $scn ==="
+  start_scenario "$scn"
+  cal_target=round_robin
+  [[ " ${avail[*]} " == *" round_robin "* ]] || cal_target=${avail[0]}
+  rate=$RATE
+  if [ -z "$rate" ]; then
+    cal=$("$LOADGEN" --calibrate --url "http://$HOST:$(target_port "$cal_target")/" \
+      --connections "$CAL_CONNECTIONS" --duration 3 --warmup 1 --quiet | tail -1)
+    cap=$(field rps "$cal")
+    rate=$(awk -v c="$cap" -v l="$LOAD" 'BEGIN { printf "%.0f", c * l }')
+    log "capacity through $cal_target ($CAL_CONNECTIONS conns, closed loop): $cap req/s -> offering $rate req/s (${LOAD})"
+  else
+    log "offering RATE=$rate req/s"
+  fi
+  order=("${avail[@]}")
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in "${order[@]}"; do
+      out=$("$LOADGEN" --url "http://$HOST:$(target_port "$t")/" --rate "$rate" --duration "$seg" \
+        --warmup "$WARMUP" --connections "$CONNECTIONS" --timeout-ms "$TIMEOUT_MS" --quiet \
+        --save "$tmp/res-$scn-$t-$r" | tail -1)
+      log "  round $r $(printf '%-12s' "$t") p50 $(field p50_ms "$out")  p99 $(field p99_ms "$out")  errors $(field errors "$out")  timeouts $(field timeouts "$out")"
+      sleep 0.3
+    done
+    order=("${order[@]:1}" "${order[0]}") # rotate so no target always runs first
+  done
+  stop_all
+
+  if [ "$scn" = equal ]; then scol="max share"; else scol="b5 share"; fi
+  table=$(printf '\nscenario %s: %s req/s offered, %s s per target, open loop, timeout %s ms\n' \
+    "$scn" "$rate" "$DURATION" "$TIMEOUT_MS")
+  table+=$(printf '\n%-12s %9s %9s %9s %13s %10s' target p50_ms p99_ms p99.9_ms errors+tmo "$scol")
+  for t in $TARGETS; do
+    if [ -n "${SKIP[$t]:-}" ]; then
+      table+=$(printf '\n%-12s %s' "$t" "${SKIP[$t]}")
+      continue
+    fi
+    res=$("$LOADGEN" --merge "$tmp"/res-"$scn"-"$t"-* | tail -1)
+    echo "$res" >"$tmp/result-$scn-$t"
+    share=$(field share "$res")
+    if [ "$scn" = equal ]; then
+      sh=$(tr ',' '\n' <<<"$share" | awk -F: 'BEGIN { m = 0 } $2 > m { m = $2; n = $1 } END { if (n != "") printf "%.1f%% %s", 100 * m, n; else print "-" }')
+    else
+      sh=$(tr ',' '\n' <<<"$share" | awk -F: '$1 == "b5" { f = $2 } END { printf "%.1f%%", 100 * f }')
+    fi
+    et=$(($(field errors "$res") + $(field timeouts "$res")))
+    table+=$(printf '\n%-12s %9s %9s %9s %13s %10s' "$t" "$(field p50_ms "$res")" \
+      "$(field p99_ms "$res")" "$(field p999_ms "$res")" "$et" "$sh")
+  done
+  echo "$table"
+  tables+=("$table")
+done
+
+if [ ${#tables[@]} -gt 1 ]; then
+  echo
+  echo "==================== summary ===================="
+  printf '%s\n' "${tables[@]}"
+fi

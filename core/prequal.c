@@ -1,0 +1,685 @@
+/*
+ * prequal: the probe pool and the hot-cold lexicographic (HCL) rule of Prequal, "Load is not what
+ * you should balance" (Wydrowski, Kleinberg, Rumble, Archer; NSDI 2024), in the asynchronous mode
+ * of the paper: a request is routed with probe replies that earlier requests triggered, so probing
+ * is never on the request's critical path. PREQUAL.md is the spec; paper sections are cited as §.
+ *
+ * Rules implemented here, and why:
+ * - Probing rate (§4 "Probing rate"): every request triggers r_probe probes to distinct backends
+ *   chosen uniformly at random. Fractional rates go through an accumulator (take()) rather than a
+ *   coin flip, so the long-run rate is exact and tests are deterministic.
+ * - Probe pool (§4 "The probe pool"): at most pool_size entries, one per backend (a newer probe
+ *   replaces the older; two entries of one backend would double its chance). A full pool evicts
+ *   its oldest entry, because the oldest information is the least accurate.
+ * - Reuse and removal (§4 "Probe reuse and removal"): an entry may serve b_reuse requests (Eq. 1,
+ *   numerator 1+δ) so that the pool neither drains nor fills with stale entries; after each
+ *   request r_remove entries are removed, alternating the oldest (staleness) and the worst (a
+ *   backend that is bad now should not linger as a last resort). Entries older than max_age_ms
+ *   are dropped lazily when selecting.
+ * - Selection (§4 "Replica selection"): RIF is judged against the q_rif quantile of the RIFs
+ *   recently reported by *all* backends (not a backend's own history). Cold entries (rif <= thr)
+ *   compete on latency, hot ones on RIF: latency is the better signal until a backend is
+ *   overloaded, and then RIF predicts the queue better. The chosen entry's RIF is incremented to
+ *   account for the request just sent, so a burst does not land on one backend.
+ * - Failures (ours; the paper leaves "sinkholing" open): a failing backend's entry is purged
+ *   because a fast failure looks like an idle backend and would attract traffic.
+ * - Passive mode (ours, PREQUAL.md §4): backends without the probe endpoint get synthetic entries
+ *   from the gateway's own in-flight counts and latency samples.
+ *
+ * Ownership: one gw_prequal_t per upstream per worker, touched only by that worker. All memory is
+ * allocated by gw_prequal_new()/gw_prequal_resize(); every other function runs in bounded time
+ * without allocating. The pool is a small unordered array (swap-remove) with a per-backend slot
+ * index for O(1) replacement; scans are O(pool_size) and pool_size is small (16 by default). The
+ * RIF history is a FIFO ring plus a sorted mirror of the same multiset, updated in O(K) memmove
+ * per probe, so the quantile costs O(1) per request and no sorting happens on the request path.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common.h"
+#include "prequal.h"
+
+typedef struct gw_prequal_entry {
+    uint64_t recv_ms;    /* receipt time of the probe reply */
+    uint64_t seq;        /* insertion order: breaks recv_ms ties so "oldest" is deterministic */
+    uint64_t latency_us; /* reported latency estimate */
+    uint32_t backend;
+    uint32_t rif;       /* reported RIF, plus one per request sent with this entry */
+    uint32_t uses_left; /* > 0 while in the pool */
+} gw_prequal_entry_t;
+
+typedef struct gw_prequal_sample {
+    uint64_t t_ms;
+    uint32_t latency_us; /* saturated: an hour-long request is as bad as a longer one */
+    uint32_t rif;
+} gw_prequal_sample_t;
+
+typedef struct gw_prequal_backend {
+    int32_t slot;         /* index in pool, -1 when the backend has no entry */
+    uint8_t mode;         /* gw_prequal_mode_t */
+    uint8_t nosig;        /* consecutive no-signal probe replies (probe mode) */
+    uint8_t sample_next;  /* next write position in samples */
+    uint8_t sample_count; /* valid samples, <= GW_PREQUAL_LAT_SAMPLES */
+    uint64_t retry_at_ms; /* passive/piggyback: when to try an explicit probe again */
+    gw_prequal_sample_t samples[GW_PREQUAL_LAT_SAMPLES];
+} gw_prequal_backend_t;
+
+struct gw_prequal {
+    gw_prequal_params_t params;
+    size_t nbackends;
+    gw_prequal_backend_t *backends; /* nbackends (at least one allocated) */
+    uint32_t *scratch;              /* nbackends: candidates of choose_probe_targets */
+    gw_prequal_entry_t *pool;       /* params.pool_size */
+    uint32_t pool_len;
+    uint32_t *rif_ring;   /* params.rif_history, FIFO of the last probe RIFs */
+    uint32_t *rif_sorted; /* the same rif_len values, ascending */
+    uint32_t rif_next;    /* ring write position */
+    uint32_t rif_len;
+    double probe_acc; /* take() accumulators */
+    double remove_acc;
+    bool remove_worst_next; /* alternation of the per-request removals; starts with the oldest */
+    bool any_request;
+    uint64_t last_request_ms;
+    uint64_t seq;
+    gw_prequal_stats_t stats;
+};
+
+void gw_prequal_params_default(gw_prequal_params_t *p)
+{
+    *p = (gw_prequal_params_t){
+        .pool_size = 16,
+        .max_age_ms = 1000,
+        .probes_per_request = 3.0,
+        .removes_per_request = 1.0,
+        .delta = 1.0,
+        .max_reuse = 16,
+        .q_rif = 0.84, /* 2^-0.25 rounded as in the paper's testbed */
+        .rif_history = 64,
+        .probe_timeout_ms = 50,
+        .idle_probe_ms = 250,
+        .max_probes_in_flight = 64,
+    };
+}
+
+/* Written as !(in range) so that NaN fails every check. */
+#define GW_PREQUAL_IN(x, lo, hi) ((x) >= (lo) && (x) <= (hi))
+
+const char *gw_prequal_params_check(const gw_prequal_params_t *p)
+{
+    if (!GW_PREQUAL_IN(p->pool_size, 1u, 1024u))
+        return "pool_size must be in [1, 1024]";
+    if (!GW_PREQUAL_IN(p->max_age_ms, 1u, 60000u))
+        return "max_age_ms must be in [1, 60000]";
+    if (!GW_PREQUAL_IN(p->probes_per_request, 0.0, 16.0))
+        return "probes_per_request must be in [0, 16]";
+    if (!GW_PREQUAL_IN(p->removes_per_request, 0.0, 16.0))
+        return "removes_per_request must be in [0, 16]";
+    if (!GW_PREQUAL_IN(p->delta, 0.0, 100.0))
+        return "delta must be in [0, 100]";
+    if (!GW_PREQUAL_IN(p->max_reuse, 1u, 1024u))
+        return "max_reuse must be in [1, 1024]";
+    if (!GW_PREQUAL_IN(p->q_rif, 0.0, 1.0))
+        return "q_rif must be in [0, 1]";
+    if (!GW_PREQUAL_IN(p->rif_history, 1u, 4096u))
+        return "rif_history must be in [1, 4096]";
+    if (!GW_PREQUAL_IN(p->probe_timeout_ms, 1u, 60000u))
+        return "probe_timeout_ms must be in [1, 60000]";
+    if (!GW_PREQUAL_IN(p->idle_probe_ms, 1u, 60000u))
+        return "idle_probe_ms must be in [1, 60000]";
+    if (!GW_PREQUAL_IN(p->max_probes_in_flight, 1u, 65536u))
+        return "max_probes_in_flight must be in [1, 65536]";
+    return NULL;
+}
+
+static void gw_prequal_backend_init(gw_prequal_backend_t *b)
+{
+    memset(b, 0, sizeof(*b));
+    b->slot = -1;
+    b->mode = GW_PREQUAL_MODE_PROBE;
+}
+
+gw_prequal_t *gw_prequal_new(const gw_prequal_params_t *params, size_t nbackends)
+{
+    if (gw_prequal_params_check(params) != NULL || nbackends > INT32_MAX)
+        return NULL;
+    gw_prequal_t *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return NULL;
+    p->params = *params;
+    p->pool = calloc(params->pool_size, sizeof(*p->pool));
+    p->rif_ring = calloc(params->rif_history, sizeof(*p->rif_ring));
+    p->rif_sorted = calloc(params->rif_history, sizeof(*p->rif_sorted));
+    if (p->pool == NULL || p->rif_ring == NULL || p->rif_sorted == NULL ||
+        gw_prequal_resize(p, nbackends) != 0) {
+        gw_prequal_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void gw_prequal_free(gw_prequal_t *p)
+{
+    if (p == NULL)
+        return;
+    free(p->backends);
+    free(p->scratch);
+    free(p->pool);
+    free(p->rif_ring);
+    free(p->rif_sorted);
+    free(p);
+}
+
+const gw_prequal_params_t *gw_prequal_params(const gw_prequal_t *p)
+{
+    return &p->params;
+}
+
+/* Removes pool[slot] by moving the last entry into its place. */
+static void gw_prequal_remove_slot(gw_prequal_t *p, uint32_t slot, gw_prequal_reason_t reason)
+{
+    uint32_t last = p->pool_len - 1;
+    p->backends[p->pool[slot].backend].slot = -1;
+    if (slot != last) {
+        p->pool[slot] = p->pool[last];
+        p->backends[p->pool[slot].backend].slot = (int32_t)slot;
+    }
+    p->pool_len = last;
+    GW_COUNTER_INC(p->stats.removals[reason]);
+    GW_RELAXED_STORE(p->stats.pool_entries, (uint64_t)p->pool_len);
+}
+
+int gw_prequal_resize(gw_prequal_t *p, size_t nbackends)
+{
+    if (nbackends > INT32_MAX)
+        return -EINVAL;
+    /* Allocate both arrays before touching p so a failure leaves it unchanged. */
+    size_t alloc = nbackends > 0 ? nbackends : 1;
+    gw_prequal_backend_t *b = malloc(alloc * sizeof(*b));
+    uint32_t *scratch = malloc(alloc * sizeof(*scratch));
+    if (b == NULL || scratch == NULL) {
+        free(b);
+        free(scratch);
+        return -ENOMEM;
+    }
+    /* Drop the entries of vanished backends while the old per-backend array is still valid. */
+    for (uint32_t i = 0; i < p->pool_len;) {
+        if (p->pool[i].backend >= nbackends)
+            gw_prequal_remove_slot(p, i, GW_PREQUAL_RM_MEMBERSHIP);
+        else
+            i++;
+    }
+    size_t keep = GW_MIN(p->nbackends, nbackends);
+    if (keep > 0)
+        memcpy(b, p->backends, keep * sizeof(*b));
+    for (size_t i = keep; i < nbackends; i++)
+        gw_prequal_backend_init(&b[i]);
+    free(p->backends);
+    free(p->scratch);
+    p->backends = b;
+    p->scratch = scratch;
+    p->nbackends = nbackends;
+    return 0;
+}
+
+/* take(&acc, rate) of PREQUAL.md §2: the integer part of the accumulated rate. */
+static uint32_t gw_prequal_take(double *acc, double rate)
+{
+    *acc += rate;
+    double k = floor(*acc);
+    *acc -= k;
+    return (uint32_t)k;
+}
+
+uint32_t gw_prequal_probes_for_request(gw_prequal_t *p)
+{
+    return gw_prequal_take(&p->probe_acc, p->params.probes_per_request);
+}
+
+size_t gw_prequal_choose_probe_targets(gw_prequal_t *p, const bool *eligible, size_t n, uint32_t k,
+                                       uint64_t *rng, uint32_t *out)
+{
+    n = GW_MIN(n, p->nbackends);
+    uint32_t e = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (eligible[i])
+            p->scratch[e++] = (uint32_t)i;
+    }
+    /* Partial Fisher-Yates: after step i, scratch[0..i] is a uniform sample without repetition. */
+    uint32_t m = GW_MIN(k, e);
+    for (uint32_t i = 0; i < m; i++) {
+        uint32_t j = i + gw_rand_below(rng, e - i);
+        uint32_t t = p->scratch[i];
+        p->scratch[i] = p->scratch[j];
+        p->scratch[j] = t;
+        out[i] = p->scratch[i];
+    }
+    return m;
+}
+
+/* Drops entries older than max_age_ms (§4: a stale probe misleads more than no probe). */
+static void gw_prequal_expire(gw_prequal_t *p, uint64_t now_ms)
+{
+    for (uint32_t i = 0; i < p->pool_len;) {
+        const gw_prequal_entry_t *e = &p->pool[i];
+        if (now_ms > e->recv_ms && now_ms - e->recv_ms > p->params.max_age_ms)
+            gw_prequal_remove_slot(p, i, GW_PREQUAL_RM_AGE);
+        else
+            i++;
+    }
+}
+
+bool gw_prequal_idle_probe_due(gw_prequal_t *p, uint64_t now_ms)
+{
+    gw_prequal_expire(p, now_ms);
+    if (p->pool_len < 2 || !p->any_request)
+        return true;
+    return now_ms > p->last_request_ms && now_ms - p->last_request_ms >= p->params.idle_probe_ms;
+}
+
+uint32_t gw_prequal_idle_probes(const gw_prequal_t *p)
+{
+    return (uint32_t)ceil(p->params.probes_per_request);
+}
+
+double gw_prequal_reuse_budget(const gw_prequal_params_t *params, size_t n_healthy)
+{
+    double cap = (double)params->max_reuse;
+    if (n_healthy == 0)
+        return cap;
+    double m = (double)params->pool_size, n = (double)n_healthy;
+    /* The pool gains (1 − m/n)·r_probe useful entries per request (a probe of a backend that
+     * already has an entry only replaces it) and loses r_remove; reuse must make up the rest. */
+    double denom = (1.0 - m / n) * params->probes_per_request - params->removes_per_request;
+    if (denom <= 0.0)
+        return cap;
+    double b = (1.0 + params->delta) / denom;
+    return GW_MIN(GW_MAX(b, 1.0), cap);
+}
+
+/* floor(x) or ceil(x), ceil with probability frac(x): the expectation is exactly x. */
+static uint32_t gw_prequal_random_round(double x, uint64_t *rng)
+{
+    double fl = floor(x);
+    double u = (double)(gw_rand_next(rng) >> 11) * 0x1.0p-53; /* uniform in [0, 1) */
+    return (uint32_t)fl + (u < x - fl ? 1u : 0u);
+}
+
+/* Adds v to the RIF history, evicting the oldest value when the ring is full, and keeps
+ * rif_sorted sorted by binary search + memmove. */
+static void gw_prequal_history_push(gw_prequal_t *p, uint32_t v)
+{
+    uint32_t cap = p->params.rif_history;
+    uint32_t *s = p->rif_sorted;
+    if (p->rif_len == cap) {
+        uint32_t old = p->rif_ring[p->rif_next];
+        uint32_t lo = 0, hi = p->rif_len; /* lower bound of old; it is present */
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (s[mid] < old)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        memmove(&s[lo], &s[lo + 1], (p->rif_len - lo - 1) * sizeof(*s));
+        p->rif_len--;
+    }
+    uint32_t lo = 0, hi = p->rif_len; /* upper bound of v */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (s[mid] <= v)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    memmove(&s[lo + 1], &s[lo], (p->rif_len - lo) * sizeof(*s));
+    s[lo] = v;
+    p->rif_len++;
+    p->rif_ring[p->rif_next] = v;
+    p->rif_next = p->rif_next + 1 == cap ? 0 : p->rif_next + 1;
+}
+
+uint64_t gw_prequal_rif_threshold(const gw_prequal_t *p)
+{
+    if (p->params.q_rif >= 1.0 || p->rif_len == 0)
+        return GW_PREQUAL_THR_INF;
+    size_t rank = (size_t)floor(p->params.q_rif * (double)(p->rif_len - 1));
+    return p->rif_sorted[rank];
+}
+
+/* Index of the oldest entry (earliest receipt, then earliest insertion); pool must not be empty. */
+static uint32_t gw_prequal_oldest(const gw_prequal_t *p)
+{
+    uint32_t best = 0;
+    for (uint32_t i = 1; i < p->pool_len; i++) {
+        const gw_prequal_entry_t *e = &p->pool[i], *b = &p->pool[best];
+        if (e->recv_ms < b->recv_ms || (e->recv_ms == b->recv_ms && e->seq < b->seq))
+            best = i;
+    }
+    return best;
+}
+
+static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
+                              uint64_t recv_ms, size_t n_healthy, uint64_t *rng,
+                              gw_prequal_probe_stat_t stat)
+{
+    if (backend >= p->nbackends)
+        return;
+    gw_prequal_history_push(p, rif);
+    uint32_t uses = gw_prequal_random_round(gw_prequal_reuse_budget(&p->params, n_healthy), rng);
+    uses = GW_MIN(GW_MAX(uses, 1u), p->params.max_reuse);
+    int32_t slot = p->backends[backend].slot;
+    if (slot < 0) {
+        if (p->pool_len == p->params.pool_size)
+            gw_prequal_remove_slot(p, gw_prequal_oldest(p), GW_PREQUAL_RM_CAPACITY);
+        slot = (int32_t)p->pool_len++;
+        p->backends[backend].slot = slot;
+    }
+    p->pool[slot] = (gw_prequal_entry_t){
+        .recv_ms = recv_ms,
+        .seq = p->seq++,
+        .latency_us = latency_us,
+        .backend = backend,
+        .rif = rif,
+        .uses_left = uses,
+    };
+    GW_COUNTER_INC(p->stats.probes[stat]);
+    GW_RELAXED_STORE(p->stats.pool_entries, (uint64_t)p->pool_len);
+}
+
+void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
+                         uint64_t recv_ms, size_t n_healthy, uint64_t *rng)
+{
+    gw_prequal_insert(p, backend, rif, latency_us, recv_ms, n_healthy, rng,
+                      GW_PREQUAL_PROBE_STAT_OK);
+}
+
+/* HCL orders. Cold: lower latency, then lower RIF, then lower backend index. Hot: lower RIF, then
+ * lower latency, then lower index. The index makes the choice independent of pool order. */
+static bool gw_prequal_cold_better(const gw_prequal_entry_t *a, const gw_prequal_entry_t *b)
+{
+    if (a->latency_us != b->latency_us)
+        return a->latency_us < b->latency_us;
+    if (a->rif != b->rif)
+        return a->rif < b->rif;
+    return a->backend < b->backend;
+}
+
+static bool gw_prequal_hot_better(const gw_prequal_entry_t *a, const gw_prequal_entry_t *b)
+{
+    if (a->rif != b->rif)
+        return a->rif < b->rif;
+    if (a->latency_us != b->latency_us)
+        return a->latency_us < b->latency_us;
+    return a->backend < b->backend;
+}
+
+/* The worst entry (§4 "Probe reuse and removal"): if any entry is hot, the hot one with the
+ * highest RIF (ties: higher latency, then older); else the one with the highest latency (ties:
+ * higher RIF, then older). Pool must not be empty. */
+static uint32_t gw_prequal_worst(const gw_prequal_t *p, uint64_t thr)
+{
+    uint32_t best = 0;
+    bool best_hot = p->pool[0].rif > thr;
+    for (uint32_t i = 1; i < p->pool_len; i++) {
+        const gw_prequal_entry_t *e = &p->pool[i], *b = &p->pool[best];
+        bool hot = e->rif > thr;
+        bool worse;
+        if (hot != best_hot)
+            worse = hot;
+        else if (hot && e->rif != b->rif)
+            worse = e->rif > b->rif;
+        else if (e->latency_us != b->latency_us)
+            worse = e->latency_us > b->latency_us;
+        else if (e->rif != b->rif)
+            worse = e->rif > b->rif;
+        else
+            worse = e->seq < b->seq;
+        if (worse) {
+            best = i;
+            best_hot = hot;
+        }
+    }
+    return best;
+}
+
+static bool gw_prequal_tried(const uint64_t *tried, uint32_t i)
+{
+    return tried != NULL && ((tried[i / 64] >> (i % 64)) & 1);
+}
+
+int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
+                    gw_prequal_branch_t *branch)
+{
+    p->any_request = true;
+    p->last_request_ms = now_ms;
+    gw_prequal_expire(p, now_ms);
+
+    uint64_t thr = gw_prequal_rif_threshold(p);
+    int32_t cold = -1, hot = -1;
+    uint32_t usable = 0;
+    for (uint32_t i = 0; i < p->pool_len; i++) {
+        const gw_prequal_entry_t *e = &p->pool[i];
+        if (gw_prequal_tried(tried, e->backend))
+            continue;
+        usable++;
+        if (e->rif > thr) {
+            if (hot < 0 || gw_prequal_hot_better(e, &p->pool[hot]))
+                hot = (int32_t)i;
+        } else if (cold < 0 || gw_prequal_cold_better(e, &p->pool[cold])) {
+            cold = (int32_t)i;
+        }
+    }
+    /* With one entry there is no choice to make, and always following a lone entry would send
+     * every request to whichever backend answered first. */
+    if (usable < 2) {
+        *branch = GW_PREQUAL_FALLBACK;
+        GW_COUNTER_INC(p->stats.picks[GW_PREQUAL_FALLBACK]);
+        return -1;
+    }
+    GW_RELAXED_STORE(p->stats.rif_threshold, thr);
+    *branch = cold >= 0 ? GW_PREQUAL_COLD : GW_PREQUAL_HOT;
+    GW_COUNTER_INC(p->stats.picks[*branch]);
+
+    uint32_t slot = (uint32_t)(cold >= 0 ? cold : hot);
+    gw_prequal_entry_t *e = &p->pool[slot];
+    uint32_t backend = e->backend;
+    if (e->rif < UINT32_MAX)
+        e->rif++; /* the request we are about to send is not in the probed RIF */
+    if (--e->uses_left == 0)
+        gw_prequal_remove_slot(p, slot, GW_PREQUAL_RM_REUSE);
+
+    uint32_t k = gw_prequal_take(&p->remove_acc, p->params.removes_per_request);
+    for (uint32_t j = 0; j < k && p->pool_len > 0; j++) {
+        if (p->remove_worst_next)
+            gw_prequal_remove_slot(p, gw_prequal_worst(p, thr), GW_PREQUAL_RM_WORST);
+        else
+            gw_prequal_remove_slot(p, gw_prequal_oldest(p), GW_PREQUAL_RM_OLDEST);
+        p->remove_worst_next = !p->remove_worst_next;
+    }
+    return (int)backend;
+}
+
+bool gw_prequal_purge(gw_prequal_t *p, uint32_t backend, gw_prequal_reason_t reason)
+{
+    if (backend >= p->nbackends || p->backends[backend].slot < 0)
+        return false;
+    gw_prequal_remove_slot(p, (uint32_t)p->backends[backend].slot, reason);
+    return true;
+}
+
+void gw_prequal_forget(gw_prequal_t *p, uint32_t backend)
+{
+    if (backend >= p->nbackends)
+        return;
+    int32_t slot = p->backends[backend].slot;
+    gw_prequal_backend_init(&p->backends[backend]);
+    p->backends[backend].slot = slot;
+}
+
+void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend, gw_prequal_probe_result_t result,
+                                uint64_t now_ms)
+{
+    if (backend >= p->nbackends)
+        return;
+    gw_prequal_backend_t *b = &p->backends[backend];
+    if (b->mode == GW_PREQUAL_MODE_PROBE) {
+        if (result == GW_PREQUAL_PROBE_OK_WITH_SIGNALS) {
+            b->nosig = 0;
+        } else if (result == GW_PREQUAL_PROBE_NO_SIGNALS &&
+                   ++b->nosig >= GW_PREQUAL_PASSIVE_AFTER) {
+            b->mode = GW_PREQUAL_MODE_PASSIVE;
+            b->nosig = 0;
+            b->retry_at_ms = now_ms + GW_PREQUAL_PASSIVE_RETRY_MS;
+        }
+        return;
+    }
+    /* A retry probe in passive or piggyback mode: one good reply is proof enough; one bad reply
+     * keeps the mode, since three were needed to leave probe mode. */
+    if (result == GW_PREQUAL_PROBE_OK_WITH_SIGNALS) {
+        b->mode = GW_PREQUAL_MODE_PROBE;
+        b->nosig = 0;
+    } else {
+        b->retry_at_ms = now_ms + GW_PREQUAL_PASSIVE_RETRY_MS;
+    }
+}
+
+gw_prequal_mode_t gw_prequal_mode(const gw_prequal_t *p, uint32_t backend)
+{
+    if (backend >= p->nbackends)
+        return GW_PREQUAL_MODE_PROBE;
+    return (gw_prequal_mode_t)p->backends[backend].mode;
+}
+
+gw_prequal_probe_action_t gw_prequal_probe_action(gw_prequal_t *p, uint32_t backend,
+                                                  uint64_t now_ms)
+{
+    if (backend >= p->nbackends || p->backends[backend].mode == GW_PREQUAL_MODE_PROBE)
+        return GW_PREQUAL_SEND_PROBE;
+    gw_prequal_backend_t *b = &p->backends[backend];
+    if (now_ms >= b->retry_at_ms) {
+        b->retry_at_ms = now_ms + GW_PREQUAL_PASSIVE_RETRY_MS;
+        return GW_PREQUAL_SEND_PROBE;
+    }
+    return GW_PREQUAL_SYNTHESIZE;
+}
+
+void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
+                             uint64_t recv_ms, size_t n_healthy, uint64_t *rng)
+{
+    if (backend >= p->nbackends)
+        return;
+    if (p->backends[backend].mode == GW_PREQUAL_MODE_PASSIVE)
+        p->backends[backend].mode = GW_PREQUAL_MODE_PIGGYBACK;
+    gw_prequal_insert(p, backend, rif, latency_us, recv_ms, n_healthy, rng,
+                      GW_PREQUAL_PROBE_STAT_PIGGYBACK);
+}
+
+void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_at_start,
+                               uint64_t latency_us, uint64_t now_ms)
+{
+    if (backend >= p->nbackends)
+        return;
+    gw_prequal_backend_t *b = &p->backends[backend];
+    b->samples[b->sample_next] = (gw_prequal_sample_t){
+        .t_ms = now_ms,
+        .latency_us = (uint32_t)GW_MIN(latency_us, (uint64_t)UINT32_MAX),
+        .rif = rif_at_start,
+    };
+    b->sample_next = (uint8_t)((b->sample_next + 1) % GW_PREQUAL_LAT_SAMPLES);
+    if (b->sample_count < GW_PREQUAL_LAT_SAMPLES)
+        b->sample_count++;
+}
+
+uint64_t gw_prequal_synthetic_latency(const gw_prequal_t *p, uint32_t backend, uint32_t rif,
+                                      uint64_t now_ms)
+{
+    if (backend >= p->nbackends)
+        return 0;
+    const gw_prequal_backend_t *b = &p->backends[backend];
+    uint32_t lo = rif > 0 ? rif - 1 : 0, hi = rif < UINT32_MAX ? rif + 1 : rif;
+    uint32_t v[GW_PREQUAL_LAT_SAMPLES];
+    size_t n = 0;
+    for (size_t i = 0; i < b->sample_count; i++) {
+        const gw_prequal_sample_t *s = &b->samples[i];
+        if (s->rif < lo || s->rif > hi)
+            continue;
+        if (now_ms > s->t_ms && now_ms - s->t_ms > GW_PREQUAL_LAT_WINDOW_MS)
+            continue;
+        /* Insertion sort: at most GW_PREQUAL_LAT_SAMPLES values. */
+        size_t j = n++;
+        while (j > 0 && v[j - 1] > s->latency_us) {
+            v[j] = v[j - 1];
+            j--;
+        }
+        v[j] = s->latency_us;
+    }
+    /* No fresh sample: 0, as a backend does (a stale high value would starve an idle backend). */
+    if (n == 0)
+        return 0;
+    if (n % 2 == 1)
+        return v[n / 2];
+    return (uint64_t)v[n / 2 - 1] + (v[n / 2] - v[n / 2 - 1]) / 2;
+}
+
+void gw_prequal_synthesize(gw_prequal_t *p, uint32_t backend, uint32_t inflight, uint64_t now_ms,
+                           size_t n_healthy, uint64_t *rng)
+{
+    uint64_t latency = gw_prequal_synthetic_latency(p, backend, inflight, now_ms);
+    gw_prequal_insert(p, backend, inflight, latency, now_ms, n_healthy, rng,
+                      GW_PREQUAL_PROBE_STAT_SYNTHETIC);
+}
+
+void gw_prequal_count_probe(gw_prequal_t *p, gw_prequal_probe_stat_t stat)
+{
+    if ((unsigned)stat < GW_PREQUAL_PROBE_STAT_COUNT)
+        GW_COUNTER_INC(p->stats.probes[stat]);
+}
+
+const gw_prequal_stats_t *gw_prequal_stats(const gw_prequal_t *p)
+{
+    return &p->stats;
+}
+
+size_t gw_prequal_pool_snapshot(const gw_prequal_t *p, uint64_t now_ms,
+                                gw_prequal_entry_info_t *out, size_t cap)
+{
+    for (uint32_t i = 0; i < p->pool_len && i < cap; i++) {
+        const gw_prequal_entry_t *e = &p->pool[i];
+        out[i] = (gw_prequal_entry_info_t){
+            .backend = e->backend,
+            .rif = e->rif,
+            .latency_us = e->latency_us,
+            .age_ms = now_ms > e->recv_ms ? now_ms - e->recv_ms : 0,
+            .uses_left = e->uses_left,
+        };
+    }
+    return p->pool_len;
+}
+
+const char *gw_prequal_branch_name(gw_prequal_branch_t b)
+{
+    static const char *const names[] = {"cold", "hot", "fallback"};
+    return (unsigned)b < GW_ARRAY_LEN(names) ? names[b] : "?";
+}
+
+const char *gw_prequal_reason_name(gw_prequal_reason_t r)
+{
+    static const char *const names[] = {"age",   "reuse",   "capacity",  "oldest",
+                                        "worst", "failure", "membership"};
+    return (unsigned)r < GW_ARRAY_LEN(names) ? names[r] : "?";
+}
+
+const char *gw_prequal_probe_stat_name(gw_prequal_probe_stat_t s)
+{
+    static const char *const names[] = {"ok",      "fail",      "timeout",
+                                        "skipped", "synthetic", "piggyback"};
+    return (unsigned)s < GW_ARRAY_LEN(names) ? names[s] : "?";
+}
+
+const char *gw_prequal_mode_name(gw_prequal_mode_t m)
+{
+    static const char *const names[] = {"probe", "passive", "piggyback"};
+    return (unsigned)m < GW_ARRAY_LEN(names) ? names[m] : "?";
+}

@@ -1,0 +1,70 @@
+/*
+ * probe: asynchronous Prequal probes (PREQUAL.md §3 "Probing"). Each worker keeps at most one
+ * probe connection per backend: persistent, keep-alive, separate from the request pool so a probe
+ * never waits behind a slow request on the same connection (HTTP/1.1 answers in order). A probe
+ * is `GET <probe_path>`; its reply carries the backend's requests in flight and latency estimate
+ * in one of the wire formats of PREQUAL.md §1. Probes are never on a request's critical path:
+ * the caller fires them and learns the result in a callback later.
+ */
+#ifndef GW_PROBE_H
+#define GW_PROBE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "common.h"
+#include "http1.h"
+
+typedef struct gw_worker gw_worker_t;
+
+enum gw_probe_status {
+    GW_PROBE_OK = 0,          /* a reply with load signals */
+    GW_PROBE_NO_SIGNALS,      /* a reply without them (404/405, or neither headers nor JSON) */
+    GW_PROBE_FAILED,          /* connect error, reset, malformed reply */
+    GW_PROBE_TIMEOUT,         /* no reply within the probe timeout */
+};
+
+typedef struct gw_probe_signals {
+    bool found;
+    uint32_t rif;
+    uint64_t latency_us;
+} gw_probe_signals_t;
+
+typedef struct gw_probe_result {
+    enum gw_probe_status status;
+    gw_probe_signals_t sig;
+    uint64_t rtt_ns;  /* from send to reply */
+    uint64_t recv_ms; /* loop time when the reply arrived (its receipt time) */
+} gw_probe_result_t;
+
+typedef void (*gw_probe_cb)(void *arg, gw_backend_t *b, const gw_probe_result_t *r);
+
+/**
+ * Sends a probe to `b` on the worker's probe connection to it (connecting first if needed).
+ * `cb(arg, b, result)` runs exactly once, later, from the loop, unless this returns an error
+ * (then it never runs: libuv's rule). Returns 0, UV_EBUSY when a probe to `b` is already in
+ * flight from this worker, or another negative error.
+ */
+int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t timeout_ms,
+                  gw_probe_cb cb, void *arg);
+
+/** True while a probe from this worker to `b` has not been answered. */
+bool gw_probe_busy(const gw_worker_t *w, const gw_backend_t *b);
+
+/** Closes every probe connection of the worker; pending callbacks run with GW_PROBE_FAILED. */
+void gw_probe_close_all(gw_worker_t *w);
+
+/**
+ * Reads load signals from a reply (pure). Headers win: `X-Prequal-RIF` and
+ * `X-Prequal-Latency-Us`. Else the JSON body: {"rif": N, "latency_ms": X} or OpenPrequal's
+ * {"in_flight_requests": N, "rif_avg_latency": X seconds}. Returns true and fills `out` when
+ * both signals were found and valid.
+ */
+bool gw_probe_parse_signals(const gw_header_t *headers, size_t nheaders, gw_slice_t body,
+                            gw_probe_signals_t *out);
+
+/** The header part of gw_probe_parse_signals, for piggybacked signals on normal responses. */
+bool gw_probe_parse_headers(const gw_header_t *headers, size_t nheaders, gw_probe_signals_t *out);
+
+#endif

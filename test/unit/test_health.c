@@ -1,0 +1,94 @@
+/* Unit tests for passive health checking (core/health.c): pure, with explicit times. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "health.h"
+
+static gw_backend_t b[4];
+static gw_backend_t *peers[4] = {&b[0], &b[1], &b[2], &b[3]};
+static const gw_health_cfg_t h = {.max_fails = 3, .eject_ms = 100, .max_eject_ms = 350,
+                                  .max_ejected_percent = 50};
+
+static int reset(void **state)
+{
+    memset(b, 0, sizeof b);
+    for (int i = 0; i < 4; i++)
+        b[i].healthy = 1;
+    return 0;
+}
+
+static void test_ejects_after_max_fails_in_a_row(void **state)
+{
+    assert_false(gw_health_on_failure(&b[0], peers, 4, &h, 1000));
+    assert_false(gw_health_on_failure(&b[0], peers, 4, &h, 1000));
+    gw_health_on_success(&b[0]); /* the streak starts over */
+    assert_false(gw_health_on_failure(&b[0], peers, 4, &h, 1000));
+    assert_false(gw_health_on_failure(&b[0], peers, 4, &h, 1000));
+    assert_int_equal(b[0].healthy, 1);
+    assert_true(gw_health_on_failure(&b[0], peers, 4, &h, 1000));
+    assert_int_equal(b[0].healthy, 0);
+    assert_int_equal(b[0].ejected, 1);
+    assert_int_equal(b[0].ejected_until_ms, 1100);
+}
+
+static void test_readmitted_when_time_is_up(void **state)
+{
+    for (int i = 0; i < 3; i++)
+        gw_health_on_failure(&b[1], peers, 4, &h, 0);
+    assert_int_equal(gw_health_tick(peers, 4, 99), 0);
+    assert_int_equal(b[1].healthy, 0);
+    assert_int_equal(gw_health_tick(peers, 4, 100), 1);
+    assert_int_equal(b[1].healthy, 1);
+    assert_int_equal(b[1].ejected, 0);
+}
+
+static void test_backoff_doubles_up_to_max(void **state)
+{
+    uint64_t now = 0, expect[] = {100, 200, 350, 350};
+    for (int k = 0; k < 4; k++) {
+        for (int i = 0; i < 3; i++)
+            gw_health_on_failure(&b[2], peers, 4, &h, now);
+        assert_int_equal(b[2].ejected_until_ms - now, expect[k]);
+        now = b[2].ejected_until_ms;
+        gw_health_tick(peers, 4, now); /* re-admitted, but no success yet */
+    }
+    gw_health_on_success(&b[2]);
+    for (int i = 0; i < 3; i++)
+        gw_health_on_failure(&b[2], peers, 4, &h, now);
+    assert_int_equal(b[2].ejected_until_ms - now, 100); /* a success reset the backoff */
+}
+
+static void test_never_more_than_half(void **state)
+{
+    for (int k = 0; k < 4; k++)
+        for (int i = 0; i < 3; i++)
+            gw_health_on_failure(&b[k], peers, 4, &h, 0);
+    assert_int_equal(b[0].ejected + b[1].ejected + b[2].ejected + b[3].ejected, 2);
+    assert_int_equal(b[2].healthy, 1);
+    assert_int_equal(b[3].healthy, 1);
+}
+
+static void test_disabled(void **state)
+{
+    gw_health_cfg_t off = h;
+    off.max_fails = 0;
+    for (int i = 0; i < 10; i++)
+        assert_false(gw_health_on_failure(&b[0], peers, 4, &off, 0));
+    assert_int_equal(b[0].healthy, 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup(test_ejects_after_max_fails_in_a_row, reset),
+        cmocka_unit_test_setup(test_readmitted_when_time_is_up, reset),
+        cmocka_unit_test_setup(test_backoff_doubles_up_to_max, reset),
+        cmocka_unit_test_setup(test_never_more_than_half, reset),
+        cmocka_unit_test_setup(test_disabled, reset),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1220 @@
+/*
+ * Unit tests for core/prequal.c, the pure Prequal module (PREQUAL.md §6): the hot-cold rule and
+ * its edges, the quantile, Eq. 1 and its random rounding, the fractional-rate accumulator, the
+ * pool's expiry, reuse, capacity, one-entry-per-backend and alternating removal rules,
+ * compensation, fallback, tried backends, probe target sampling, purges and membership, passive /
+ * piggyback modes with synthetic entries, and an end-to-end simulation against round robin.
+ * Time and randomness are injected, so every expected value is exact.
+ */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common.h"
+#include "prequal.h"
+
+#define SEED 0x9E3779B97F4A7C15ull
+
+static gw_prequal_params_t defaults(void)
+{
+    gw_prequal_params_t pp;
+    gw_prequal_params_default(&pp);
+    return pp;
+}
+
+static gw_prequal_t *mk(const gw_prequal_params_t *pp, size_t n)
+{
+    gw_prequal_t *p = gw_prequal_new(pp, n);
+    assert_non_null(p);
+    return p;
+}
+
+/* A probe with a small healthy count, so the reuse budget is max_reuse and never interferes. */
+static void probe(gw_prequal_t *p, uint32_t b, uint32_t rif, uint64_t lat, uint64_t t)
+{
+    uint64_t rng = SEED;
+    gw_prequal_on_probe(p, b, rif, lat, t, 5, &rng);
+}
+
+static int pick(gw_prequal_t *p, uint64_t now, const uint64_t *tried, gw_prequal_branch_t *br)
+{
+    return gw_prequal_pick(p, now, tried, br);
+}
+
+static const gw_prequal_stats_t *st(const gw_prequal_t *p)
+{
+    return gw_prequal_stats(p);
+}
+
+/* The pool entry of backend b, if any. */
+static bool entry_of(const gw_prequal_t *p, uint32_t b, uint64_t now, gw_prequal_entry_info_t *out)
+{
+    gw_prequal_entry_info_t e[1024];
+    size_t n = gw_prequal_pool_snapshot(p, now, e, GW_ARRAY_LEN(e));
+    for (size_t i = 0; i < n; i++) {
+        if (e[i].backend == b) {
+            *out = e[i];
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool in_pool(const gw_prequal_t *p, uint32_t b)
+{
+    gw_prequal_entry_info_t e;
+    return entry_of(p, b, 0, &e);
+}
+
+/* ---- parameters ---- */
+
+static void test_params_default(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    assert_int_equal(pp.pool_size, 16);
+    assert_int_equal(pp.max_age_ms, 1000);
+    assert_true(pp.probes_per_request == 3.0);
+    assert_true(pp.removes_per_request == 1.0);
+    assert_true(pp.delta == 1.0);
+    assert_int_equal(pp.max_reuse, 16);
+    assert_true(fabs(pp.q_rif - 0.84) < 1e-12);
+    assert_int_equal(pp.rif_history, 64);
+    assert_int_equal(pp.probe_timeout_ms, 50);
+    assert_int_equal(pp.idle_probe_ms, 250);
+    assert_int_equal(pp.max_probes_in_flight, 64);
+    assert_null(gw_prequal_params_check(&pp));
+}
+
+static void expect_bad(const gw_prequal_params_t *pp, const char *field)
+{
+    const char *msg = gw_prequal_params_check(pp);
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, field));
+    assert_non_null(strstr(msg, "["));
+    assert_null(gw_prequal_new(pp, 4));
+}
+
+static void test_params_check(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp;
+#define BAD(field, value)                                                                          \
+    do {                                                                                           \
+        pp = defaults();                                                                           \
+        pp.field = value;                                                                          \
+        expect_bad(&pp, #field);                                                                   \
+    } while (0)
+    BAD(pool_size, 0);
+    BAD(pool_size, 1025);
+    BAD(max_age_ms, 0);
+    BAD(probes_per_request, -0.5);
+    BAD(probes_per_request, 16.5);
+    BAD(probes_per_request, NAN);
+    BAD(removes_per_request, 17);
+    BAD(removes_per_request, -1);
+    BAD(delta, -0.1);
+    BAD(delta, NAN);
+    BAD(max_reuse, 0);
+    BAD(q_rif, -0.01);
+    BAD(q_rif, 1.01);
+    BAD(q_rif, NAN);
+    BAD(rif_history, 0);
+    BAD(rif_history, 4097);
+    BAD(probe_timeout_ms, 0);
+    BAD(idle_probe_ms, 0);
+    BAD(max_probes_in_flight, 0);
+#undef BAD
+    /* The edges are valid. */
+    pp = defaults();
+    pp.q_rif = 0.0;
+    pp.probes_per_request = 0.0;
+    pp.pool_size = 1;
+    pp.rif_history = 4096;
+    assert_null(gw_prequal_params_check(&pp));
+    pp.q_rif = 1.0;
+    pp.probes_per_request = 16.0;
+    pp.pool_size = 1024;
+    pp.rif_history = 1;
+    assert_null(gw_prequal_params_check(&pp));
+    gw_prequal_t *p = mk(&pp, 0); /* an empty upstream is allowed */
+    assert_int_equal(gw_prequal_params(p)->pool_size, 1024);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 0, NULL, &br), -1);
+    gw_prequal_free(p);
+    gw_prequal_free(NULL);
+}
+
+/* ---- hot-cold lexicographic rule ---- */
+
+static void test_hcl_cold_beats_hot(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 3);
+    probe(p, 0, 10, 100, 1000); /* fastest, but hot */
+    probe(p, 1, 1, 500, 1000);
+    probe(p, 2, 2, 300, 1000);
+    /* RIFs sorted [1, 2, 10]; rank floor(0.84 * 2) = 1 -> thr 2: backend 0 is hot. */
+    assert_int_equal(gw_prequal_rif_threshold(p), 2);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 1000, NULL, &br), 2);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    assert_int_equal(st(p)->rif_threshold, 2);
+    /* Compensation made backend 2 hot (rif 3 > 2): the remaining cold one wins. */
+    assert_int_equal(pick(p, 1000, NULL, &br), 1);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    assert_int_equal(pick(p, 1000, NULL, &br), 1); /* rif 2, still cold */
+    /* Now rifs are 10, 3, 3: all hot; lowest RIF, tie broken by lower latency (300 < 500). */
+    assert_int_equal(pick(p, 1000, NULL, &br), 2);
+    assert_int_equal(br, GW_PREQUAL_HOT);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_COLD], 3);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_HOT], 1);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_FALLBACK], 0);
+    gw_prequal_free(p);
+}
+
+static void test_hcl_all_hot_min_rif(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 0.0;
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 3);
+    probe(p, 0, 0, 1, 1000);   /* puts 0 into the history ... */
+    probe(p, 0, 5, 1, 1000);   /* ... and is replaced */
+    probe(p, 1, 3, 900, 1000); /* the slowest, but the least loaded */
+    probe(p, 2, 4, 50, 1000);
+    assert_int_equal(gw_prequal_rif_threshold(p), 0); /* min of [0, 5, 3, 4] */
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 1000, NULL, &br), 1);
+    assert_int_equal(br, GW_PREQUAL_HOT);
+    gw_prequal_free(p);
+}
+
+static void test_hcl_cold_ties(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 1.0; /* everything cold: latency, then RIF, then index */
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 3);
+    probe(p, 2, 3, 100, 1000); /* inserted first, so pool order does not decide */
+    probe(p, 0, 5, 100, 1000);
+    probe(p, 1, 3, 100, 1000);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 1000, NULL, &br), 1); /* rif 3 beats 5; index 1 beats 2 */
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    assert_int_equal(pick(p, 1000, NULL, &br), 2); /* 1 is at rif 4 now */
+    assert_int_equal(pick(p, 1000, NULL, &br), 1); /* 4, 4: lower index */
+    assert_int_equal(pick(p, 1000, NULL, &br), 2);
+    assert_int_equal(pick(p, 1000, NULL, &br), 0); /* 5, 5, 5: lower index */
+    gw_prequal_free(p);
+}
+
+static void test_hcl_hot_ties(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 0.0;
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 4);
+    probe(p, 3, 0, 1, 1000); /* history min 0 */
+    assert_true(gw_prequal_purge(p, 3, GW_PREQUAL_RM_FAILURE));
+    probe(p, 2, 2, 200, 1000);
+    probe(p, 0, 2, 300, 1000);
+    probe(p, 1, 2, 200, 1000);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 1000, NULL, &br), 1); /* rif tie, latency tie 200, index 1 < 2 */
+    assert_int_equal(br, GW_PREQUAL_HOT);
+    assert_int_equal(pick(p, 1000, NULL, &br), 2); /* 1 is at rif 3 */
+    assert_int_equal(pick(p, 1000, NULL, &br), 0); /* rif 2 is the minimum left */
+    assert_int_equal(pick(p, 1000, NULL, &br), 1); /* 3, 3, 3: latency 200, index 1 */
+    gw_prequal_free(p);
+}
+
+static void hcl_edge_setup(gw_prequal_t *p)
+{
+    probe(p, 0, 1, 900, 1000);
+    probe(p, 1, 2, 100, 1000);
+    probe(p, 2, 3, 50, 1000);
+}
+
+static void test_hcl_q0_q1(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    gw_prequal_branch_t br;
+
+    /* q = 0: the threshold is the minimum RIF, so only the least loaded are cold (RIF first). */
+    pp.q_rif = 0.0;
+    gw_prequal_t *p = mk(&pp, 3);
+    hcl_edge_setup(p);
+    assert_int_equal(pick(p, 1000, NULL, &br), 0);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    assert_int_equal(st(p)->rif_threshold, 1);
+    gw_prequal_free(p);
+
+    /* q = 1: threshold +Inf, nothing is hot, latency alone decides. */
+    pp.q_rif = 1.0;
+    p = mk(&pp, 3);
+    hcl_edge_setup(p);
+    assert_true(gw_prequal_rif_threshold(p) == GW_PREQUAL_THR_INF);
+    assert_int_equal(pick(p, 1000, NULL, &br), 2);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    assert_true(st(p)->rif_threshold == GW_PREQUAL_THR_INF);
+    /* Even a huge RIF stays cold. */
+    probe(p, 0, UINT32_MAX, 1, 1000);
+    assert_int_equal(pick(p, 1000, NULL, &br), 0);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    gw_prequal_free(p);
+}
+
+static void test_quantile_nearest_rank(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 1);
+    assert_true(gw_prequal_rif_threshold(p) == GW_PREQUAL_THR_INF); /* no history yet */
+    probe(p, 0, 7, 1, 0);
+    assert_int_equal(gw_prequal_rif_threshold(p), 7); /* K = 1 */
+    gw_prequal_free(p);
+
+    p = mk(&pp, 1);
+    const uint32_t v[] = {50, 10, 40, 20, 30};
+    for (size_t i = 0; i < GW_ARRAY_LEN(v); i++)
+        probe(p, 0, v[i], 1, 0);
+    /* sorted [10, 20, 30, 40, 50]; floor(0.84 * 4) = 3 -> 40 */
+    assert_int_equal(gw_prequal_rif_threshold(p), 40);
+    gw_prequal_free(p);
+
+    /* The ring keeps only the last rif_history values. */
+    pp.rif_history = 4;
+    pp.q_rif = 0.5;
+    p = mk(&pp, 1);
+    const uint32_t w[] = {100, 200, 1, 2, 3, 4};
+    for (size_t i = 0; i < GW_ARRAY_LEN(w); i++)
+        probe(p, 0, w[i], 1, 0);
+    assert_int_equal(gw_prequal_rif_threshold(p), 2); /* [1,2,3,4][floor(0.5 * 3)] */
+    gw_prequal_free(p);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The incrementally sorted history agrees with sorting a copy, duplicates and wraparound
+ * included, for several quantiles. */
+static void test_quantile_matches_sort(void **state)
+{
+    GW_UNUSED(state);
+    const double qs[] = {0.0, 0.3, 0.5, 0.84, 0.99};
+    const uint32_t hist = 7;
+    for (size_t qi = 0; qi < GW_ARRAY_LEN(qs); qi++) {
+        gw_prequal_params_t pp = defaults();
+        pp.q_rif = qs[qi];
+        pp.rif_history = hist;
+        gw_prequal_t *p = mk(&pp, 1);
+        uint32_t all[3000];
+        uint64_t rng = SEED + qi;
+        for (size_t i = 0; i < GW_ARRAY_LEN(all); i++) {
+            all[i] = gw_rand_below(&rng, i < 1500 ? 10 : 1000);
+            probe(p, 0, all[i], 1, 0);
+            size_t k = GW_MIN(i + 1, (size_t)hist);
+            uint32_t copy[16];
+            memcpy(copy, &all[i + 1 - k], k * sizeof(uint32_t));
+            qsort(copy, k, sizeof(uint32_t), cmp_u32);
+            assert_int_equal(gw_prequal_rif_threshold(p),
+                             copy[(size_t)floor(qs[qi] * (double)(k - 1))]);
+        }
+        gw_prequal_free(p);
+    }
+}
+
+/* ---- Eq. 1 and random rounding ---- */
+
+static void test_reuse_budget_eq1(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults(); /* m=16, r_probe=3, r_remove=1, δ=1 */
+    double b = gw_prequal_reuse_budget(&pp, 100);
+    assert_true(fabs(b - 1.316) < 0.0005);
+    assert_true(fabs(b - 2.0 / 1.52) < 1e-12);
+    /* The wrong grouping 1 + δ/(…) would give 1.658. */
+    double wrong = 1.0 + 1.0 / ((1.0 - 16.0 / 100.0) * 3.0 - 1.0);
+    assert_true(fabs(wrong - 1.658) < 0.0005);
+    assert_true(fabs(b - wrong) > 0.3);
+    /* n = 30: (1 − 16/30)·3 − 1 = 0.4 -> 5. */
+    assert_true(fabs(gw_prequal_reuse_budget(&pp, 30) - 5.0) < 1e-9);
+    /* n = 25: 2 / 0.08 = 25, capped at max_reuse. */
+    assert_true(gw_prequal_reuse_budget(&pp, 25) == 16.0);
+    /* max{1, …}: many probes per request make the quotient tiny. */
+    pp.probes_per_request = 16;
+    pp.delta = 0;
+    assert_true(gw_prequal_reuse_budget(&pp, 1000) == 1.0);
+}
+
+static void test_reuse_budget_nonpositive_denominator(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    /* With defaults the denominator is (1 − 16/n)·3 − 1 <= 0 for every n <= 24. */
+    for (size_t n = 0; n <= 24; n++)
+        assert_true(gw_prequal_reuse_budget(&pp, n) == 16.0);
+    pp.max_reuse = 7;
+    assert_true(gw_prequal_reuse_budget(&pp, 24) == 7.0);
+    pp.probes_per_request = 0; /* no probing at all: the denominator is −r_remove */
+    assert_true(gw_prequal_reuse_budget(&pp, 1000) == 7.0);
+}
+
+static void test_random_rounding_mean(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 1);
+    uint64_t rng = SEED;
+    const double b = gw_prequal_reuse_budget(&pp, 100);
+    const int draws = 100000;
+    uint64_t sum = 0, ones = 0;
+    for (int i = 0; i < draws; i++) {
+        gw_prequal_on_probe(p, 0, 1, 1, 0, 100, &rng);
+        gw_prequal_entry_info_t e;
+        assert_true(entry_of(p, 0, 0, &e));
+        assert_true(e.uses_left == 1 || e.uses_left == 2); /* floor or ceil only */
+        sum += e.uses_left;
+        ones += e.uses_left == 1;
+    }
+    double mean = (double)sum / draws;
+    assert_true(fabs(mean - b) / b < 0.005);
+    assert_true(ones > 0 && ones < (uint64_t)draws);
+    assert_int_equal(st(p)->probes[GW_PREQUAL_PROBE_STAT_OK], draws);
+    gw_prequal_free(p);
+}
+
+/* ---- fractional rates ---- */
+
+static void test_fractional_rates(void **state)
+{
+    GW_UNUSED(state);
+    const struct {
+        double rate;
+        uint32_t expect[6];
+    } cases[] = {
+        {0.5, {0, 1, 0, 1, 0, 1}}, {1.5, {1, 2, 1, 2, 1, 2}},  {3.0, {3, 3, 3, 3, 3, 3}},
+        {0.0, {0, 0, 0, 0, 0, 0}}, {0.25, {0, 0, 0, 1, 0, 0}},
+    };
+    for (size_t c = 0; c < GW_ARRAY_LEN(cases); c++) {
+        gw_prequal_params_t pp = defaults();
+        pp.probes_per_request = cases[c].rate;
+        gw_prequal_t *p = mk(&pp, 4);
+        for (size_t i = 0; i < 6; i++)
+            assert_int_equal(gw_prequal_probes_for_request(p), cases[c].expect[i]);
+        gw_prequal_free(p);
+    }
+    /* The long-run mean is exact. */
+    gw_prequal_params_t pp = defaults();
+    pp.probes_per_request = 0.25;
+    gw_prequal_t *p = mk(&pp, 4);
+    uint32_t total = 0;
+    for (int i = 0; i < 1000; i++)
+        total += gw_prequal_probes_for_request(p);
+    assert_int_equal(total, 250);
+    gw_prequal_free(p);
+}
+
+static void test_fractional_removal_rate(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0.5;
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 8);
+    for (uint32_t b = 0; b < 8; b++)
+        probe(p, b, 0, 100 + b, 1000 + b);
+    gw_prequal_branch_t br;
+    const uint64_t expect_removed[] = {0, 1, 1, 2, 2, 3};
+    for (size_t i = 0; i < GW_ARRAY_LEN(expect_removed); i++) {
+        assert_true(pick(p, 1010, NULL, &br) >= 0);
+        uint64_t removed =
+            st(p)->removals[GW_PREQUAL_RM_OLDEST] + st(p)->removals[GW_PREQUAL_RM_WORST];
+        assert_int_equal(removed, expect_removed[i]);
+    }
+    gw_prequal_free(p);
+}
+
+/* ---- pool maintenance ---- */
+
+static void test_alternating_removal(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 1.0; /* all cold: worst = highest latency */
+    gw_prequal_t *p = mk(&pp, 5);
+    probe(p, 0, 0, 400, 100);
+    probe(p, 1, 0, 100, 200);
+    probe(p, 2, 0, 300, 300);
+    probe(p, 3, 0, 200, 400);
+    probe(p, 4, 0, 500, 500);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the oldest goes: 0 */
+    assert_false(in_pool(p, 0));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST], 1);
+    assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the worst goes: 4 (500 µs) */
+    assert_false(in_pool(p, 4));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_WORST], 1);
+    assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the oldest: 1 itself (t=200) */
+    assert_false(in_pool(p, 1));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST], 2);
+    assert_int_equal(pick(p, 500, NULL, &br), 3); /* then the worst: 2 (300 µs) */
+    assert_false(in_pool(p, 2));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_WORST], 2);
+    assert_true(in_pool(p, 3));
+    assert_int_equal(st(p)->pool_entries, 1);
+    /* Fallback makes no removal. */
+    assert_int_equal(pick(p, 500, NULL, &br), -1);
+    assert_int_equal(br, GW_PREQUAL_FALLBACK);
+    assert_true(in_pool(p, 3));
+    gw_prequal_free(p);
+}
+
+static void test_worst_prefers_hot(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 0.0;
+    pp.removes_per_request = 2; /* oldest then worst in the same request */
+    gw_prequal_t *p = mk(&pp, 4);
+    probe(p, 3, 0, 1, 100);
+    probe(p, 0, 5, 10, 200);
+    probe(p, 1, 7, 20, 300);
+    probe(p, 2, 0, 999, 400); /* cold but slowest */
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 400, NULL, &br), 3);
+    /* Oldest: 3. Worst: a hot entry exists, so the hot one with the highest RIF (1), not the
+     * slowest (2). */
+    assert_false(in_pool(p, 3));
+    assert_false(in_pool(p, 1));
+    assert_true(in_pool(p, 0));
+    assert_true(in_pool(p, 2));
+    gw_prequal_free(p);
+}
+
+static void test_expiry(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 3);
+    probe(p, 0, 0, 10, 1000);
+    probe(p, 1, 0, 20, 1500);
+    probe(p, 2, 0, 30, 1500);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 2000, NULL, &br), 0); /* age 1000 is not older than max_age */
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_AGE], 0);
+    assert_int_equal(pick(p, 2001, NULL, &br), 1); /* age 1001: dropped */
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_AGE], 1);
+    assert_false(in_pool(p, 0));
+    assert_int_equal(pick(p, 2501, NULL, &br), -1);
+    assert_int_equal(br, GW_PREQUAL_FALLBACK);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_AGE], 3);
+    assert_int_equal(st(p)->pool_entries, 0);
+    gw_prequal_free(p);
+}
+
+static void test_fallback_under_two(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 3);
+    gw_prequal_branch_t br = GW_PREQUAL_COLD;
+    assert_int_equal(pick(p, 0, NULL, &br), -1); /* empty */
+    assert_int_equal(br, GW_PREQUAL_FALLBACK);
+    probe(p, 0, 0, 10, 0);
+    br = GW_PREQUAL_COLD;
+    assert_int_equal(pick(p, 0, NULL, &br), -1); /* a lone entry is not a choice */
+    assert_int_equal(br, GW_PREQUAL_FALLBACK);
+    assert_true(in_pool(p, 0)); /* and is not consumed */
+    probe(p, 1, 0, 20, 0);
+    assert_int_equal(pick(p, 0, NULL, &br), 0);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_FALLBACK], 2);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_COLD], 1);
+    gw_prequal_free(p);
+}
+
+static void test_tried_excluded(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 70); /* more than 64: the bitset has two words */
+    probe(p, 3, 0, 10, 0);
+    probe(p, 69, 0, 5, 0);
+    probe(p, 40, 0, 20, 0);
+    uint64_t tried[2] = {0, 0};
+    gw_prequal_branch_t br;
+    tried[69 / 64] |= (uint64_t)1 << (69 % 64);
+    assert_int_equal(pick(p, 0, tried, &br), 3);
+    tried[0] |= (uint64_t)1 << 3;
+    assert_int_equal(pick(p, 0, tried, &br), -1); /* only 40 usable */
+    assert_int_equal(br, GW_PREQUAL_FALLBACK);
+    assert_int_equal(pick(p, 0, NULL, &br), 69);
+    gw_prequal_free(p);
+}
+
+static void test_compensation(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 0.0;
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 2);
+    probe(p, 0, 1, 100, 0);
+    probe(p, 1, 1, 200, 0);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 0, NULL, &br), 0);
+    gw_prequal_entry_info_t e;
+    assert_true(entry_of(p, 0, 0, &e));
+    assert_int_equal(e.rif, 2);        /* +1 for the request just sent */
+    assert_int_equal(e.uses_left, 15); /* budget 16 (n <= 24) minus one */
+    /* Backend 0 is now hot (2 > thr 1), so the slower but cold backend 1 wins. */
+    assert_int_equal(pick(p, 0, NULL, &br), 1);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    gw_prequal_free(p);
+}
+
+static void test_one_entry_per_backend(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 0.5;
+    gw_prequal_t *p = mk(&pp, 2);
+    probe(p, 0, 1, 100, 10);
+    probe(p, 0, 9, 300, 20);
+    probe(p, 0, 4, 200, 30);
+    assert_int_equal(st(p)->pool_entries, 1);
+    gw_prequal_entry_info_t e;
+    assert_true(entry_of(p, 0, 40, &e));
+    assert_int_equal(e.rif, 4);
+    assert_int_equal(e.latency_us, 200);
+    assert_int_equal(e.age_ms, 10);
+    /* Every reply still counts in the RIF history: sorted [1, 4, 9], rank 1 -> 4. */
+    assert_int_equal(gw_prequal_rif_threshold(p), 4);
+    for (int r = 0; r < GW_PREQUAL_REASON_COUNT; r++)
+        assert_int_equal(st(p)->removals[r], 0);
+    gw_prequal_free(p);
+}
+
+static void test_uses_never_exceed_budget(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 3);
+    uint64_t rng = SEED;
+    uint64_t reuse_removals = 0;
+    for (int round = 0; round < 2000; round++) {
+        uint32_t uses[3], picks[3] = {0, 0, 0};
+        for (uint32_t b = 0; b < 3; b++) {
+            gw_prequal_on_probe(p, b, 0, 100, 0, 100, &rng); /* budget 1.316 */
+            gw_prequal_entry_info_t e;
+            assert_true(entry_of(p, b, 0, &e));
+            uses[b] = e.uses_left;
+            assert_true(uses[b] >= 1 && uses[b] <= 2);
+        }
+        gw_prequal_branch_t br;
+        int got;
+        while ((got = pick(p, 0, NULL, &br)) >= 0)
+            picks[got]++;
+        for (uint32_t b = 0; b < 3; b++) {
+            assert_true(picks[b] <= uses[b]);
+            if (!in_pool(p, b)) {
+                assert_int_equal(picks[b], uses[b]);
+                reuse_removals++;
+            }
+        }
+        assert_int_equal(st(p)->removals[GW_PREQUAL_RM_REUSE], reuse_removals);
+    }
+    gw_prequal_free(p);
+
+    /* A budget of exactly max_reuse: 16 uses, then removal (reason reuse). */
+    p = mk(&pp, 2);
+    probe(p, 0, 0, 10, 0);
+    probe(p, 1, 0, 20, 0);
+    gw_prequal_branch_t br;
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(pick(p, 0, NULL, &br), 0);
+    assert_false(in_pool(p, 0));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_REUSE], 1);
+    assert_int_equal(pick(p, 0, NULL, &br), -1);
+    gw_prequal_free(p);
+}
+
+static void test_capacity_evicts_oldest(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.pool_size = 3;
+    gw_prequal_t *p = mk(&pp, 5);
+    probe(p, 0, 0, 1, 10);
+    probe(p, 1, 0, 1, 20);
+    probe(p, 2, 0, 1, 30);
+    probe(p, 1, 0, 1, 35); /* full, but a replacement evicts nothing */
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_CAPACITY], 0);
+    probe(p, 3, 0, 1, 40);
+    assert_false(in_pool(p, 0));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_CAPACITY], 1);
+    probe(p, 4, 0, 1, 40); /* 2 (t=30) is now the oldest, not 1 (re-probed at 35) */
+    assert_false(in_pool(p, 2));
+    assert_true(in_pool(p, 1));
+    assert_true(in_pool(p, 3));
+    assert_true(in_pool(p, 4));
+    assert_int_equal(st(p)->pool_entries, 3);
+    gw_prequal_free(p);
+
+    /* Equal receipt times: the earliest inserted goes. */
+    pp.pool_size = 2;
+    p = mk(&pp, 3);
+    probe(p, 1, 0, 1, 10);
+    probe(p, 0, 0, 1, 10);
+    probe(p, 2, 0, 1, 10);
+    assert_false(in_pool(p, 1));
+    assert_true(in_pool(p, 0));
+    gw_prequal_free(p);
+}
+
+/* ---- probing ---- */
+
+static void test_probe_targets_distinct(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 10);
+    bool elig[10];
+    for (int i = 0; i < 10; i++)
+        elig[i] = i != 3 && i != 7;
+    uint64_t rng = SEED;
+    uint32_t out[16];
+    for (int round = 0; round < 1000; round++) {
+        size_t got = gw_prequal_choose_probe_targets(p, elig, 10, 5, &rng, out);
+        assert_int_equal(got, 5);
+        for (size_t i = 0; i < got; i++) {
+            assert_true(out[i] < 10 && elig[out[i]]);
+            for (size_t j = 0; j < i; j++)
+                assert_int_not_equal(out[i], out[j]);
+        }
+    }
+    /* More wanted than eligible: each eligible once. */
+    size_t got = gw_prequal_choose_probe_targets(p, elig, 10, 16, &rng, out);
+    assert_int_equal(got, 8);
+    uint32_t seen = 0;
+    for (size_t i = 0; i < got; i++)
+        seen |= 1u << out[i];
+    assert_int_equal(seen, 0x3FFu & ~((1u << 3) | (1u << 7)));
+    assert_int_equal(gw_prequal_choose_probe_targets(p, elig, 10, 0, &rng, out), 0);
+    bool none[10] = {false};
+    assert_int_equal(gw_prequal_choose_probe_targets(p, none, 10, 3, &rng, out), 0);
+    /* n beyond the upstream's size is clamped. */
+    bool big[20];
+    for (int i = 0; i < 20; i++)
+        big[i] = i >= 10;
+    assert_int_equal(gw_prequal_choose_probe_targets(p, big, 20, 3, &rng, out), 0);
+    gw_prequal_free(p);
+}
+
+static void test_probe_targets_uniform(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 10);
+    bool elig[10];
+    for (int i = 0; i < 10; i++)
+        elig[i] = i != 3 && i != 7;
+    uint64_t rng = SEED;
+    uint32_t out[3];
+    uint64_t count[10] = {0}, first[10] = {0};
+    const int draws = 200000;
+    for (int d = 0; d < draws; d++) {
+        size_t got = gw_prequal_choose_probe_targets(p, elig, 10, 3, &rng, out);
+        assert_int_equal(got, 3);
+        for (size_t i = 0; i < got; i++)
+            count[out[i]]++;
+        first[out[0]]++;
+    }
+    for (int i = 0; i < 10; i++) {
+        if (!elig[i]) {
+            assert_int_equal(count[i], 0);
+            continue;
+        }
+        double f = (double)count[i] / draws;
+        assert_true(fabs(f - 3.0 / 8.0) / (3.0 / 8.0) < 0.02);
+        double f1 = (double)first[i] / draws; /* every position is uniform too */
+        assert_true(fabs(f1 - 1.0 / 8.0) / (1.0 / 8.0) < 0.03);
+    }
+    gw_prequal_free(p);
+}
+
+static void test_idle_probe(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 3);
+    assert_int_equal(gw_prequal_idle_probes(p), 3);
+    assert_true(gw_prequal_idle_probe_due(p, 0)); /* empty pool, no request yet */
+    probe(p, 0, 0, 1, 0);
+    probe(p, 1, 0, 1, 0);
+    probe(p, 2, 0, 1, 0);
+    assert_true(gw_prequal_idle_probe_due(p, 10)); /* no request ever */
+    gw_prequal_branch_t br;
+    assert_true(pick(p, 100, NULL, &br) >= 0);
+    assert_false(gw_prequal_idle_probe_due(p, 100));
+    assert_false(gw_prequal_idle_probe_due(p, 349));
+    assert_true(gw_prequal_idle_probe_due(p, 350)); /* idle for 250 ms */
+    assert_true(pick(p, 400, NULL, &br) >= 0);
+    assert_false(gw_prequal_idle_probe_due(p, 401));
+    /* A pool under 2 entries. */
+    assert_true(gw_prequal_purge(p, 0, GW_PREQUAL_RM_FAILURE));
+    assert_false(gw_prequal_idle_probe_due(p, 402));
+    assert_true(gw_prequal_purge(p, 1, GW_PREQUAL_RM_FAILURE));
+    assert_true(gw_prequal_idle_probe_due(p, 402));
+    /* Expired entries do not count. */
+    probe(p, 0, 0, 1, 402);
+    probe(p, 1, 0, 1, 402);
+    assert_true(pick(p, 1402, NULL, &br) >= 0);
+    assert_true(gw_prequal_idle_probe_due(p, 1403));
+    gw_prequal_free(p);
+
+    pp.probes_per_request = 0.5;
+    p = mk(&pp, 3);
+    assert_int_equal(gw_prequal_idle_probes(p), 1);
+    gw_prequal_free(p);
+    pp.probes_per_request = 2.2;
+    p = mk(&pp, 3);
+    assert_int_equal(gw_prequal_idle_probes(p), 3);
+    gw_prequal_free(p);
+}
+
+/* ---- failures and membership ---- */
+
+static void test_purge(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 3);
+    probe(p, 0, 0, 1, 0); /* the fast one fails: purged, never picked */
+    probe(p, 1, 0, 5, 0);
+    probe(p, 2, 0, 9, 0);
+    assert_true(gw_prequal_purge(p, 0, GW_PREQUAL_RM_FAILURE));
+    assert_false(gw_prequal_purge(p, 0, GW_PREQUAL_RM_FAILURE));
+    assert_false(gw_prequal_purge(p, 99, GW_PREQUAL_RM_FAILURE));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_FAILURE], 1);
+    assert_int_equal(st(p)->pool_entries, 2);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 0, NULL, &br), 1);
+    assert_true(gw_prequal_purge(p, 2, GW_PREQUAL_RM_MEMBERSHIP));
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_MEMBERSHIP], 1);
+    assert_false(in_pool(p, 2));
+    gw_prequal_free(p);
+}
+
+static void test_resize_membership(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 5);
+    for (uint32_t b = 0; b < 5; b++)
+        probe(p, b, b, 10, 0);
+    for (int i = 0; i < 3; i++)
+        gw_prequal_on_probe_result(p, 1, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
+    assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PASSIVE);
+    assert_int_equal(gw_prequal_resize(p, 3), 0);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_MEMBERSHIP], 2);
+    assert_int_equal(st(p)->pool_entries, 3);
+    assert_true(in_pool(p, 0) && in_pool(p, 1) && in_pool(p, 2));
+    assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PASSIVE); /* kept */
+    assert_int_equal(gw_prequal_resize(p, 6), 0);
+    assert_int_equal(st(p)->pool_entries, 3);
+    assert_int_equal(gw_prequal_mode(p, 5), GW_PREQUAL_MODE_PROBE);
+    probe(p, 5, 0, 1, 0);
+    assert_true(in_pool(p, 5));
+    /* A replaced index: purge the entry and forget the per-backend state. */
+    assert_true(gw_prequal_purge(p, 1, GW_PREQUAL_RM_MEMBERSHIP));
+    gw_prequal_forget(p, 1);
+    assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PROBE);
+    /* Out-of-range inputs are ignored. */
+    probe(p, 6, 0, 1, 0);
+    assert_int_equal(st(p)->pool_entries, 3);
+    gw_prequal_record_latency(p, 6, 0, 1, 0);
+    assert_int_equal(gw_prequal_synthetic_latency(p, 6, 0, 0), 0);
+    assert_int_equal(gw_prequal_mode(p, 6), GW_PREQUAL_MODE_PROBE);
+    assert_int_equal(gw_prequal_resize(p, 0), 0);
+    assert_int_equal(st(p)->pool_entries, 0);
+    gw_prequal_free(p);
+}
+
+/* ---- passive and piggyback modes ---- */
+
+static void test_passive_detection(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 2);
+    const uint32_t b = 1;
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PROBE);
+    assert_int_equal(gw_prequal_probe_action(p, b, 0), GW_PREQUAL_SEND_PROBE);
+    /* An OK reply resets the count. */
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_OK_WITH_SIGNALS, 0);
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PROBE);
+    /* A failure is not a reply: neither counts nor resets. */
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_FAILED, 0);
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PROBE);
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 5000); /* the third */
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PASSIVE);
+    assert_int_equal(gw_prequal_mode(p, 0), GW_PREQUAL_MODE_PROBE);
+    /* Synthesised until the retry at +60 s, which is sent once. */
+    assert_int_equal(gw_prequal_probe_action(p, b, 5000), GW_PREQUAL_SYNTHESIZE);
+    assert_int_equal(gw_prequal_probe_action(p, b, 64999), GW_PREQUAL_SYNTHESIZE);
+    assert_int_equal(gw_prequal_probe_action(p, b, 65000), GW_PREQUAL_SEND_PROBE);
+    assert_int_equal(gw_prequal_probe_action(p, b, 65001), GW_PREQUAL_SYNTHESIZE);
+    /* The retry says no signals again: stay passive, next retry 60 s after that reply. */
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 65010);
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PASSIVE);
+    assert_int_equal(gw_prequal_probe_action(p, b, 125009), GW_PREQUAL_SYNTHESIZE);
+    assert_int_equal(gw_prequal_probe_action(p, b, 125010), GW_PREQUAL_SEND_PROBE);
+    /* The backend learnt the endpoint: back to probe mode. */
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_OK_WITH_SIGNALS, 125020);
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PROBE);
+    assert_int_equal(gw_prequal_probe_action(p, b, 125030), GW_PREQUAL_SEND_PROBE);
+    /* And needs three fresh no-signal replies to go passive again. */
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 125040);
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 125050);
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PROBE);
+    gw_prequal_on_probe_result(p, b, GW_PREQUAL_PROBE_NO_SIGNALS, 125060);
+    assert_int_equal(gw_prequal_mode(p, b), GW_PREQUAL_MODE_PASSIVE);
+    gw_prequal_free(p);
+}
+
+static void test_piggyback_switch(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 2);
+    uint64_t rng = SEED;
+    /* Piggybacked headers from a probe-mode backend feed the pool but keep the mode. */
+    gw_prequal_on_piggyback(p, 0, 2, 300, 10, 2, &rng);
+    assert_int_equal(gw_prequal_mode(p, 0), GW_PREQUAL_MODE_PROBE);
+    for (int i = 0; i < 3; i++)
+        gw_prequal_on_probe_result(p, 1, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
+    assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PASSIVE);
+    gw_prequal_on_piggyback(p, 1, 4, 700, 20, 2, &rng);
+    assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PIGGYBACK);
+    gw_prequal_entry_info_t e;
+    assert_true(entry_of(p, 1, 20, &e));
+    assert_int_equal(e.rif, 4);
+    assert_int_equal(e.latency_us, 700);
+    assert_int_equal(st(p)->probes[GW_PREQUAL_PROBE_STAT_PIGGYBACK], 2);
+    assert_int_equal(st(p)->probes[GW_PREQUAL_PROBE_STAT_OK], 0);
+    assert_int_equal(gw_prequal_probe_action(p, 1, 30), GW_PREQUAL_SYNTHESIZE);
+    /* A retry that finds the endpoint returns to probe mode. */
+    assert_int_equal(gw_prequal_probe_action(p, 1, 60000), GW_PREQUAL_SEND_PROBE);
+    gw_prequal_on_probe_result(p, 1, GW_PREQUAL_PROBE_OK_WITH_SIGNALS, 60005);
+    assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PROBE);
+    gw_prequal_free(p);
+}
+
+static void test_synthetic_latency_median(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 3);
+    const uint32_t b = 1;
+    const uint64_t now = 10000;
+    assert_int_equal(gw_prequal_synthetic_latency(p, b, 5, now), 0); /* no samples */
+    gw_prequal_record_latency(p, b, 4, 100, 9500);
+    gw_prequal_record_latency(p, b, 5, 300, 9800);
+    gw_prequal_record_latency(p, b, 6, 200, 9990);
+    gw_prequal_record_latency(p, b, 7, 5000, 9990);
+    gw_prequal_record_latency(p, b, 5, 7000, 8999); /* 1001 ms old at `now` */
+    gw_prequal_record_latency(p, b, 5, 400, 9000);  /* exactly 1000 ms: still in */
+    /* rif 5 -> samples at 4..6: 100, 200, 300, 400 -> (200 + 300) / 2 */
+    assert_int_equal(gw_prequal_synthetic_latency(p, b, 5, now), 250);
+    /* rif 4 -> 3..5: 100, 300, 400 -> 300 */
+    assert_int_equal(gw_prequal_synthetic_latency(p, b, 4, now), 300);
+    /* rif 6 -> 5..7: 200, 300, 400, 5000 -> 350 */
+    assert_int_equal(gw_prequal_synthetic_latency(p, b, 6, now), 350);
+    /* rif 0 -> 0..1: none */
+    assert_int_equal(gw_prequal_synthetic_latency(p, b, 0, now), 0);
+    /* another backend's samples are its own */
+    assert_int_equal(gw_prequal_synthetic_latency(p, 0, 5, now), 0);
+    /* one second later everything is stale */
+    assert_int_equal(gw_prequal_synthetic_latency(p, b, 5, now + 1000), 0);
+
+    /* The ring keeps the last GW_PREQUAL_LAT_SAMPLES: 40 samples 0..39 leave 8..39, whose
+     * median is (23 + 24) / 2 rounded down. */
+    for (uint64_t i = 0; i < 40; i++)
+        gw_prequal_record_latency(p, 2, 1, i, now);
+    assert_int_equal(gw_prequal_synthetic_latency(p, 2, 1, now), 23);
+    /* Latencies saturate rather than wrap. */
+    gw_prequal_record_latency(p, 0, 0, UINT64_MAX, now);
+    assert_int_equal(gw_prequal_synthetic_latency(p, 0, 0, now), UINT32_MAX);
+    gw_prequal_free(p);
+}
+
+static void test_synthesize_entry(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 3);
+    uint64_t rng = SEED;
+    for (int i = 0; i < 3; i++)
+        gw_prequal_on_probe_result(p, 1, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
+    assert_int_equal(gw_prequal_probe_action(p, 1, 100), GW_PREQUAL_SYNTHESIZE);
+    gw_prequal_record_latency(p, 1, 4, 100, 900);
+    gw_prequal_record_latency(p, 1, 5, 400, 950);
+    gw_prequal_record_latency(p, 1, 9, 999, 950);
+    gw_prequal_synthesize(p, 1, 5, 1000, 3, &rng);
+    gw_prequal_entry_info_t e;
+    assert_true(entry_of(p, 1, 1000, &e));
+    assert_int_equal(e.rif, 5);
+    assert_int_equal(e.latency_us, 250); /* median of 100, 400 */
+    assert_int_equal(e.age_ms, 0);
+    assert_int_equal(e.uses_left, 16);
+    assert_int_equal(gw_prequal_rif_threshold(p), GW_PREQUAL_THR_INF);
+    assert_int_equal(st(p)->probes[GW_PREQUAL_PROBE_STAT_SYNTHETIC], 1);
+    /* No samples yet: latency 0, which makes an idle passive backend attractive, as it should. */
+    gw_prequal_synthesize(p, 2, 0, 1000, 3, &rng);
+    assert_true(entry_of(p, 2, 1000, &e));
+    assert_int_equal(e.latency_us, 0);
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 1000, NULL, &br), 2);
+    gw_prequal_free(p);
+}
+
+/* ---- observability ---- */
+
+static void test_stats_and_names(void **state)
+{
+    GW_UNUSED(state);
+    assert_string_equal(gw_prequal_branch_name(GW_PREQUAL_COLD), "cold");
+    assert_string_equal(gw_prequal_branch_name(GW_PREQUAL_HOT), "hot");
+    assert_string_equal(gw_prequal_branch_name(GW_PREQUAL_FALLBACK), "fallback");
+    const char *reasons[] = {"age",   "reuse",   "capacity",  "oldest",
+                             "worst", "failure", "membership"};
+    for (int r = 0; r < GW_PREQUAL_REASON_COUNT; r++)
+        assert_string_equal(gw_prequal_reason_name((gw_prequal_reason_t)r), reasons[r]);
+    const char *probes[] = {"ok", "fail", "timeout", "skipped", "synthetic", "piggyback"};
+    for (int s = 0; s < GW_PREQUAL_PROBE_STAT_COUNT; s++)
+        assert_string_equal(gw_prequal_probe_stat_name((gw_prequal_probe_stat_t)s), probes[s]);
+    assert_string_equal(gw_prequal_mode_name(GW_PREQUAL_MODE_PROBE), "probe");
+    assert_string_equal(gw_prequal_mode_name(GW_PREQUAL_MODE_PASSIVE), "passive");
+    assert_string_equal(gw_prequal_mode_name(GW_PREQUAL_MODE_PIGGYBACK), "piggyback");
+    assert_string_equal(gw_prequal_mode_name(GW_PREQUAL_MODE_COUNT), "?");
+    assert_string_equal(gw_prequal_reason_name(GW_PREQUAL_REASON_COUNT), "?");
+
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 4);
+    gw_prequal_count_probe(p, GW_PREQUAL_PROBE_STAT_TIMEOUT);
+    gw_prequal_count_probe(p, GW_PREQUAL_PROBE_STAT_SKIPPED);
+    gw_prequal_count_probe(p, GW_PREQUAL_PROBE_STAT_SKIPPED);
+    gw_prequal_count_probe(p, GW_PREQUAL_PROBE_STAT_COUNT); /* ignored */
+    assert_int_equal(st(p)->probes[GW_PREQUAL_PROBE_STAT_TIMEOUT], 1);
+    assert_int_equal(st(p)->probes[GW_PREQUAL_PROBE_STAT_SKIPPED], 2);
+    probe(p, 0, 1, 11, 100);
+    probe(p, 1, 2, 22, 200);
+    probe(p, 2, 3, 33, 300);
+    gw_prequal_entry_info_t e[2];
+    assert_int_equal(gw_prequal_pool_snapshot(p, 350, e, 2), 3); /* total, 2 copied */
+    gw_prequal_entry_info_t one;
+    assert_true(entry_of(p, 1, 350, &one));
+    assert_int_equal(one.rif, 2);
+    assert_int_equal(one.latency_us, 22);
+    assert_int_equal(one.age_ms, 150);
+    assert_int_equal(one.uses_left, 16);
+    assert_int_equal(GW_RELAXED_LOAD(gw_prequal_stats(p)->pool_entries), 3);
+    gw_prequal_free(p);
+}
+
+/* ---- end to end: one backend 5x slower than four others ---- */
+
+#define SIM_B 5
+#define SIM_SERVERS 4
+#define SIM_MAXQ 4096
+#define SIM_MS 20000
+
+typedef struct sim_backend {
+    uint64_t service_ms;
+    uint64_t free_at[SIM_SERVERS];
+    uint64_t arr[SIM_MAXQ], fin[SIM_MAXQ];
+    uint32_t rif_start[SIM_MAXQ];
+    size_t n; /* requests in flight: the backend's RIF */
+} sim_backend_t;
+
+typedef struct sim_result {
+    uint64_t sent[SIM_B];
+    uint64_t total;
+    uint64_t p99_ms;
+} sim_result_t;
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Backends are FIFO queues in front of SIM_SERVERS servers; each reports its RIF and the median
+ * latency of its recent requests at RIF r-1..r+1 (the same estimator as passive mode, so a
+ * separate gw_prequal_t records them). Probes are answered at once and used from the next request
+ * on (async mode). Arrivals: Bernoulli(0.35) per ms, about 350 requests/s against a capacity of
+ * 4 x 400 + 80 per second; round robin gives the slow backend 70/s (utilisation 0.875). */
+static void simulate(bool use_prequal, sim_result_t *res)
+{
+    static sim_backend_t be[SIM_B];
+    memset(be, 0, sizeof(be));
+    for (int b = 0; b < SIM_B; b++)
+        be[b].service_ms = b == 0 ? 50 : 10;
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, SIM_B);
+    gw_prequal_t *meter = mk(&pp, SIM_B);
+    uint64_t rng = SEED, lat_rng = SEED ^ 0x5555;
+    uint64_t *lat = calloc(SIM_MS, sizeof(uint64_t));
+    assert_non_null(lat);
+    size_t nlat = 0, rr = 0;
+    memset(res, 0, sizeof(*res));
+    bool eligible[SIM_B];
+    for (uint64_t now = 0; now < SIM_MS; now++) {
+        for (int b = 0; b < SIM_B; b++) {
+            sim_backend_t *s = &be[b];
+            for (size_t i = 0; i < s->n;) {
+                if (s->fin[i] <= now) {
+                    gw_prequal_record_latency(meter, (uint32_t)b, s->rif_start[i],
+                                              (s->fin[i] - s->arr[i]) * 1000, s->fin[i]);
+                    lat[nlat++] = s->fin[i] - s->arr[i];
+                    s->n--;
+                    s->arr[i] = s->arr[s->n];
+                    s->fin[i] = s->fin[s->n];
+                    s->rif_start[i] = s->rif_start[s->n];
+                } else {
+                    i++;
+                }
+            }
+        }
+        if (gw_rand_below(&lat_rng, 100) >= 35)
+            continue;
+        int b;
+        if (use_prequal) {
+            gw_prequal_branch_t br;
+            b = gw_prequal_pick(p, now, NULL, &br);
+            if (b < 0)
+                b = (int)gw_rand_below(&rng, SIM_B);
+            uint32_t k = gw_prequal_probes_for_request(p), out[SIM_B];
+            for (int i = 0; i < SIM_B; i++)
+                eligible[i] = true;
+            size_t got = gw_prequal_choose_probe_targets(p, eligible, SIM_B, k, &rng, out);
+            for (size_t i = 0; i < got; i++) {
+                uint32_t rif = (uint32_t)be[out[i]].n;
+                gw_prequal_on_probe(p, out[i], rif,
+                                    gw_prequal_synthetic_latency(meter, out[i], rif, now), now,
+                                    SIM_B, &rng);
+            }
+        } else {
+            b = (int)(rr++ % SIM_B);
+        }
+        sim_backend_t *s = &be[b];
+        assert_true(s->n < SIM_MAXQ);
+        size_t srv = 0;
+        for (size_t i = 1; i < SIM_SERVERS; i++) {
+            if (s->free_at[i] < s->free_at[srv])
+                srv = i;
+        }
+        uint64_t start = GW_MAX(now, s->free_at[srv]);
+        s->free_at[srv] = start + s->service_ms;
+        s->arr[s->n] = now;
+        s->fin[s->n] = s->free_at[srv];
+        s->rif_start[s->n] = (uint32_t)s->n;
+        s->n++;
+        res->sent[b]++;
+        res->total++;
+    }
+    qsort(lat, nlat, sizeof(uint64_t), cmp_u64);
+    res->p99_ms = lat[(size_t)(0.99 * (double)(nlat - 1))];
+    free(lat);
+    gw_prequal_free(meter);
+    gw_prequal_free(p);
+}
+
+static void test_end_to_end_slow_backend(void **state)
+{
+    GW_UNUSED(state);
+    sim_result_t rr, pq;
+    simulate(false, &rr);
+    simulate(true, &pq);
+    double rr_share = (double)rr.sent[0] / (double)rr.total;
+    double pq_share = (double)pq.sent[0] / (double)pq.total;
+    print_message("slow backend share: round robin %.3f, prequal %.3f; p99: %llu ms vs %llu ms\n",
+                  rr_share, pq_share, (unsigned long long)rr.p99_ms, (unsigned long long)pq.p99_ms);
+    assert_true(fabs(rr_share - 0.2) < 0.001);
+    assert_true(pq_share < rr_share / 2); /* clearly less traffic */
+    assert_true(pq.p99_ms < rr.p99_ms);   /* and a lower tail */
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_params_default),
+        cmocka_unit_test(test_params_check),
+        cmocka_unit_test(test_hcl_cold_beats_hot),
+        cmocka_unit_test(test_hcl_all_hot_min_rif),
+        cmocka_unit_test(test_hcl_cold_ties),
+        cmocka_unit_test(test_hcl_hot_ties),
+        cmocka_unit_test(test_hcl_q0_q1),
+        cmocka_unit_test(test_quantile_nearest_rank),
+        cmocka_unit_test(test_quantile_matches_sort),
+        cmocka_unit_test(test_reuse_budget_eq1),
+        cmocka_unit_test(test_reuse_budget_nonpositive_denominator),
+        cmocka_unit_test(test_random_rounding_mean),
+        cmocka_unit_test(test_fractional_rates),
+        cmocka_unit_test(test_fractional_removal_rate),
+        cmocka_unit_test(test_alternating_removal),
+        cmocka_unit_test(test_worst_prefers_hot),
+        cmocka_unit_test(test_expiry),
+        cmocka_unit_test(test_fallback_under_two),
+        cmocka_unit_test(test_tried_excluded),
+        cmocka_unit_test(test_compensation),
+        cmocka_unit_test(test_one_entry_per_backend),
+        cmocka_unit_test(test_uses_never_exceed_budget),
+        cmocka_unit_test(test_capacity_evicts_oldest),
+        cmocka_unit_test(test_probe_targets_distinct),
+        cmocka_unit_test(test_probe_targets_uniform),
+        cmocka_unit_test(test_idle_probe),
+        cmocka_unit_test(test_purge),
+        cmocka_unit_test(test_resize_membership),
+        cmocka_unit_test(test_passive_detection),
+        cmocka_unit_test(test_piggyback_switch),
+        cmocka_unit_test(test_synthetic_latency_median),
+        cmocka_unit_test(test_synthesize_entry),
+        cmocka_unit_test(test_stats_and_names),
+        cmocka_unit_test(test_end_to_end_slow_backend),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
