@@ -22,6 +22,7 @@ typedef struct gw_backend {
     uint32_t ejected;  /* 1 while ejected by the passive health check */
     uint32_t ejections; /* ejections in a row: the backoff exponent */
     uint64_t ejected_until_ms;
+    uint64_t latency_ewma_us; /* time to response head, smoothed (for /status) */
 } gw_backend_t;
 
 #endif

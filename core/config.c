@@ -1351,7 +1351,7 @@ static int gw_cfg_log_level(gw_cfg_ctx_t *c, int t)
 static int gw_cfg_strategy(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
     size_t old = gw_cfg_field(c, ut, "strategy");
-    const char *s = "round_robin";
+    const char *s = "prequal";
     int rc = gw_cfg_plain_string(c, &s);
     if (rc == 0 && gw_lb_find(s) == NULL) {
         char known[256] = "";
@@ -1368,6 +1368,81 @@ static int gw_cfg_strategy(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
         u->strategy = gw_cfg_xstrdup(s);
     gw_cfg_field_done(c, old);
     return rc;
+}
+
+/* Reads a number field (nil keeps *out). */
+static int gw_cfg_number_field(gw_cfg_ctx_t *c, int t, const char *key, double *out)
+{
+    size_t old = gw_cfg_field(c, t, key);
+    int rc = 0, type = lua_type(c->L, -1);
+    if (type == LUA_TNUMBER) {
+        double d = lua_tonumber(c->L, -1);
+        if (isnan(d) || isinf(d))
+            rc = gw_cfg_fail(c, "expected a finite number");
+        else
+            *out = d;
+    } else if (type != LUA_TNIL) {
+        rc = gw_cfg_fail(c, "expected number, got %s", lua_typename(c->L, type));
+    }
+    gw_cfg_field_done(c, old);
+    return rc;
+}
+
+/* `prequal = {...}`: PREQUAL.md §2. Ranges are the prequal module's own (one place). */
+static int gw_cfg_prequal(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
+{
+    static const char *const keys[] = {
+        "probe_path", "pool_size",     "max_age_ms",    "probes_per_request", "removes_per_request",
+        "delta",      "max_reuse",     "q_rif",         "rif_history",        "probe_timeout_ms",
+        "idle_probe_ms", "max_probes_in_flight", NULL};
+    gw_prequal_params_t *p = &u->prequal;
+    gw_prequal_params_default(p);
+    const char *path = "/probe";
+    size_t old = gw_cfg_field(c, ut, "prequal");
+    int rc = gw_cfg_record(c, keys);
+    if (rc > 0) {
+        int pt = lua_gettop(c->L);
+        size_t o2 = gw_cfg_field(c, pt, "probe_path");
+        rc = gw_cfg_plain_string(c, &path);
+        if (rc == 0 && path[0] != '/')
+            rc = gw_cfg_fail(c, "must start with \"/\"");
+        gw_cfg_field_done(c, o2);
+        struct {
+            const char *key;
+            uint32_t *u32;
+            double *dbl;
+        } fields[] = {
+            {"pool_size", &p->pool_size, NULL},
+            {"max_age_ms", &p->max_age_ms, NULL},
+            {"probes_per_request", NULL, &p->probes_per_request},
+            {"removes_per_request", NULL, &p->removes_per_request},
+            {"delta", NULL, &p->delta},
+            {"max_reuse", &p->max_reuse, NULL},
+            {"q_rif", NULL, &p->q_rif},
+            {"rif_history", &p->rif_history, NULL},
+            {"probe_timeout_ms", &p->probe_timeout_ms, NULL},
+            {"idle_probe_ms", &p->idle_probe_ms, NULL},
+            {"max_probes_in_flight", &p->max_probes_in_flight, NULL},
+        };
+        for (size_t i = 0; i < GW_ARRAY_LEN(fields) && rc == 0; i++)
+            rc = fields[i].u32 ? gw_cfg_u32_field(c, pt, fields[i].key, 0, fields[i].u32)
+                               : gw_cfg_number_field(c, pt, fields[i].key, fields[i].dbl);
+        const char *bad = rc == 0 ? gw_prequal_params_check(p) : NULL;
+        if (bad) {
+            /* The message starts with the field's name: report it at that key. */
+            char key[32];
+            size_t n = strcspn(bad, " ");
+            snprintf(key, sizeof key, "%.*s", (int)GW_MIN(n, sizeof key - 1), bad);
+            o2 = gw_cfg_field(c, pt, key);
+            rc = gw_cfg_fail(c, "%s", bad + n + (bad[n] == ' '));
+            gw_cfg_field_done(c, o2);
+        }
+    }
+    gw_cfg_field_done(c, old);
+    if (rc < 0)
+        return -1;
+    u->probe_path = gw_cfg_xstrdup(path);
+    return 0;
 }
 
 static int gw_cfg_backend(gw_cfg_ctx_t *c, int bt, gw_backend_cfg_t *b)
@@ -1441,7 +1516,7 @@ done:
 static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
     static const char *const keys[] = {"backends",  "strategy", "timeouts", "retries",
-                                       "keepalive", "health",   NULL};
+                                       "keepalive", "health",   "prequal",  NULL};
     static const char *const hkeys[] = {"max_fails", "eject_ms", "max_eject_ms",
                                         "max_ejected_percent", NULL};
     static const char *const tkeys[] = {"connect_ms", "read_ms", "send_ms", NULL};
@@ -1463,7 +1538,8 @@ static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     u->health.eject_ms = 1000;
     u->health.max_eject_ms = 30000;
     u->health.max_ejected_percent = 50;
-    if (gw_cfg_backends(c, ut, u) < 0 || gw_cfg_strategy(c, ut, u) < 0)
+    if (gw_cfg_backends(c, ut, u) < 0 || gw_cfg_strategy(c, ut, u) < 0 ||
+        gw_cfg_prequal(c, ut, u) < 0)
         return -1;
 
     size_t old = gw_cfg_field(c, ut, "timeouts");
@@ -2101,6 +2177,7 @@ void gw_config_free(gw_config_t *cfg)
         gw_upstream_cfg_t *u = &cfg->upstreams[i];
         free(u->name);
         free(u->strategy);
+        free(u->probe_path);
         for (size_t b = 0; b < u->nbackends; b++) {
             free(u->backends[b].url);
             free(u->backends[b].authority);

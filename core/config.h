@@ -15,6 +15,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "prequal.h"
+
 typedef struct gw_addr {
     char *text; /* as written in the config, e.g. "0.0.0.0:8080" */
     struct sockaddr_storage sa;
@@ -54,7 +56,7 @@ typedef struct gw_health_cfg {
 
 typedef struct gw_upstream_cfg {
     char *name;
-    char *strategy; /* "round_robin" */
+    char *strategy; /* `strategy`, default "prequal"; see gw_lb_names() */
     gw_backend_cfg_t *backends;
     size_t nbackends;
     uint32_t connect_timeout_ms; /* timeouts.connect_ms, default 1000 */
@@ -65,6 +67,8 @@ typedef struct gw_upstream_cfg {
     uint32_t keepalive_max_idle; /* keepalive.max_idle, default 64 (per backend per worker) */
     uint32_t keepalive_idle_ms;  /* keepalive.idle_timeout_ms, default 60000 */
     gw_health_cfg_t health;
+    gw_prequal_params_t prequal; /* `prequal = {...}`: PREQUAL.md §2, with the paper's defaults */
+    char *probe_path;            /* prequal.probe_path, default "/probe" */
 } gw_upstream_cfg_t;
 
 typedef struct gw_respond_cfg {

@@ -7,6 +7,7 @@
 #include "lb.h"
 
 static const gw_lb_ops_t *const gw_lb_all[] = {
+    &gw_lb_prequal,
     &gw_lb_round_robin,
     &gw_lb_weighted_round_robin,
     &gw_lb_random,
@@ -18,6 +19,7 @@ static const gw_lb_ops_t *const gw_lb_all[] = {
 };
 
 static const char *const gw_lb_all_names[] = {
+    "prequal",
     "round_robin",
     "weighted_round_robin",
     "random",

@@ -24,6 +24,8 @@ typedef struct gw_lb_ctx {
     const uint64_t *tried; /* bit i set: backends[i] already tried for this request; may be NULL */
     uint64_t *rng;         /* the worker's generator */
     uint64_t now_ms;
+    void *worker;          /* the gw_worker_t calling (for strategies that do I/O, e.g. probes) */
+    uint32_t upstream;     /* the upstream's index in the config */
 } gw_lb_ctx_t;
 
 enum gw_lb_outcome {
@@ -35,8 +37,12 @@ enum gw_lb_outcome {
 
 typedef struct gw_lb_result {
     enum gw_lb_outcome outcome;
-    int status;        /* HTTP status when outcome is GW_LB_OK */
-    double latency_ms; /* time to the response head */
+    int status;            /* HTTP status when outcome is GW_LB_OK */
+    double latency_ms;     /* time to the response head */
+    uint32_t rif_at_start; /* the backend's in-flight count (all workers) when it was sent */
+    bool has_signals;      /* the response carried X-Prequal-RIF / X-Prequal-Latency-Us */
+    uint32_t sig_rif;
+    uint64_t sig_latency_us;
 } gw_lb_result_t;
 
 typedef struct gw_lb_ops {
@@ -50,6 +56,12 @@ typedef struct gw_lb_ops {
     void (*on_result)(void *state, const gw_lb_ctx_t *ctx, size_t idx, const gw_lb_result_t *r);
     /** Optional: the backend list changed (size or order); ctx describes the new list. */
     void (*on_backends_changed)(void *state, const gw_lb_ctx_t *ctx);
+    /** Optional: the worker is shutting down; close any handle the state holds (the loop must
+     * be able to end). `destroy` follows after the loop ended. */
+    void (*stop)(void *state);
+    /** The strategy wants piggybacked load signals in gw_lb_result_t (the proxy parses the
+     * response headers for them only then). */
+    bool wants_signals;
 } gw_lb_ops_t;
 
 /** The native strategy called `name`, or NULL. */
@@ -69,6 +81,7 @@ static inline void gw_lb_set_tried(uint64_t *tried, size_t i)
 }
 
 extern const gw_lb_ops_t gw_lb_round_robin;
+extern const gw_lb_ops_t gw_lb_prequal;
 extern const gw_lb_ops_t gw_lb_weighted_round_robin;
 extern const gw_lb_ops_t gw_lb_random;
 extern const gw_lb_ops_t gw_lb_weighted_random;

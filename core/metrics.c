@@ -69,6 +69,9 @@ gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg)
     s->upstream_latency = gw_metrics_xcalloc(s->nbackends, sizeof(*s->upstream_latency));
     s->upstream_errors = gw_metrics_xcalloc(s->nbackends, sizeof(*s->upstream_errors));
     s->retries = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->retries));
+    s->prequal = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal));
+    s->prequal_probe_rtt = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal_probe_rtt));
+    s->prequal_mode = gw_metrics_xcalloc(s->nbackends, sizeof(*s->prequal_mode));
     return s;
 }
 
@@ -82,6 +85,9 @@ void gw_metrics_shard_free(gw_metrics_shard_t *s)
     free(s->upstream_latency);
     free(s->upstream_errors);
     free(s->retries);
+    free(s->prequal);
+    free(s->prequal_probe_rtt);
+    free(s->prequal_mode);
     free(s);
 }
 
@@ -436,6 +442,147 @@ static void gw_render_upstreams(const gw_render_ctx_t *x)
     }
 }
 
+/* Sum of one Prequal counter over the workers that run Prequal for upstream u. */
+typedef uint64_t (*gw_pq_field_fn)(const gw_prequal_stats_t *st, size_t i);
+
+static uint64_t gw_pq_picks(const gw_prequal_stats_t *st, size_t i)
+{
+    return GW_RELAXED_LOAD(st->picks[i]);
+}
+static uint64_t gw_pq_probes(const gw_prequal_stats_t *st, size_t i)
+{
+    return GW_RELAXED_LOAD(st->probes[i]);
+}
+static uint64_t gw_pq_removals(const gw_prequal_stats_t *st, size_t i)
+{
+    return GW_RELAXED_LOAD(st->removals[i]);
+}
+
+static bool gw_pq_used(const gw_render_ctx_t *x, size_t u)
+{
+    for (size_t k = 0; k < x->nshards; k++)
+        if (u < x->shards[k]->nupstreams && GW_RELAXED_LOAD(x->shards[k]->prequal[u]))
+            return true;
+    return false;
+}
+
+static void gw_render_pq_counter(const gw_render_ctx_t *x, const char *name, const char *help,
+                                 const char *label, size_t count, const char *(*label_of)(int),
+                                 gw_pq_field_fn field)
+{
+    gw_mbuf_t *b = x->b;
+    gw_mbuf_family(b, name, "counter", help);
+    for (size_t u = 0; u < x->cfg->nupstreams; u++) {
+        if (!gw_pq_used(x, u))
+            continue;
+        for (size_t i = 0; i < count; i++) {
+            uint64_t v = 0;
+            for (size_t k = 0; k < x->nshards; k++) {
+                const gw_prequal_stats_t *st =
+                    u < x->shards[k]->nupstreams ? GW_RELAXED_LOAD(x->shards[k]->prequal[u]) : NULL;
+                if (st)
+                    v += field(st, i);
+            }
+            gw_mbuf_printf(b, "%s{", name);
+            gw_mbuf_label(b, true, "upstream", x->cfg->upstreams[u].name);
+            gw_mbuf_label(b, false, label, label_of((int)i));
+            gw_mbuf_printf(b, "} %" PRIu64 "\n", v);
+        }
+    }
+}
+
+static const char *gw_pq_branch_label(int i)
+{
+    return gw_prequal_branch_name((gw_prequal_branch_t)i);
+}
+static const char *gw_pq_probe_label(int i)
+{
+    return gw_prequal_probe_stat_name((gw_prequal_probe_stat_t)i);
+}
+static const char *gw_pq_reason_label(int i)
+{
+    return gw_prequal_reason_name((gw_prequal_reason_t)i);
+}
+
+static void gw_render_prequal(const gw_render_ctx_t *x)
+{
+    gw_mbuf_t *b = x->b;
+    const gw_config_t *cfg = x->cfg;
+    bool any = false;
+    for (size_t u = 0; u < cfg->nupstreams && !any; u++)
+        any = gw_pq_used(x, u);
+    if (!any)
+        return;
+    gw_render_pq_counter(x, "prequal_picks_total", "Prequal selections, by branch.", "branch",
+                         GW_PREQUAL_BRANCH_COUNT, gw_pq_branch_label, gw_pq_picks);
+    gw_render_pq_counter(x, "prequal_probes_total", "Prequal probes, by result.", "result",
+                         GW_PREQUAL_PROBE_STAT_COUNT, gw_pq_probe_label, gw_pq_probes);
+    gw_render_pq_counter(x, "prequal_pool_removals_total", "Prequal pool removals, by reason.",
+                         "reason", GW_PREQUAL_REASON_COUNT, gw_pq_reason_label, gw_pq_removals);
+    gw_mbuf_family(b, "prequal_pool_entries", "gauge", "Probe pool entries, summed over workers.");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        if (!gw_pq_used(x, u))
+            continue;
+        uint64_t v = 0;
+        for (size_t k = 0; k < x->nshards; k++) {
+            const gw_prequal_stats_t *st = GW_RELAXED_LOAD(x->shards[k]->prequal[u]);
+            if (st)
+                v += GW_RELAXED_LOAD(st->pool_entries);
+        }
+        gw_mbuf_puts(b, "prequal_pool_entries{");
+        gw_mbuf_label(b, true, "upstream", cfg->upstreams[u].name);
+        gw_mbuf_printf(b, "} %" PRIu64 "\n", v);
+    }
+    gw_mbuf_family(b, "prequal_rif_threshold", "gauge",
+                   "Hot/cold RIF threshold of the last selection (worker 0; +Inf: all cold).");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        if (!gw_pq_used(x, u))
+            continue;
+        const gw_prequal_stats_t *st = NULL;
+        for (size_t k = 0; k < x->nshards && !st; k++)
+            st = GW_RELAXED_LOAD(x->shards[k]->prequal[u]);
+        uint64_t thr = st ? GW_RELAXED_LOAD(st->rif_threshold) : 0;
+        gw_mbuf_puts(b, "prequal_rif_threshold{");
+        gw_mbuf_label(b, true, "upstream", cfg->upstreams[u].name);
+        if (thr == GW_PREQUAL_THR_INF)
+            gw_mbuf_puts(b, "} +Inf\n");
+        else
+            gw_mbuf_printf(b, "} %" PRIu64 "\n", thr);
+    }
+    gw_mbuf_family(b, "prequal_probe_rtt_seconds", "histogram", "Probe round-trip time.");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        if (!gw_pq_used(x, u))
+            continue;
+        gw_histogram_t acc = {0};
+        for (size_t k = 0; k < x->nshards; k++)
+            gw_hist_accumulate(&acc, &x->shards[k]->prequal_probe_rtt[u]);
+        x->tmp->len = 0;
+        gw_mbuf_label(x->tmp, true, "upstream", cfg->upstreams[u].name);
+        gw_mbuf_histogram(b, "prequal_probe_rtt_seconds", x->tmp->oom ? "" : x->tmp->p, &acc);
+    }
+    gw_mbuf_family(b, "prequal_backend_mode", "gauge",
+                   "Workers in which the backend is in this probe mode (PREQUAL.md section 4).");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        if (!gw_pq_used(x, u))
+            continue;
+        const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
+        for (size_t i = 0; i < uc->nbackends; i++) {
+            size_t g = uc->backends[i].gindex;
+            for (int m = 0; m < GW_PREQUAL_MODE_COUNT; m++) {
+                uint64_t v = 0;
+                for (size_t k = 0; k < x->nshards; k++)
+                    if (x->shards[k]->prequal[u] && g < x->shards[k]->nbackends)
+                        v += GW_RELAXED_LOAD(x->shards[k]->prequal_mode[g]) == m;
+                gw_mbuf_puts(b, "prequal_backend_mode{");
+                gw_mbuf_label(b, true, "upstream", uc->name);
+                gw_mbuf_label(b, false, "backend", uc->backends[i].url);
+                gw_mbuf_label(b, false, "mode", gw_prequal_mode_name((gw_prequal_mode_t)m));
+                gw_mbuf_printf(b, "} %" PRIu64 "\n", v);
+            }
+        }
+    }
+}
+
 char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shards, size_t nshards,
                         gw_backend_t *const *backends, size_t *len)
 {
@@ -444,6 +591,7 @@ char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shard
     gw_render_ctx_t x = {&b, &tmp, cfg, shards, nshards, backends};
     gw_render_requests(&x);
     gw_render_upstreams(&x);
+    gw_render_prequal(&x);
 
     uint64_t active = 0, total = 0;
     for (size_t k = 0; k < nshards; k++) {

@@ -11,6 +11,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "prequal.h"
 
 /* Upper bounds in seconds: 0.5ms .. 30s, then +Inf. */
 #define GW_HIST_NBUCKETS 15
@@ -44,6 +45,11 @@ typedef struct gw_metrics_shard {
     uint64_t *retries;                       /* [nupstreams] */
     uint64_t connections_active;             /* gauge: the worker increments and decrements */
     uint64_t connections_total;
+    /* Prequal (PREQUAL.md §5), for upstreams whose strategy is prequal; NULL elsewhere. The
+     * stats belong to the worker's prequal instance, which outlives every scrape. */
+    const gw_prequal_stats_t **prequal;      /* [nupstreams] */
+    gw_histogram_t *prequal_probe_rtt;       /* [nupstreams] */
+    uint8_t *prequal_mode;                   /* [nbackends]: gw_prequal_mode_t in this worker */
 } gw_metrics_shard_t;
 
 /** Allocates a zeroed shard sized for `cfg`. Aborts on OOM (control structure). */

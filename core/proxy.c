@@ -23,6 +23,7 @@
 
 #include "health.h"
 #include "log.h"
+#include "probe.h"
 #include "worker.h"
 
 static llhttp_settings_t resp_settings;
@@ -195,15 +196,40 @@ void gw_proxy_abort(gw_conn_t *c)
     proxy_drop_upstream(c);
 }
 
-static void proxy_report(gw_conn_t *c, enum gw_lb_outcome outcome, int status)
+static gw_lb_ctx_t proxy_lb_ctx(gw_conn_t *c)
+{
+    gw_request_t *r = &c->req;
+    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
+    return (gw_lb_ctx_t){.backends = wu->backends,
+                         .n = wu->n,
+                         .tried = r->tried,
+                         .rng = &c->w->rng,
+                         .now_ms = uv_now(&c->w->loop),
+                         .worker = c->w,
+                         .upstream = (uint32_t)r->upstream};
+}
+
+/* Tells the strategy how the request to r->backend went; `u` (may be NULL) has the response
+ * head, for strategies that read piggybacked load signals. */
+static void proxy_report(gw_conn_t *c, gw_upconn_t *u, enum gw_lb_outcome outcome, int status)
 {
     gw_request_t *r = &c->req;
     gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
     if (!wu->lb->on_result || !r->backend)
         return;
-    gw_lb_ctx_t ctx = {wu->backends, wu->n, r->tried, &c->w->rng, uv_now(&c->w->loop)};
-    gw_lb_result_t res = {outcome, status,
-                          r->upstream_head_ns ? (double)(r->upstream_head_ns - r->upstream_start_ns) / 1e6 : 0};
+    gw_lb_ctx_t ctx = proxy_lb_ctx(c);
+    gw_lb_result_t res = {
+        .outcome = outcome,
+        .status = status,
+        .latency_ms = r->upstream_head_ns ? (double)(r->upstream_head_ns - r->upstream_start_ns) / 1e6 : 0,
+        .rif_at_start = r->rif_at_start,
+    };
+    gw_probe_signals_t sig;
+    if (u && wu->lb->wants_signals && gw_probe_parse_headers(u->headers, u->nheaders, &sig)) {
+        res.has_signals = true;
+        res.sig_rif = sig.rif;
+        res.sig_latency_us = sig.latency_us;
+    }
     wu->lb->on_result(wu->lb_state, &ctx, r->backend->index, &res);
 }
 
@@ -295,7 +321,7 @@ static void proxy_send_head(gw_conn_t *c, gw_upconn_t *u)
     uv_buf_t bufs[2] = {uv_buf_init(r->up_head.p, (unsigned)r->up_head.len), uv_buf_init(tail.p, (unsigned)tail.len)};
     r->upstream_sent = true;
     r->upstream_start_ns = gw_now_ns();
-    GW_ATOMIC_ADD(r->backend->inflight, 1);
+    r->rif_at_start = GW_ATOMIC_ADD(r->backend->inflight, 1) - 1;
     r->inflight = true;
     GW_COUNTER_INC(c->w->metrics->upstream_requests[r->backend->cfg->gindex]);
     if (gw_upconn_read_start(u) != 0) {
@@ -346,7 +372,7 @@ static void proxy_attempt(gw_conn_t *c)
         gw_conn_respond_error(c, 503, "no_backend", "the upstream has no backends");
         return;
     }
-    gw_lb_ctx_t ctx = {wu->backends, wu->n, r->tried, &w->rng, uv_now(&w->loop)};
+    gw_lb_ctx_t ctx = proxy_lb_ctx(c);
     int idx = wu->lb->pick(wu->lb_state, &ctx);
     if (idx < 0 || (size_t)idx >= wu->n) {
         if (r->attempts == 0)
@@ -409,7 +435,7 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
     const gw_upstream_cfg_t *ucfg = w->ups[r->upstream].cfg;
     if (r->backend)
         GW_COUNTER_INC(w->metrics->upstream_errors[r->backend->cfg->gindex][kind]);
-    proxy_report(c, kind == GW_UERR_TIMEOUT ? GW_LB_TIMEOUT
+    proxy_report(c, NULL, kind == GW_UERR_TIMEOUT ? GW_LB_TIMEOUT
                     : kind == GW_UERR_CONNECT ? GW_LB_CONNECT_ERROR
                                               : GW_LB_PROTOCOL_ERROR,
                  0);
@@ -625,7 +651,11 @@ static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
     gw_histogram_observe(&w->metrics->upstream_latency[r->backend->cfg->gindex],
                          (r->upstream_head_ns - r->upstream_start_ns) / 1000);
     gw_health_on_success(r->backend);
-    proxy_report(c, GW_LB_OK, u->parser.status_code);
+    proxy_report(c, u, GW_LB_OK, u->parser.status_code);
+    /* A rough latency figure per backend for /status (last writer wins across workers). */
+    uint64_t us = (r->upstream_head_ns - r->upstream_start_ns) / 1000;
+    uint64_t old = GW_RELAXED_LOAD(r->backend->latency_ewma_us);
+    GW_RELAXED_STORE(r->backend->latency_ewma_us, old ? (old * 7 + us) / 8 : us);
 }
 
 static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)

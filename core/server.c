@@ -94,6 +94,9 @@ static void worker_maybe_finish(gw_worker_t *w)
     if (!w->draining || w->nconns > 0 || w->finishing)
         return;
     w->finishing = true;
+    for (size_t u = 0; u < w->cfg->nupstreams; u++)
+        if (w->ups[u].lb->stop)
+            w->ups[u].lb->stop(w->ups[u].lb_state);
     worker_close_listeners(w);
     gw_upconn_close_all(w);
     gw_probe_close_all(w);

@@ -164,6 +164,7 @@ typedef struct gw_request {
     uint32_t stale_retries;
     int last_error;        /* enum gw_upstream_error of the last failure */
     bool inflight;         /* counted in backend->inflight */
+    uint32_t rif_at_start; /* backend->inflight (all workers) before this request was sent */
     bool upstream_sent;    /* bytes of this request reached a backend */
     bool response_started; /* the response head went to the client */
     bool response_done;

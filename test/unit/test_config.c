@@ -275,7 +275,20 @@ static void test_defaults(void **state)
     assert_int_equal(cfg->log_level, GW_LOG_INFO);
 
     gw_upstream_cfg_t *u = &cfg->upstreams[0];
-    assert_string_equal(u->strategy, "round_robin");
+    assert_string_equal(u->strategy, "prequal"); /* the default of every upstream */
+    assert_string_equal(u->probe_path, "/probe");
+    /* The paper's parameters (PREQUAL.md §2). */
+    assert_int_equal(u->prequal.pool_size, 16);
+    assert_int_equal(u->prequal.max_age_ms, 1000);
+    assert_true(u->prequal.probes_per_request == 3.0);
+    assert_true(u->prequal.removes_per_request == 1.0);
+    assert_true(u->prequal.delta == 1.0);
+    assert_int_equal(u->prequal.max_reuse, 16);
+    assert_true(u->prequal.q_rif == 0.84); /* 2^-0.25, rounded as PREQUAL.md gives it */
+    assert_int_equal(u->prequal.rif_history, 64);
+    assert_int_equal(u->prequal.probe_timeout_ms, 50);
+    assert_int_equal(u->prequal.idle_probe_ms, 250);
+    assert_int_equal(u->prequal.max_probes_in_flight, 64);
     assert_int_equal(u->connect_timeout_ms, 1000);
     assert_int_equal(u->read_timeout_ms, 30000);
     assert_int_equal(u->send_timeout_ms, 30000);
@@ -543,7 +556,7 @@ static void test_type_and_integer_errors(void **state)
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  strategy = 'prequal2' } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.strategy: unknown strategy \"prequal2\" (known: "
-              "round_robin, weighted_round_robin, random, weighted_random, least_conn, p2c, "
+              "prequal, round_robin, weighted_round_robin, random, weighted_random, least_conn, p2c, "
               "ewma, least_score)");
     check_err("return {\n upstreams = { api = 'http://127.0.0.1:1' },\n" MINIMAL_ROUTES "}",
               "gw.lua:2: upstreams.api: expected table, got string");
@@ -553,6 +566,35 @@ static void test_type_and_integer_errors(void **state)
               "},\n" MINIMAL_ROUTES "}",
               "gw.lua:2: upstreams[\"a b\"]: upstream names may contain only letters, digits, "
               "'_', '-' and '.'");
+}
+
+static void test_prequal_params(void **state)
+{
+    gw_config_t *cfg = load_ok("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+                               "  prequal = { probe_path = '/load', q_rif = 0.6, probes_per_request = 1.5,\n"
+                               "              pool_size = 8 } } },\n" MINIMAL_ROUTES "}");
+    const gw_upstream_cfg_t *u = &cfg->upstreams[0];
+    assert_string_equal(u->probe_path, "/load");
+    assert_true(u->prequal.q_rif == 0.6);
+    assert_true(u->prequal.probes_per_request == 1.5);
+    assert_int_equal(u->prequal.pool_size, 8);
+    assert_int_equal(u->prequal.max_reuse, 16); /* untouched keys keep their defaults */
+    gw_config_free(cfg);
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  prequal = {\n q_rif = 1.5 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:4: upstreams.api.prequal.q_rif: must be in [0, 1]");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  prequal = { pool_size = 0 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.prequal.pool_size: must be in [1, 1024]");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  prequal = { probe_path = 'probe' } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.prequal.probe_path: must start with \"/\"");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  prequal = { q = 1 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.prequal.q: unknown key");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  prequal = { delta = 'x' } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.prequal.delta: expected number, got string");
 }
 
 static void test_health(void **state)
@@ -906,6 +948,7 @@ int main(void)
         cmocka_unit_test(test_type_and_integer_errors),
         cmocka_unit_test(test_required),
         cmocka_unit_test(test_health),
+        cmocka_unit_test(test_prequal_params),
         cmocka_unit_test(test_bad_urls),
         cmocka_unit_test(test_bad_addresses),
         cmocka_unit_test(test_route_errors),

@@ -1,0 +1,257 @@
+/*
+ * lb_prequal: the Prequal strategy (PREQUAL.md), the default of every upstream. The algorithm
+ * itself (probe pool, hot-cold selection, reuse budget, removals, passive mode) is the pure
+ * module core/prequal.c; this file connects it to a worker: it sends the probes each request
+ * asks for over the worker's probe connections (core/probe.c), feeds replies, piggybacked
+ * headers and the gateway's own latency samples back into the pool, purges a backend's entries
+ * when a request to it fails, and probes on a timer when traffic is idle.
+ *
+ * One instance per upstream per worker, so nothing here is shared or locked. The instance learns
+ * its worker from the first pick (strategies are created before the loop runs); from then on it
+ * owns an idle timer on that loop, which is unref'd so it never keeps the loop alive, and which
+ * `stop` closes at shutdown.
+ *
+ * Probes are never on the request's critical path (the paper's async mode): the request is
+ * routed with the pool as it is, and the probes it triggers serve later requests.
+ */
+#include <stdlib.h>
+
+#include "lb.h"
+#include "log.h"
+#include "prequal.h"
+#include "probe.h"
+#include "worker.h"
+
+typedef struct lb_pq {
+    gw_prequal_t *pq;
+    const gw_upstream_cfg_t *ucfg;
+    size_t n;
+    gw_worker_t *w;             /* bound at the first pick */
+    uint32_t upstream;
+    gw_backend_t *const *backends;
+    uv_timer_t idle_timer;
+    bool timer_on;
+    bool stopping;
+    bool *eligible;             /* [n] scratch */
+    uint32_t *targets;          /* [n] scratch */
+    uint64_t *excluded;         /* [(n+63)/64] scratch: tried or unhealthy */
+} lb_pq_t;
+
+static int lb_pq_create(const gw_upstream_cfg_t *u, size_t n, void **state)
+{
+    lb_pq_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return -1;
+    s->ucfg = u;
+    s->n = n;
+    s->pq = gw_prequal_new(&u->prequal, n);
+    s->eligible = calloc(n ? n : 1, sizeof *s->eligible);
+    s->targets = calloc(n ? n : 1, sizeof *s->targets);
+    s->excluded = calloc((n + 63) / 64 + 1, sizeof *s->excluded);
+    if (!s->pq || !s->eligible || !s->targets || !s->excluded) {
+        gw_prequal_free(s->pq);
+        free(s->eligible);
+        free(s->targets);
+        free(s->excluded);
+        free(s);
+        return -1;
+    }
+    *state = s;
+    return 0;
+}
+
+static void lb_pq_destroy(void *state)
+{
+    lb_pq_t *s = state;
+    gw_prequal_free(s->pq);
+    free(s->eligible);
+    free(s->targets);
+    free(s->excluded);
+    free(s);
+}
+
+static size_t lb_pq_healthy(const lb_pq_t *s)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < s->n; i++)
+        k += GW_RELAXED_LOAD(s->backends[i]->healthy) != 0;
+    return k;
+}
+
+static void lb_pq_publish_mode(lb_pq_t *s, uint32_t i)
+{
+    GW_RELAXED_STORE(s->w->metrics->prequal_mode[s->backends[i]->cfg->gindex],
+                     (uint8_t)gw_prequal_mode(s->pq, i));
+}
+
+static void lb_pq_on_probe(void *arg, gw_backend_t *b, const gw_probe_result_t *r)
+{
+    lb_pq_t *s = arg;
+    if (s->stopping)
+        return;
+    uint32_t i = b->index;
+    uint64_t now = r->recv_ms;
+    switch (r->status) {
+    case GW_PROBE_OK:
+        gw_histogram_observe(&s->w->metrics->prequal_probe_rtt[s->upstream], r->rtt_ns / 1000);
+        gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_OK_WITH_SIGNALS, now);
+        if (GW_RELAXED_LOAD(b->healthy))
+            gw_prequal_on_probe(s->pq, i, r->sig.rif, r->sig.latency_us, now, lb_pq_healthy(s),
+                                &s->w->rng);
+        break;
+    case GW_PROBE_NO_SIGNALS:
+        gw_histogram_observe(&s->w->metrics->prequal_probe_rtt[s->upstream], r->rtt_ns / 1000);
+        gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_NO_SIGNALS, now);
+        gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_FAIL);
+        break;
+    case GW_PROBE_TIMEOUT:
+        gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_FAILED, now);
+        gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_TIMEOUT);
+        break;
+    default:
+        gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_FAILED, now);
+        gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_FAIL);
+        break;
+    }
+    lb_pq_publish_mode(s, i);
+}
+
+/* Sends (or synthesises) probes to `k` distinct random backends that are healthy and have no
+ * probe in flight from this worker. */
+static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
+{
+    gw_worker_t *w = s->w;
+    if (k == 0 || s->stopping)
+        return;
+    size_t neligible = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        gw_backend_t *b = s->backends[i];
+        s->eligible[i] = GW_RELAXED_LOAD(b->healthy) && !gw_probe_busy(w, b);
+        neligible += s->eligible[i];
+    }
+    if (neligible == 0)
+        return;
+    size_t m = gw_prequal_choose_probe_targets(s->pq, s->eligible, s->n, k, &w->rng, s->targets);
+    size_t n_healthy = lb_pq_healthy(s);
+    for (size_t j = 0; j < m; j++) {
+        uint32_t i = s->targets[j];
+        gw_backend_t *b = s->backends[i];
+        if (gw_prequal_probe_action(s->pq, i, now) == GW_PREQUAL_SYNTHESIZE) {
+            /* Passive mode: the gateway's own view of the backend, at no network cost. */
+            gw_prequal_synthesize(s->pq, i, GW_RELAXED_LOAD(b->inflight), now, n_healthy, &w->rng);
+            continue;
+        }
+        if (w->probes_in_flight >= s->ucfg->prequal.max_probes_in_flight) {
+            gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_SKIPPED);
+            continue;
+        }
+        if (gw_probe_send(w, b, s->ucfg->probe_path, s->ucfg->prequal.probe_timeout_ms, lb_pq_on_probe,
+                          s) != 0)
+            gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_SKIPPED);
+    }
+}
+
+static void lb_pq_on_idle(uv_timer_t *t)
+{
+    lb_pq_t *s = t->data;
+    uint64_t now = uv_now(t->loop);
+    if (!s->stopping && gw_prequal_idle_probe_due(s->pq, now))
+        lb_pq_probe(s, gw_prequal_idle_probes(s->pq), now);
+}
+
+static void lb_pq_bind(lb_pq_t *s, const gw_lb_ctx_t *ctx)
+{
+    s->w = ctx->worker;
+    s->upstream = ctx->upstream;
+    s->backends = ctx->backends;
+    GW_RELAXED_STORE(s->w->metrics->prequal[s->upstream], gw_prequal_stats(s->pq));
+    uv_timer_init(&s->w->loop, &s->idle_timer);
+    s->idle_timer.data = s;
+    uint32_t every = s->ucfg->prequal.idle_probe_ms;
+    uv_timer_start(&s->idle_timer, lb_pq_on_idle, every, every);
+    uv_unref((uv_handle_t *)&s->idle_timer);
+    s->timer_on = true;
+}
+
+/* A uniformly random backend that is healthy and not excluded; then any untried one. */
+static int lb_pq_fallback(lb_pq_t *s, const gw_lb_ctx_t *ctx)
+{
+    uint32_t count = 0;
+    for (size_t i = 0; i < s->n; i++)
+        count += !((s->excluded[i / 64] >> (i % 64)) & 1);
+    if (count) {
+        uint32_t r = gw_rand_below(ctx->rng, count);
+        for (size_t i = 0; i < s->n; i++)
+            if (!((s->excluded[i / 64] >> (i % 64)) & 1) && r-- == 0)
+                return (int)i;
+    }
+    for (size_t i = 0; i < s->n; i++)
+        if (!gw_lb_tried(ctx, i))
+            return (int)i;
+    return -1;
+}
+
+static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
+{
+    lb_pq_t *s = state;
+    if (!s->w && ctx->worker)
+        lb_pq_bind(s, ctx);
+    if (s->n == 0)
+        return -1;
+    /* Entries of ejected backends stay in the pool (other workers eject them); they are
+     * excluded here like the backends this request already tried. */
+    size_t words = (s->n + 63) / 64;
+    for (size_t i = 0; i < words; i++)
+        s->excluded[i] = ctx->tried ? ctx->tried[i] : 0;
+    for (size_t i = 0; i < s->n; i++)
+        if (!GW_RELAXED_LOAD(ctx->backends[i]->healthy))
+            s->excluded[i / 64] |= (uint64_t)1 << (i % 64);
+    gw_prequal_branch_t branch;
+    int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, &branch);
+    if (idx < 0)
+        idx = lb_pq_fallback(s, ctx);
+    if (s->w)
+        lb_pq_probe(s, gw_prequal_probes_for_request(s->pq), ctx->now_ms);
+    return idx;
+}
+
+static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx, const gw_lb_result_t *r)
+{
+    lb_pq_t *s = state;
+    if (idx >= s->n)
+        return;
+    uint32_t i = (uint32_t)idx;
+    if (r->outcome != GW_LB_OK || r->status >= 500) {
+        /* A fast-failing backend looks idle and would attract traffic (PREQUAL.md §3). */
+        gw_prequal_purge(s->pq, i, GW_PREQUAL_RM_FAILURE);
+        return;
+    }
+    gw_prequal_record_latency(s->pq, i, r->rif_at_start, (uint64_t)(r->latency_ms * 1000.0),
+                              ctx->now_ms);
+    if (r->has_signals && s->w) {
+        gw_prequal_on_piggyback(s->pq, i, r->sig_rif, r->sig_latency_us, ctx->now_ms, lb_pq_healthy(s),
+                                ctx->rng);
+        lb_pq_publish_mode(s, i);
+    }
+}
+
+static void lb_pq_stop(void *state)
+{
+    lb_pq_t *s = state;
+    s->stopping = true;
+    if (s->timer_on) {
+        s->timer_on = false;
+        uv_close((uv_handle_t *)&s->idle_timer, NULL);
+    }
+}
+
+const gw_lb_ops_t gw_lb_prequal = {
+    .name = "prequal",
+    .create = lb_pq_create,
+    .destroy = lb_pq_destroy,
+    .pick = lb_pq_pick,
+    .on_result = lb_pq_on_result,
+    .on_backends_changed = NULL,
+    .stop = lb_pq_stop,
+    .wants_signals = true,
+};
