@@ -4,7 +4,7 @@
 return {
   listen  = "0.0.0.0:8080",
   workers = "auto",                        -- one worker thread per CPU
-  admin   = { listen = "127.0.0.1:9901" }, -- GET /metrics, GET /healthz
+  admin   = { listen = "127.0.0.1:9901" }, -- GET /metrics, /status, /healthz
   access_log = "stdout",                   -- JSON lines; a file path works too (SIGUSR1 reopens)
   log_level  = "info",
 
@@ -15,7 +15,12 @@ return {
 
   upstreams = {
     app = {
-      strategy = "round_robin",
+      -- Prequal (the default): probes backends for requests in flight and latency and sends each
+      -- request to a cold replica with the lowest latency. `./scripts/run` makes backend 4 five
+      -- times slower: watch prequal_picks_total and gw_upstream_requests_total on /metrics, and
+      -- the probe pool on http://127.0.0.1:9901/status.
+      strategy = "prequal",
+      prequal  = { probe_path = "/probe", q_rif = 0.84, probes_per_request = 3 },
       backends = {
         "http://127.0.0.1:9001",
         "http://127.0.0.1:9002",
@@ -24,6 +29,7 @@ return {
       },
       timeouts = { connect_ms = 1000, read_ms = 30000 },
       retries  = { max = 2 },
+      health   = { max_fails = 3, eject_ms = 1000 },  -- passive ejection
     },
   },
 

@@ -218,7 +218,8 @@ for t in $TARGETS; do
     *)
       write_gw_config "$t" "$tmp/gw-$t.lua"
       if ! err=$("$GW" -t "$tmp/gw-$t.lua" 2>&1); then
-        SKIP[$t]="skipped: strategy not available ($(echo "$err" | head -1 | sed "s|$tmp/||"))"
+        SKIP[$t]="skipped: strategy not available"
+        log "$t: $(echo "$err" | head -1 | sed "s|$tmp/||")"
       fi ;;
   esac
   if [ -n "${SKIP[$t]:-}" ]; then log "$t: ${SKIP[$t]}"; else avail+=("$t"); fi
@@ -236,8 +237,20 @@ wait_http() { # port name
   return 1
 }
 
+# every process of the running scenario, to notice one that died (or was killed from outside)
+spids=()
+snames=()
+spawned() { pids+=($!); spids+=($!); snames+=("$1"); }
+dead_procs() {
+  local i out=""
+  for i in "${!spids[@]}"; do kill -0 "${spids[$i]}" 2>/dev/null || out+="${snames[$i]} "; done
+  echo "$out"
+}
+
 start_scenario() { # scenario
   local odd=() i
+  spids=()
+  snames=()
   case $1 in
     equal) odd=() ;;
     slow) odd=(--slowdown 5) ;;
@@ -249,14 +262,14 @@ start_scenario() { # scenario
     [ "$i" = $NB ] && extra=("${odd[@]}")
     "$BACKEND" --listen "$HOST:${BPORTS[$((i - 1))]}" --name "b$i" --service-ms "$SERVICE_MS" \
       --dist exp ${extra[@]+"${extra[@]}"} --quiet >/dev/null 2>"$tmp/backend-$1-b$i.log" &
-    pids+=($!)
+    spawned "backend-b$i"
   done
   for i in $(seq 1 $NB); do wait_http "${BPORTS[$((i - 1))]}" "backend b$i"; done
   for t in "${avail[@]}"; do
     case $t in
-      nginx) "$NGINX" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" & pids+=($!) ;;
-      haproxy) "$HAPROXY" -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy-$1.log" 2>&1 & pids+=($!) ;;
-      *) "$GW" "$tmp/gw-$t.lua" >"$tmp/gw-$t-$1.log" 2>&1 & pids+=($!) ;;
+      nginx) "$NGINX" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" & spawned nginx ;;
+      haproxy) "$HAPROXY" -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy-$1.log" 2>&1 & spawned haproxy ;;
+      *) "$GW" "$tmp/gw-$t.lua" >"$tmp/gw-$t-$1.log" 2>&1 & spawned "prequal-gw($t)" ;;
     esac
   done
   for t in "${avail[@]}"; do wait_http "$(target_port "$t")" "$t"; done
@@ -285,12 +298,20 @@ for scn in $SCENARIOS; do
     log "offering RATE=$rate req/s"
   fi
   order=("${avail[@]}")
+  invalid=""
   for r in $(seq 1 "$ROUNDS"); do
+    [ -z "$invalid" ] || break
     for t in "${order[@]}"; do
       out=$("$LOADGEN" --url "http://$HOST:$(target_port "$t")/" --rate "$rate" --duration "$seg" \
         --warmup "$WARMUP" --connections "$CONNECTIONS" --timeout-ms "$TIMEOUT_MS" --quiet \
         --save "$tmp/res-$scn-$t-$r" | tail -1)
       log "  round $r $(printf '%-12s' "$t") p50 $(field p50_ms "$out")  p99 $(field p99_ms "$out")  errors $(field errors "$out")  timeouts $(field timeouts "$out")"
+      dead=$(dead_procs)
+      if [ -n "$dead" ]; then
+        invalid="INVALID: died during round $r ($t): $dead(killed from outside?); results below are not comparable"
+        log "  $invalid"
+        break
+      fi
       sleep 0.3
     done
     order=("${order[@]:1}" "${order[0]}") # rotate so no target always runs first
@@ -300,10 +321,15 @@ for scn in $SCENARIOS; do
   if [ "$scn" = equal ]; then scol="max share"; else scol="b5 share"; fi
   table=$(printf '\nscenario %s: %s req/s offered, %s s per target, open loop, timeout %s ms\n' \
     "$scn" "$rate" "$DURATION" "$TIMEOUT_MS")
+  [ -z "$invalid" ] || table+=$(printf '\n%s' "$invalid")
   table+=$(printf '\n%-12s %9s %9s %9s %13s %10s' target p50_ms p99_ms p99.9_ms errors+tmo "$scol")
   for t in $TARGETS; do
     if [ -n "${SKIP[$t]:-}" ]; then
       table+=$(printf '\n%-12s %s' "$t" "${SKIP[$t]}")
+      continue
+    fi
+    if ! compgen -G "$tmp/res-$scn-$t-*" >/dev/null; then
+      table+=$(printf '\n%-12s %s' "$t" "not run")
       continue
     fi
     res=$("$LOADGEN" --merge "$tmp"/res-"$scn"-"$t"-* | tail -1)

@@ -38,6 +38,7 @@
 #include "common.h"
 #include "log.h"
 #include "metrics.h"
+#include "status.h"
 
 #define GW_ADMIN_HEAD_MAX 8192
 #define GW_ADMIN_BODY_MAX 65536
@@ -389,8 +390,9 @@ static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
     int method = llhttp_get_method(&c->parser);
     bool get = method == HTTP_GET, head = method == HTTP_HEAD;
     bool metrics = gw_admin_path_is(c, "/metrics"), healthz = gw_admin_path_is(c, "/healthz");
+    bool status = gw_admin_path_is(c, "/status");
 
-    if (!metrics && !healthz) {
+    if (!metrics && !healthz && !status) {
         gw_admin_conn_send_error(c, 404, "not_found", "no such admin endpoint", "", head,
                                  !keep_alive);
         return;
@@ -408,6 +410,16 @@ static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
     }
     const gw_admin_source_t *src = c->admin->src;
     size_t len = 0;
+    if (status) {
+        char *doc = gw_status_render(src, uv_now(c->tcp.loop), &len);
+        if (doc == NULL) {
+            gw_admin_conn_send_error(c, 500, "internal", "out of memory rendering status", "", head,
+                                     true);
+            return;
+        }
+        gw_admin_conn_send(c, 200, "application/json", "", doc, len, true, head, !keep_alive);
+        return;
+    }
     char *text = gw_metrics_render(src->cfg, src->shards, src->nshards, src->backends, &len);
     if (text == NULL) {
         gw_admin_conn_send_error(c, 500, "internal", "out of memory rendering metrics", "", head,

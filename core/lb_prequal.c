@@ -151,10 +151,23 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
     }
 }
 
+/* Worker 0 publishes its pool for /status (the admin thread reads it under the lock). */
+static void lb_pq_snapshot(lb_pq_t *s, uint64_t now)
+{
+    gw_pq_snapshot_t *snap = &s->w->metrics->prequal_snap[s->upstream];
+    uv_mutex_lock(&snap->lock);
+    snap->n = gw_prequal_pool_snapshot(s->pq, now, snap->entries, GW_PQ_SNAPSHOT_MAX);
+    snap->rif_threshold = gw_prequal_rif_threshold(s->pq);
+    snap->taken_ms = now;
+    uv_mutex_unlock(&snap->lock);
+}
+
 static void lb_pq_on_idle(uv_timer_t *t)
 {
     lb_pq_t *s = t->data;
     uint64_t now = uv_now(t->loop);
+    if (s->w->id == 0)
+        lb_pq_snapshot(s, now);
     if (!s->stopping && gw_prequal_idle_probe_due(s->pq, now))
         lb_pq_probe(s, gw_prequal_idle_probes(s->pq), now);
 }

@@ -72,6 +72,10 @@ gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg)
     s->prequal = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal));
     s->prequal_probe_rtt = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal_probe_rtt));
     s->prequal_mode = gw_metrics_xcalloc(s->nbackends, sizeof(*s->prequal_mode));
+    s->prequal_snap = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal_snap));
+    for (size_t u = 0; u < s->nupstreams; u++)
+        if (uv_mutex_init(&s->prequal_snap[u].lock) != 0)
+            abort();
     return s;
 }
 
@@ -88,6 +92,9 @@ void gw_metrics_shard_free(gw_metrics_shard_t *s)
     free(s->prequal);
     free(s->prequal_probe_rtt);
     free(s->prequal_mode);
+    for (size_t u = 0; u < s->nupstreams; u++)
+        uv_mutex_destroy(&s->prequal_snap[u].lock);
+    free(s->prequal_snap);
     free(s);
 }
 

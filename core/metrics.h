@@ -8,6 +8,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <uv.h>
 
 #include "backend.h"
 #include "config.h"
@@ -33,6 +34,16 @@ enum gw_upstream_error {
 /* Status classes: index 1..5 for 1xx..5xx, 0 for anything else. */
 #define GW_STATUS_CLASSES 6
 
+/* Worker 0's Prequal pool as /status shows it, refreshed by that worker every idle_probe_ms. */
+#define GW_PQ_SNAPSHOT_MAX 64
+typedef struct gw_pq_snapshot {
+    uv_mutex_t lock;
+    gw_prequal_entry_info_t entries[GW_PQ_SNAPSHOT_MAX];
+    size_t n;
+    uint64_t rif_threshold; /* GW_PREQUAL_THR_INF: +Inf */
+    uint64_t taken_ms;      /* loop time of the snapshot, 0: none yet */
+} gw_pq_snapshot_t;
+
 typedef struct gw_metrics_shard {
     size_t nroutes;    /* rows below are nroutes + 1: the last row is "no route" */
     size_t nbackends;  /* by gw_backend_cfg_t.gindex */
@@ -50,6 +61,7 @@ typedef struct gw_metrics_shard {
     const gw_prequal_stats_t **prequal;      /* [nupstreams] */
     gw_histogram_t *prequal_probe_rtt;       /* [nupstreams] */
     uint8_t *prequal_mode;                   /* [nbackends]: gw_prequal_mode_t in this worker */
+    gw_pq_snapshot_t *prequal_snap;          /* [nupstreams] */
 } gw_metrics_shard_t;
 
 /** Allocates a zeroed shard sized for `cfg`. Aborts on OOM (control structure). */

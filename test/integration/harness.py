@@ -1098,8 +1098,8 @@ class GwTestCase(unittest.TestCase):
         self._wd = _Watchdog(self.TEST_TIMEOUT, self.id())
         self.addCleanup(self._wd.cancel)
 
-    def backend(self, name="b1"):
-        b = PgwBackend(name)
+    def backend(self, name="b1", extra_args=()):
+        b = PgwBackend(name, extra_args)
         self.addCleanup(b.stop)
         return b
 
