@@ -210,10 +210,21 @@ static void lat_push(stats_t *s, uint64_t ns)
     s->lat[s->nlat++] = ns;
 }
 
+static int same_name(const char *stored, const char *name)
+{
+    for (; *stored && *name; stored++, name++) {
+        unsigned char c = (unsigned char)*name;
+        char want = (c <= ' ' || c == ',' || c == ':' || c == 127) ? '_' : (char)c;
+        if (*stored != want)
+            return 0;
+    }
+    return *stored == *name;
+}
+
 static void share_add(stats_t *s, const char *name, uint64_t n)
 {
     for (size_t i = 0; i < s->nnames; i++)
-        if (strcmp(s->names[i].name, name) == 0) {
+        if (same_name(s->names[i].name, name)) {
             s->names[i].count += n;
             return;
         }
@@ -221,7 +232,11 @@ static void share_add(stats_t *s, const char *name, uint64_t n)
         share_add(s, "(other)", n);
         return;
     }
-    snprintf(s->names[s->nnames].name, NAME_LEN, "%s", name);
+    char *d = s->names[s->nnames].name;
+    snprintf(d, NAME_LEN, "%s", name);
+    for (; *d; d++) /* keep RESULT's share=NAME:F,... and save files parseable */
+        if ((unsigned char)*d <= ' ' || *d == ',' || *d == ':' || *d == 127)
+            *d = '_';
     s->names[s->nnames++].count = n;
 }
 

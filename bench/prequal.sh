@@ -14,8 +14,8 @@
 # Usage: bench/prequal.sh            (about 8 minutes)
 # Environment (all optional):
 #   DURATION=20      measured seconds per target per scenario (split over ROUNDS)
-#   ROUNDS=2         interleaving rounds
-#   WARMUP=2         unmeasured seconds before each measured segment
+#   ROUNDS=4         interleaving rounds
+#   WARMUP=1         unmeasured seconds before each measured segment
 #   RATE=            offered req/s (default: LOAD x calibrated capacity)
 #   LOAD=0.65        fraction of the calibrated capacity
 #   CONNECTIONS=2048 loadgen connection pool (max) in the open-loop runs
@@ -30,8 +30,8 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 
 DURATION=${DURATION:-20}
-ROUNDS=${ROUNDS:-2}
-WARMUP=${WARMUP:-2}
+ROUNDS=${ROUNDS:-4}
+WARMUP=${WARMUP:-1}
 RATE=${RATE:-}
 LOAD=${LOAD:-0.65}
 CONNECTIONS=${CONNECTIONS:-2048}
@@ -240,11 +240,26 @@ wait_http() { # port name
 # every process of the running scenario, to notice one that died (or was killed from outside)
 spids=()
 snames=()
-spawned() { pids+=($!); spids+=($!); snames+=("$1"); }
-dead_procs() {
-  local i out=""
-  for i in "${!spids[@]}"; do kill -0 "${spids[$i]}" 2>/dev/null || out+="${snames[$i]} "; done
-  echo "$out"
+spawned() { pids+=($!); spids+=($!); snames+=("$1"); } # name: backend-bN or a target
+declare -A FAILED
+# Checks the scenario's processes. A dead target is marked FAILED (and not run again); a dead
+# backend makes the whole scenario invalid (its name is printed).
+check_procs() { # round
+  local i st why
+  for i in "${!spids[@]}"; do
+    [ -n "${spids[$i]}" ] || continue
+    kill -0 "${spids[$i]}" 2>/dev/null && continue
+    st=0
+    wait "${spids[$i]}" 2>/dev/null || st=$?
+    why="exit status $st"
+    [ "$st" -gt 128 ] && why="killed by SIG$(kill -l $((st - 128)) 2>/dev/null || echo $((st - 128)))"
+    log "  ${snames[$i]} died in round $1: $why"
+    spids[$i]=""
+    case ${snames[$i]} in
+      backend-*) echo "${snames[$i]} ($why)" ;;
+      *) FAILED[$scn-${snames[$i]}]="FAILED: died in round $1 ($why)" ;;
+    esac
+  done
 }
 
 start_scenario() { # scenario
@@ -269,7 +284,7 @@ start_scenario() { # scenario
     case $t in
       nginx) "$NGINX" -c "$tmp/nginx/nginx.conf" -e "$tmp/nginx/error.log" & spawned nginx ;;
       haproxy) "$HAPROXY" -db -f "$tmp/haproxy.cfg" >"$tmp/haproxy-$1.log" 2>&1 & spawned haproxy ;;
-      *) "$GW" "$tmp/gw-$t.lua" >"$tmp/gw-$t-$1.log" 2>&1 & spawned "prequal-gw($t)" ;;
+      *) "$GW" "$tmp/gw-$t.lua" >"$tmp/gw-$t-$1.log" 2>&1 & spawned "$t" ;;
     esac
   done
   for t in "${avail[@]}"; do wait_http "$(target_port "$t")" "$t"; done
@@ -302,13 +317,14 @@ for scn in $SCENARIOS; do
   for r in $(seq 1 "$ROUNDS"); do
     [ -z "$invalid" ] || break
     for t in "${order[@]}"; do
+      [ -z "${FAILED[$scn-$t]:-}" ] || continue
       out=$("$LOADGEN" --url "http://$HOST:$(target_port "$t")/" --rate "$rate" --duration "$seg" \
         --warmup "$WARMUP" --connections "$CONNECTIONS" --timeout-ms "$TIMEOUT_MS" --quiet \
         --save "$tmp/res-$scn-$t-$r" | tail -1)
       log "  round $r $(printf '%-12s' "$t") p50 $(field p50_ms "$out")  p99 $(field p99_ms "$out")  errors $(field errors "$out")  timeouts $(field timeouts "$out")"
-      dead=$(dead_procs)
-      if [ -n "$dead" ]; then
-        invalid="INVALID: died during round $r ($t): $dead(killed from outside?); results below are not comparable"
+      check_procs "$r" >"$tmp/dead"
+      if [ -s "$tmp/dead" ]; then
+        invalid="INVALID: a backend died during round $r: $(tr '\n' ' ' <"$tmp/dead")(killed from outside?)"
         log "  $invalid"
         break
       fi
@@ -322,10 +338,14 @@ for scn in $SCENARIOS; do
   table=$(printf '\nscenario %s: %s req/s offered, %s s per target, open loop, timeout %s ms\n' \
     "$scn" "$rate" "$DURATION" "$TIMEOUT_MS")
   [ -z "$invalid" ] || table+=$(printf '\n%s' "$invalid")
-  table+=$(printf '\n%-12s %9s %9s %9s %13s %10s' target p50_ms p99_ms p99.9_ms errors+tmo "$scol")
+  table+=$(printf '\n%-12s %9s %9s %9s %13s %10s %12s' target p50_ms p99_ms p99.9_ms errors+tmo "$scol" p99_med_rnd)
   for t in $TARGETS; do
     if [ -n "${SKIP[$t]:-}" ]; then
       table+=$(printf '\n%-12s %s' "$t" "${SKIP[$t]}")
+      continue
+    fi
+    if [ -n "${FAILED[$scn-$t]:-}" ]; then
+      table+=$(printf '\n%-12s %s' "$t" "${FAILED[$scn-$t]}")
       continue
     fi
     if ! compgen -G "$tmp/res-$scn-$t-*" >/dev/null; then
@@ -341,8 +361,11 @@ for scn in $SCENARIOS; do
       sh=$(tr ',' '\n' <<<"$share" | awk -F: '$1 == "b5" { f = $2 } END { printf "%.1f%%", 100 * f }')
     fi
     et=$(($(field errors "$res") + $(field timeouts "$res")))
-    table+=$(printf '\n%-12s %9s %9s %9s %13s %10s' "$t" "$(field p50_ms "$res")" \
-      "$(field p99_ms "$res")" "$(field p999_ms "$res")" "$et" "$sh")
+    # median over rounds of each round's p99: robust to one round hit by outside load
+    med=$(for f in "$tmp"/res-"$scn"-"$t"-*; do field p99_ms "$("$LOADGEN" --merge "$f" | tail -1)"; done |
+      sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
+    table+=$(printf '\n%-12s %9s %9s %9s %13s %10s %12s' "$t" "$(field p50_ms "$res")" \
+      "$(field p99_ms "$res")" "$(field p999_ms "$res")" "$et" "$sh" "$med")
   done
   echo "$table"
   tables+=("$table")

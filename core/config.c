@@ -39,6 +39,7 @@
 
 #include "lb.h"
 #include "log.h"
+#include "lua_bridge.h"
 
 #define GW_CFG_PATH_MAX 512
 #define GW_CFG_MAX_WORKERS 256
@@ -1348,11 +1349,55 @@ static int gw_cfg_log_level(gw_cfg_ctx_t *c, int t)
 /* ------------------------------------------------------------------------------------------ */
 /* Upstreams. */
 
+/* A Lua strategy: a table with a `pick` function (DESIGN §6), and optionally `name`, `init`,
+ * `on_result`, `on_backends_changed`. */
+static int gw_cfg_lua_strategy(gw_cfg_ctx_t *c, gw_upstream_cfg_t *u)
+{
+    lua_State *L = c->L;
+    int st = lua_gettop(L);
+    static const char *const fns[] = {"pick", "init", "on_result", "on_backends_changed"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(fns); i++) {
+        size_t o2 = gw_cfg_field(c, st, fns[i]);
+        int type = lua_type(L, -1), rc = 0;
+        if (type == LUA_TNIL && i == 0)
+            rc = gw_cfg_fail(c, "required (a Lua strategy needs a pick function)");
+        else if (type != LUA_TNIL && type != LUA_TFUNCTION)
+            rc = gw_cfg_fail(c, "expected function, got %s", lua_typename(L, type));
+        gw_cfg_field_done(c, o2);
+        if (rc < 0)
+            return -1;
+    }
+    size_t o2 = gw_cfg_field(c, st, "name");
+    const char *name = "lua";
+    int rc = gw_cfg_plain_string(c, &name);
+    gw_cfg_field_done(c, o2);
+    if (rc < 0)
+        return -1;
+    u->lua_strategy = true;
+    u->strategy = gw_cfg_xstrdup(name);
+    c->cfg->uses_lua = true;
+    return 0;
+}
+
 static int gw_cfg_strategy(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
-    size_t old = gw_cfg_field(c, ut, "strategy");
+    size_t old = gw_cfg_field(c, ut, "fallback_strategy");
+    const char *fb = "round_robin";
+    int rc = gw_cfg_plain_string(c, &fb);
+    if (rc == 0 && gw_lb_find(fb) == NULL)
+        rc = gw_cfg_fail(c, "unknown native strategy \"%s\"", fb);
+    gw_cfg_field_done(c, old);
+    if (rc < 0)
+        return -1;
+    u->fallback_strategy = gw_cfg_xstrdup(fb);
+    old = gw_cfg_field(c, ut, "strategy");
+    if (lua_type(c->L, -1) == LUA_TTABLE) {
+        rc = gw_cfg_lua_strategy(c, u);
+        gw_cfg_field_done(c, old);
+        return rc;
+    }
     const char *s = "prequal";
-    int rc = gw_cfg_plain_string(c, &s);
+    rc = gw_cfg_plain_string(c, &s);
     if (rc == 0 && gw_lb_find(s) == NULL) {
         char known[256] = "";
         size_t n = 0;
@@ -1447,7 +1492,7 @@ static int gw_cfg_prequal(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 
 static int gw_cfg_backend(gw_cfg_ctx_t *c, int bt, gw_backend_cfg_t *b)
 {
-    static const char *const keys[] = {"url", "weight", NULL};
+    static const char *const keys[] = {"url", "weight", "meta", NULL};
     lua_State *L = c->L;
     const char *url = NULL;
     int rc, type = lua_type(L, bt);
@@ -1473,6 +1518,15 @@ static int gw_cfg_backend(gw_cfg_ctx_t *c, int bt, gw_backend_cfg_t *b)
     uint64_t w = 1;
     rc = gw_cfg_uint(c, 1, 1000, &w);
     b->weight = (uint32_t)w;
+    gw_cfg_field_done(c, old);
+    if (rc < 0)
+        return -1;
+    /* `meta`: free-form labels for Lua strategies (zone, canary, ...); each worker reads them
+     * from its own evaluation of the file, so only the type is checked here. */
+    old = gw_cfg_field(c, bt, "meta");
+    type = lua_type(L, -1);
+    if (type != LUA_TNIL && type != LUA_TTABLE)
+        rc = gw_cfg_fail(c, "expected table, got %s", lua_typename(L, type));
     gw_cfg_field_done(c, old);
     return rc;
 }
@@ -1515,8 +1569,8 @@ done:
 
 static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
-    static const char *const keys[] = {"backends",  "strategy", "timeouts", "retries",
-                                       "keepalive", "health",   "prequal",  NULL};
+    static const char *const keys[] = {"backends", "strategy", "fallback_strategy", "timeouts",
+                                       "retries",  "keepalive", "health", "prequal", NULL};
     static const char *const hkeys[] = {"max_fails", "eject_ms", "max_eject_ms",
                                         "max_ejected_percent", NULL};
     static const char *const tkeys[] = {"connect_ms", "read_ms", "send_ms", NULL};
@@ -1869,11 +1923,54 @@ static int gw_cfg_upstream_only(gw_cfg_ctx_t *c, int rt, const char *key)
     return rc;
 }
 
+static const char *const gw_hook_names[GW_HOOK_COUNT] = {"on_request", "rewrite_path",
+                                                         "on_response", "on_log"};
+
+/* Reads the hook functions of table t (a route, or the global `hooks`) into a bit set. */
+static int gw_cfg_hooks(gw_cfg_ctx_t *c, int t, uint8_t *mask)
+{
+    for (int h = 0; h < GW_HOOK_COUNT; h++) {
+        size_t old = gw_cfg_field(c, t, gw_hook_names[h]);
+        int type = lua_type(c->L, -1), rc = 0;
+        if (type == LUA_TFUNCTION)
+            *mask |= (uint8_t)GW_HOOK_BIT(h);
+        else if (type != LUA_TNIL)
+            rc = gw_cfg_fail(c, "expected function, got %s", lua_typename(c->L, type));
+        gw_cfg_field_done(c, old);
+        if (rc < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* `lua = { on_error = "fail" | "continue" }` on a route. */
+static int gw_cfg_route_lua(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r)
+{
+    static const char *const keys[] = {"on_error", NULL};
+    size_t old = gw_cfg_field(c, rt, "lua");
+    int rc = gw_cfg_record(c, keys);
+    if (rc > 0) {
+        size_t o2 = gw_cfg_field(c, lua_gettop(c->L), "on_error");
+        const char *v = NULL;
+        rc = gw_cfg_plain_string(c, &v);
+        if (rc == 0 && v) {
+            if (strcmp(v, "continue") == 0)
+                r->lua_fail_open = true;
+            else if (strcmp(v, "fail") != 0)
+                rc = gw_cfg_fail(c, "expected \"fail\" or \"continue\", got \"%s\"", v);
+        }
+        gw_cfg_field_done(c, o2);
+    }
+    gw_cfg_field_done(c, old);
+    return rc < 0 ? -1 : 0;
+}
+
 static int gw_cfg_route(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r, long index)
 {
     static const char *const keys[] = {
         "name",       "match",         "upstream",        "respond",          "strip_prefix",
-        "add_prefix", "preserve_host", "request_headers", "response_headers", NULL};
+        "add_prefix", "preserve_host", "request_headers", "response_headers", "on_request",
+        "rewrite_path", "on_response", "on_log",          "lua",              NULL};
     lua_State *L = c->L;
     const gw_linemap_entry_t *e = gw_linemap_find(&c->lines, c->path, c->plen);
     r->line = e != NULL ? e->line : 0;
@@ -1942,8 +2039,11 @@ static int gw_cfg_route(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r, long index)
     if (gw_cfg_path_string(c, rt, "add_prefix", &r->add_prefix) < 0 ||
         gw_cfg_bool_field(c, rt, "preserve_host", &r->preserve_host) < 0 ||
         gw_cfg_header_ops(c, rt, "request_headers", &r->request_headers) < 0 ||
-        gw_cfg_header_ops(c, rt, "response_headers", &r->response_headers) < 0)
+        gw_cfg_header_ops(c, rt, "response_headers", &r->response_headers) < 0 ||
+        gw_cfg_hooks(c, rt, &r->hooks) < 0 || gw_cfg_route_lua(c, rt, r) < 0)
         return -1;
+    if (r->hooks)
+        c->cfg->uses_lua = true;
     return 0;
 }
 
@@ -2001,8 +2101,9 @@ static void gw_cfg_add_path(luaL_Buffer *b, const char *dir)
 static int gw_cfg_build(gw_cfg_ctx_t *c, int t)
 {
     gw_config_t *cfg = c->cfg;
-    static const char *const keys[] = {"listen",     "workers",   "admin",     "limits", "timeouts",
-                                       "access_log", "log_level", "upstreams", "routes", NULL};
+    static const char *const keys[] = {"listen",    "workers",   "admin",  "limits",
+                                       "timeouts",  "access_log", "log_level", "upstreams",
+                                       "routes",    "hooks",     NULL};
     cfg->limits = (gw_limits_t){32768, 8192, 100, 16u << 20, 16384};
     cfg->timeouts = (gw_client_timeouts_t){10000, 60000, 75000, 60000, 10000};
     cfg->log_level = GW_LOG_INFO;
@@ -2011,6 +2112,16 @@ static int gw_cfg_build(gw_cfg_ctx_t *c, int t)
         gw_cfg_access_log(c, t) < 0 || gw_cfg_log_level(c, t) < 0 || gw_cfg_upstreams(c, t) < 0 ||
         gw_cfg_routes(c, t) < 0)
         return -1;
+    static const char *const hkeys[] = {"on_request", "rewrite_path", "on_response", "on_log", NULL};
+    size_t old = gw_cfg_field(c, t, "hooks");
+    int rc = gw_cfg_record(c, hkeys);
+    if (rc > 0)
+        rc = gw_cfg_hooks(c, lua_gettop(c->L), &cfg->global_hooks);
+    gw_cfg_field_done(c, old);
+    if (rc < 0)
+        return -1;
+    if (cfg->global_hooks)
+        cfg->uses_lua = true;
     return 0;
 }
 
@@ -2044,6 +2155,15 @@ static int gw_cfg_run(lua_State *L)
     luaL_pushresult(&b);
     lua_setfield(L, 1, "path");
     lua_settop(L, 0);
+
+    /* The gw API, as the workers have it, so a config (or a module it requires) may refer to
+     * it while loading. Its FFI functions are only resolved when called, which validation never
+     * does; without lua_dir (unit tests) there is no gw. */
+    if (c->lua_dir != NULL) {
+        if (gw_lua_load_api(L, c->lua_dir) == 0)
+            lua_setglobal(L, "gw");
+        lua_settop(L, 0);
+    }
 
     lua_pushcfunction(L, gw_cfg_traceback);
     char *chunkname = gw_cfg_xasprintf("@%s", c->chunk);
@@ -2178,6 +2298,7 @@ void gw_config_free(gw_config_t *cfg)
         free(u->name);
         free(u->strategy);
         free(u->probe_path);
+        free(u->fallback_strategy);
         for (size_t b = 0; b < u->nbackends; b++) {
             free(u->backends[b].url);
             free(u->backends[b].authority);

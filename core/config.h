@@ -23,6 +23,17 @@ typedef struct gw_addr {
     socklen_t salen;
 } gw_addr_t;
 
+/* Lua hooks (DESIGN §6). A route or the global `hooks` table has a bit set for each it defines;
+ * the functions themselves live in each worker's lua_State (lua_bridge), not here. */
+enum {
+    GW_HOOK_ON_REQUEST = 0,
+    GW_HOOK_REWRITE_PATH,
+    GW_HOOK_ON_RESPONSE,
+    GW_HOOK_ON_LOG,
+    GW_HOOK_COUNT
+};
+#define GW_HOOK_BIT(h) (1u << (h))
+
 typedef struct gw_header_kv {
     char *name;
     char *value;
@@ -69,6 +80,8 @@ typedef struct gw_upstream_cfg {
     gw_health_cfg_t health;
     gw_prequal_params_t prequal; /* `prequal = {...}`: PREQUAL.md §2, with the paper's defaults */
     char *probe_path;            /* prequal.probe_path, default "/probe" */
+    bool lua_strategy;           /* `strategy` is a Lua table; `strategy` holds its name */
+    char *fallback_strategy;     /* native strategy when the Lua one fails; default round_robin */
 } gw_upstream_cfg_t;
 
 typedef struct gw_respond_cfg {
@@ -93,6 +106,8 @@ typedef struct gw_route_cfg {
     bool has_respond;
     gw_respond_cfg_t respond;
     int line; /* line of the route in gateway.lua, 0 if unknown */
+    uint8_t hooks;      /* GW_HOOK_BIT()s of the hooks this route defines */
+    bool lua_fail_open; /* lua.on_error = "continue": a hook error lets the request go on */
 } gw_route_cfg_t;
 
 typedef struct gw_limits {
@@ -128,6 +143,8 @@ typedef struct gw_config {
     gw_route_cfg_t *routes;
     size_t nroutes;
     size_t nbackends_total; /* sum of nbackends over upstreams */
+    uint8_t global_hooks;   /* GW_HOOK_BIT()s defined in the top-level `hooks` table */
+    bool uses_lua;          /* any hook or Lua strategy: workers need a lua_State */
 } gw_config_t;
 
 /**

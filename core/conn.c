@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "log.h"
+#include "lua_bridge.h"
 #include "router.h"
 #include "worker.h"
 
@@ -583,6 +584,8 @@ static void conn_log_and_count(gw_conn_t *c)
     size_t row = r->route >= 0 ? (size_t)r->route : cfg->nroutes;
     GW_COUNTER_INC(w->metrics->requests[row][gw_status_class(r->status)]);
     gw_histogram_observe(&w->metrics->request_duration[row], dur_ns / 1000);
+    if (w->lua && (r->lua_ran || gw_lua_has_hook(c, GW_HOOK_ON_LOG)))
+        gw_lua_on_log(w->lua, c);
     if (!gw_access_log_enabled())
         return;
     struct timespec ts;
@@ -683,6 +686,17 @@ static void conn_send(gw_conn_t *c, int status, const char *content_type, gw_sli
     if (close || c->w->draining || !r->keep_alive)
         r->close_after = true;
     r->status = status;
+    if (c->w->lua && !r->lua_response_ran && gw_lua_has_hook(c, GW_HOOK_ON_RESPONSE)) {
+        /* The response is the gateway's own (an error, a static or a Lua answer): hooks see it
+         * with res:source() == "gateway"; a failing hook does not change it. */
+        r->lua_response_ran = true;
+        r->resp_up = NULL;
+        gw_lua_on_response(c->w->lua, c);
+        if (r->lua_status)
+            r->status = status = r->lua_status;
+    }
+    if (content_type && gw_edits_override(&r->resp_edits, GW_SLICE_LIT("content-type")))
+        content_type = NULL;
     r->response_started = true;
     gw_buf_t h;
     gw_buf_init(&h, &c->arena, 512);
@@ -696,8 +710,10 @@ static void conn_send(gw_conn_t *c, int status, const char *content_type, gw_sli
     gw_buf_append_str(&h, "\r\n");
     gw_buf_append_header(&h, GW_SLICE_LIT("X-Request-Id"), r->request_id);
     for (size_t i = 0; i < nextra; i++)
-        gw_buf_append_header(&h, GW_SLICE(extra[i].name, strlen(extra[i].name)),
-                             GW_SLICE(extra[i].value, strlen(extra[i].value)));
+        if (!gw_edits_override(&r->resp_edits, GW_SLICE(extra[i].name, strlen(extra[i].name))))
+            gw_buf_append_header(&h, GW_SLICE(extra[i].name, strlen(extra[i].name)),
+                                 GW_SLICE(extra[i].value, strlen(extra[i].value)));
+    gw_edits_append(&h, &r->resp_edits);
     if (r->close_after)
         gw_buf_append_str(&h, "Connection: close\r\n");
     else if (r->http_minor == 0)
@@ -780,15 +796,18 @@ static void conn_parse_error(gw_conn_t *c, llhttp_errno_t e)
 /* Builds the head sent upstream: request line with the rewritten target, Host, the client's
  * end-to-end headers minus hop-by-hop ones and the route's removals, the route's set headers,
  * X-Forwarded-*, X-Request-Id and the framing of the body we forward. */
-static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route, gw_slice_t target,
-                                     const gw_backend_cfg_t *unused)
+static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
 {
     gw_request_t *r = &c->req;
     gw_buf_t *b = &r->up_head;
     gw_buf_init(b, &c->arena, (c->head_end - c->head_start) + 512);
     gw_buf_append_slice(b, r->method_name);
     gw_buf_append(b, " ", 1);
-    gw_buf_append_slice(b, target);
+    gw_buf_append_slice(b, r->lua_path.p ? r->lua_path : r->up_path);
+    if (r->query.len) {
+        gw_buf_append(b, "?", 1);
+        gw_buf_append_slice(b, r->query);
+    }
     gw_buf_append(b, " HTTP/1.1\r\n", 11);
     /* Host is written by proxy.c per backend unless preserve_host: see gw_proxy_start. */
     const gw_header_ops_t *ops = &route->request_headers;
@@ -806,13 +825,15 @@ static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route, 
             drop = gw_slice_ieq(n, ops->remove[k]);
         for (size_t k = 0; k < ops->nset && !drop; k++)
             drop = gw_slice_ieq(n, ops->set[k].name);
-        if (drop)
+        if (drop || (r->req_edits.n && gw_edits_override(&r->req_edits, n)))
             continue;
         gw_buf_append_header(b, n, r->headers[i].value);
     }
     for (size_t k = 0; k < ops->nset; k++)
-        gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
-                             GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
+        if (!r->req_edits.n || !gw_edits_override(&r->req_edits, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name))))
+            gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
+                                 GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
+    gw_edits_append(b, &r->req_edits);
     gw_buf_append_str(b, "X-Forwarded-For: ");
     if (r->xff.len) {
         gw_buf_append_slice(b, r->xff);
@@ -934,19 +955,34 @@ static void conn_on_head(gw_conn_t *c)
     if (r->route < 0)
         return conn_error(c, 404, "no_route", "no route matches this request");
     const gw_route_cfg_t *route = &cfg->routes[r->route];
-    if (route->has_respond) {
-        conn_update_reading(c);
-        gw_conn_arm_timer(c);
-        return conn_respond_static(c, route);
+    /* The target going upstream: the route's rewrite, split into path and query. */
+    gw_slice_t up = GW_SLICE(norm, (size_t)nlen);
+    if (!route->has_respond) {
+        size_t tcap = (size_t)nlen + (route->add_prefix ? strlen(route->add_prefix) : 0) + 2;
+        char *up_target = gw_arena_alloc(&c->arena, tcap);
+        ssize_t tlen = up_target ? gw_router_rewrite(route, up, up_target, tcap) : -1;
+        if (tlen < 0)
+            return conn_error(c, 500, "internal", "could not build the upstream request");
+        up = GW_SLICE(up_target, (size_t)tlen);
     }
-    r->upstream = route->upstream;
-    size_t tcap = (size_t)nlen + (route->add_prefix ? strlen(route->add_prefix) : 0) + 2;
-    char *up_target = gw_arena_alloc(&c->arena, tcap);
-    ssize_t tlen = up_target ? gw_router_rewrite(route, GW_SLICE(norm, (size_t)nlen), up_target, tcap) : -1;
-    if (tlen < 0 || !conn_build_upstream_head(c, route, GW_SLICE(up_target, (size_t)tlen), NULL))
-        return conn_error(c, 500, "internal", "could not build the upstream request");
+    const char *q = memchr(up.p, '?', up.len);
+    r->up_path = GW_SLICE(up.p, q ? (size_t)(q - up.p) : up.len);
+    r->query = q ? GW_SLICE(q + 1, (size_t)(up.p + up.len - q - 1)) : GW_SLICE("", 0);
     conn_update_reading(c);
     gw_conn_arm_timer(c);
+    if (c->w->lua && (gw_lua_has_hook(c, GW_HOOK_ON_REQUEST) || gw_lua_has_hook(c, GW_HOOK_REWRITE_PATH))) {
+        int rc = gw_lua_on_request(c->w->lua, c);
+        if (rc == GW_LUA_FAILED)
+            return gw_conn_respond_error(c, 500, "internal", "the request could not be handled");
+        if (rc == GW_LUA_RESPONDED)
+            return conn_send(c, r->lua_respond, "text/plain; charset=utf-8", r->lua_body, NULL, 0,
+                             !r->body_done);
+    }
+    if (route->has_respond)
+        return conn_respond_static(c, route);
+    r->upstream = route->upstream;
+    if (!conn_build_upstream_head(c, route))
+        return conn_error(c, 500, "internal", "could not build the upstream request");
     gw_proxy_start(c);
 }
 

@@ -1,166 +1,29 @@
 /*
  * lb_ewma: the backend with the lowest peak-EWMA latency, the latency half of Finagle's
  * PeakEwma balancer (finagle-core loadbalancer/PeakEwma.scala; linkerd2-proxy's PeakEwma is the
- * same). Each worker keeps, per backend, a latency estimate and the time it was last updated:
- *
- *   - A sample above the current estimate replaces it at once (the "peak"): a backend that turns
- *     slow is avoided from its first slow response, not after an average catches up.
- *   - A sample at or below it is blended in with weight 1 - exp(-dt / tau), dt being the time
- *     since the last update and tau = 10 s, so the estimate follows time rather than request
- *     counts.
- *   - When read, the estimate has decayed toward 0 by exp(-dt / tau) since its last update. A
- *     backend that was slow and so stopped getting traffic therefore looks better and better
- *     until it is tried again and reports its current latency; that is how it recovers.
- *
- * A GW_LB_OK result is a sample of its latency_ms (any HTTP status: the response head arrived).
- * A connect error, timeout or protocol error counts as the penalty sample
- * max(2 x current estimate, 1 s, latency_ms), which replaces the estimate at once and doubles
- * on every further failure. Estimates are capped at GW_LB_EWMA_MAX_MS so repeated failures stay
- * finite and decay back within minutes.
+ * same). The estimate (peak replaces, blend with tau = 10 s, decay when read, failure penalty
+ * max(2 x estimate, 1 s, latency_ms), cap) is the one in lb_ewma.h, shared with lb_least_score.c;
+ * see the comment there.
  *
  * A backend with no sample yet costs 0, so new (or newly listed) backends get traffic at once.
  * The pick is the minimum cost among the candidates of the lb.h contract (the healthy untried
  * backends, else the unhealthy untried ones); ties, such as several unprobed backends, go to a
- * uniformly random one of them (reservoir sampling in the same pass). O(n), no allocation.
- *
- * The module is pure: time is ctx->now_ms and randomness ctx->rng (a generator in the state
- * stands in when a caller passes none). State is one worker's, sized by `create`; a list that
- * later grows past that size is handled without allocating, the extra backends being picked
- * only when no tracked one qualifies (the owner should create new state for a bigger list).
- * lb_least_score.c keeps the same estimate; a change to the rules here belongs there too.
+ * uniformly random one of them (reservoir sampling in the same pass). O(n), no allocation. The
+ * module is pure; state, sizing and growth are as described in lb_ewma.h.
  */
-#include <errno.h>
-#include <math.h>
-#include <stdlib.h>
+#include "lb_ewma.h"
 
-#include "lb.h"
-
-#define GW_LB_EWMA_TAU_MS 10000.0
-#define GW_LB_EWMA_PENALTY_MIN_MS 1000.0
-#define GW_LB_EWMA_MAX_MS 600000.0
-
-typedef struct gw_lb_ewma_peer {
-    double cost;    /* latency estimate in ms as of `stamp` */
-    uint64_t stamp; /* ctx->now_ms of the last update */
-    bool probed;    /* has had at least one sample */
-} gw_lb_ewma_peer_t;
-
-typedef struct gw_lb_ewma {
-    uint64_t rng; /* used only when ctx->rng is NULL */
-    size_t cap;   /* entries in peers: the n that create saw */
-    gw_lb_ewma_peer_t peers[];
-} gw_lb_ewma_t;
-
-static void gw_lb_ewma_reset(gw_lb_ewma_t *e)
+/* The cost is the latency estimate alone. */
+static double gw_lb_ewma_cost(const gw_lb_ewma_peer_t *p, const gw_lb_ctx_t *ctx, size_t i)
 {
-    for (size_t i = 0; i < e->cap; i++)
-        e->peers[i] = (gw_lb_ewma_peer_t){.cost = 0, .stamp = 0, .probed = false};
-}
-
-static int gw_lb_ewma_create(const gw_upstream_cfg_t *u, size_t n, void **state)
-{
-    GW_UNUSED(u);
-    gw_lb_ewma_t *e = malloc(sizeof(*e) + n * sizeof(e->peers[0]));
-    if (e == NULL)
-        return -ENOMEM;
-    e->rng = 0x9E3779B97F4A7C15ull;
-    e->cap = n;
-    gw_lb_ewma_reset(e);
-    *state = e;
-    return 0;
-}
-
-static void gw_lb_ewma_destroy(void *state)
-{
-    free(state);
-}
-
-/* exp(-dt / tau) for the time since `stamp`; a clock that went backwards decays nothing. */
-static double gw_lb_ewma_decay(const gw_lb_ewma_peer_t *p, uint64_t now_ms)
-{
-    uint64_t dt = now_ms > p->stamp ? now_ms - p->stamp : 0;
-    return exp(-(double)dt / GW_LB_EWMA_TAU_MS);
-}
-
-/* The estimate as of now_ms; 0 for an unprobed backend. */
-static double gw_lb_ewma_cost(const gw_lb_ewma_peer_t *p, uint64_t now_ms)
-{
-    return p->probed ? p->cost * gw_lb_ewma_decay(p, now_ms) : 0.0;
-}
-
-static void gw_lb_ewma_observe(gw_lb_ewma_peer_t *p, uint64_t now_ms, double sample)
-{
-    if (!(sample >= 0)) /* negative or NaN from a confused caller */
-        sample = 0;
-    sample = GW_MIN(sample, GW_LB_EWMA_MAX_MS);
-    double w = gw_lb_ewma_decay(p, now_ms);
-    double cur = p->probed ? p->cost * w : 0.0;
-    p->cost = !p->probed || sample > cur ? sample : cur + sample * (1.0 - w);
-    p->stamp = now_ms;
-    p->probed = true;
-}
-
-static bool gw_lb_ewma_candidate(const gw_lb_ctx_t *ctx, size_t i, bool need_healthy)
-{
-    if (gw_lb_tried(ctx, i))
-        return false;
-    return !need_healthy || GW_RELAXED_LOAD(ctx->backends[i]->healthy) != 0;
+    GW_UNUSED(i);
+    return gw_lb_ewma_latency(p, ctx->now_ms);
 }
 
 /* Picks per the contract in lb.h. */
 static int gw_lb_ewma_pick(void *state, const gw_lb_ctx_t *ctx)
 {
-    gw_lb_ewma_t *e = state;
-    uint64_t *rng = ctx->rng != NULL ? ctx->rng : &e->rng;
-    size_t tracked = GW_MIN(ctx->n, e->cap);
-    for (int pass = 0; pass < 2; pass++) {
-        bool need_healthy = pass == 0;
-        int best = -1;
-        double best_cost = 0;
-        uint32_t ties = 0;
-        for (size_t i = 0; i < tracked; i++) {
-            if (!gw_lb_ewma_candidate(ctx, i, need_healthy))
-                continue;
-            double cost = gw_lb_ewma_cost(&e->peers[i], ctx->now_ms);
-            if (best < 0 || cost < best_cost) {
-                best = (int)i;
-                best_cost = cost;
-                ties = 1;
-            } else if (cost == best_cost && gw_rand_below(rng, ++ties) == 0) {
-                best = (int)i;
-            }
-        }
-        for (size_t i = tracked; i < ctx->n && best < 0; i++) {
-            if (gw_lb_ewma_candidate(ctx, i, need_healthy))
-                best = (int)i;
-        }
-        if (best >= 0)
-            return best;
-    }
-    return -1;
-}
-
-static void gw_lb_ewma_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx,
-                                 const gw_lb_result_t *r)
-{
-    gw_lb_ewma_t *e = state;
-    if (idx >= e->cap || idx >= ctx->n)
-        return;
-    gw_lb_ewma_peer_t *p = &e->peers[idx];
-    double sample = r->latency_ms;
-    if (r->outcome != GW_LB_OK) {
-        double penalty = GW_MAX(2.0 * gw_lb_ewma_cost(p, ctx->now_ms), GW_LB_EWMA_PENALTY_MIN_MS);
-        sample = r->latency_ms > penalty ? r->latency_ms : penalty; /* false when NaN */
-    }
-    gw_lb_ewma_observe(p, ctx->now_ms, sample);
-}
-
-/* The list changed (size or order): per-index estimates may belong to other backends now, so
- * every backend starts unprobed again. */
-static void gw_lb_ewma_backends_changed(void *state, const gw_lb_ctx_t *ctx)
-{
-    GW_UNUSED(ctx);
-    gw_lb_ewma_reset(state);
+    return gw_lb_ewma_pick_min(state, ctx, gw_lb_ewma_cost);
 }
 
 const gw_lb_ops_t gw_lb_ewma = {

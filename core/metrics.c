@@ -73,6 +73,8 @@ gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg)
     s->prequal_probe_rtt = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal_probe_rtt));
     s->prequal_mode = gw_metrics_xcalloc(s->nbackends, sizeof(*s->prequal_mode));
     s->prequal_snap = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal_snap));
+    s->lua_errors = gw_metrics_xcalloc((s->nroutes + 1) * GW_HOOK_COUNT, sizeof(*s->lua_errors));
+    s->lua_slow = gw_metrics_xcalloc((s->nroutes + 1) * GW_HOOK_COUNT, sizeof(*s->lua_slow));
     for (size_t u = 0; u < s->nupstreams; u++)
         if (uv_mutex_init(&s->prequal_snap[u].lock) != 0)
             abort();
@@ -95,6 +97,8 @@ void gw_metrics_shard_free(gw_metrics_shard_t *s)
     for (size_t u = 0; u < s->nupstreams; u++)
         uv_mutex_destroy(&s->prequal_snap[u].lock);
     free(s->prequal_snap);
+    free(s->lua_errors);
+    free(s->lua_slow);
     free(s);
 }
 
@@ -590,6 +594,40 @@ static void gw_render_prequal(const gw_render_ctx_t *x)
     }
 }
 
+/* gw_lua_errors_total / gw_lua_slow_total{route,hook}: only when the config has Lua. */
+static void gw_render_lua(const gw_render_ctx_t *x)
+{
+    static const char *const hooks[GW_HOOK_COUNT] = {"on_request", "rewrite_path", "on_response",
+                                                     "on_log"};
+    const gw_config_t *cfg = x->cfg;
+    if (!cfg->uses_lua)
+        return;
+    for (int f = 0; f < 2; f++) {
+        const char *name = f == 0 ? "gw_lua_errors_total" : "gw_lua_slow_total";
+        gw_mbuf_family(x->b, name, "counter",
+                       f == 0 ? "Lua hook errors, by route and hook."
+                              : "Lua hook calls slower than 10 ms, by route and hook.");
+        for (size_t r = 0; r <= cfg->nroutes; r++) {
+            uint8_t mask = r < cfg->nroutes ? cfg->routes[r].hooks | cfg->global_hooks : cfg->global_hooks;
+            for (int h = 0; h < GW_HOOK_COUNT; h++) {
+                if (!(mask & GW_HOOK_BIT(h)))
+                    continue;
+                uint64_t v = 0;
+                for (size_t k = 0; k < x->nshards; k++) {
+                    size_t row = gw_shard_route_row(cfg, x->shards[k], r);
+                    if (row != SIZE_MAX)
+                        v += GW_RELAXED_LOAD((f == 0 ? x->shards[k]->lua_errors
+                                                     : x->shards[k]->lua_slow)[row * GW_HOOK_COUNT + (size_t)h]);
+                }
+                gw_mbuf_printf(x->b, "%s{", name);
+                gw_mbuf_label(x->b, true, "route", gw_route_label(cfg, r));
+                gw_mbuf_label(x->b, false, "hook", hooks[h]);
+                gw_mbuf_printf(x->b, "} %" PRIu64 "\n", v);
+            }
+        }
+    }
+}
+
 char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shards, size_t nshards,
                         gw_backend_t *const *backends, size_t *len)
 {
@@ -599,6 +637,7 @@ char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shard
     gw_render_requests(&x);
     gw_render_upstreams(&x);
     gw_render_prequal(&x);
+    gw_render_lua(&x);
 
     uint64_t active = 0, total = 0;
     for (size_t k = 0; k < nshards; k++) {

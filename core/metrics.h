@@ -62,6 +62,8 @@ typedef struct gw_metrics_shard {
     gw_histogram_t *prequal_probe_rtt;       /* [nupstreams] */
     uint8_t *prequal_mode;                   /* [nbackends]: gw_prequal_mode_t in this worker */
     gw_pq_snapshot_t *prequal_snap;          /* [nupstreams] */
+    uint64_t *lua_errors;                    /* [(nroutes + 1) * GW_HOOK_COUNT] */
+    uint64_t *lua_slow;                      /* [(nroutes + 1) * GW_HOOK_COUNT] */
 } gw_metrics_shard_t;
 
 /** Allocates a zeroed shard sized for `cfg`. Aborts on OOM (control structure). */

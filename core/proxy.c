@@ -23,6 +23,7 @@
 
 #include "health.h"
 #include "log.h"
+#include "lua_bridge.h"
 #include "probe.h"
 #include "worker.h"
 
@@ -306,9 +307,9 @@ static void proxy_send_head(gw_conn_t *c, gw_upconn_t *u)
     const gw_route_cfg_t *route = &c->w->cfg->routes[r->route];
     u->state = GW_US_ACTIVE;
     u->requests++;
-    gw_slice_t host = route->preserve_host && r->host.len
-                          ? r->host
-                          : GW_SLICE(u->pool->backend->cfg->authority, strlen(u->pool->backend->cfg->authority));
+    gw_slice_t host = r->lua_host.p                        ? r->lua_host
+                      : route->preserve_host && r->host.len ? r->host
+                      : GW_SLICE(u->pool->backend->cfg->authority, strlen(u->pool->backend->cfg->authority));
     gw_buf_t tail;
     gw_buf_init(&tail, &c->arena, host.len + 16);
     gw_buf_append_header(&tail, GW_SLICE_LIT("Host"), host);
@@ -563,14 +564,27 @@ void gw_proxy_client_drained(gw_conn_t *c)
     gw_upconn_read_start(u);
 }
 
-/* Builds the head sent to the client from the backend's response head. */
-static bool proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
+/* Builds the head sent to the client from the backend's response head (after the on_response
+ * hooks, which may change the status and headers). Returns 1, 0 on OOM, or -1 when a hook failed
+ * (the request is then answered with a 500). */
+static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
 {
     gw_request_t *r = &c->req;
     llhttp_t *p = &u->parser;
     const gw_route_cfg_t *route = &c->w->cfg->routes[r->route];
     const gw_header_ops_t *ops = &route->response_headers;
     int status = p->status_code;
+    if (c->w->lua && status != 101 && gw_lua_has_hook(c, GW_HOOK_ON_RESPONSE)) {
+        r->lua_response_ran = true;
+        r->resp_up = u;
+        int rc = gw_lua_on_response(c->w->lua, c);
+        r->resp_up = NULL;
+        if (rc == GW_LUA_FAILED)
+            return -1;
+    }
+    bool status_changed = r->lua_status && r->lua_status != status;
+    if (status_changed)
+        status = r->lua_status;
     bool bodyless = gw_http1_response_bodyless(status, r->head_request);
     bool upgrade = status == 101;
     gw_slice_t connection = GW_SLICE(NULL, 0), upgrade_value = GW_SLICE(NULL, 0);
@@ -597,7 +611,7 @@ static bool proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
     char line[48];
     int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", status);
     gw_buf_append(b, line, (size_t)n);
-    if (u->reason.len)
+    if (u->reason.len && !status_changed)
         gw_buf_append_slice(b, u->reason);
     else
         gw_buf_append_str(b, gw_http1_reason(status));
@@ -614,12 +628,15 @@ static bool proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
             drop = gw_slice_ieq(name, ops->remove[k]);
         for (size_t k = 0; k < ops->nset && !drop; k++)
             drop = gw_slice_ieq(name, ops->set[k].name);
-        if (!drop)
+        if (!drop && !(r->resp_edits.n && gw_edits_override(&r->resp_edits, name)))
             gw_buf_append_header(b, name, u->headers[i].value);
     }
     for (size_t k = 0; k < ops->nset; k++)
-        gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
-                             GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
+        if (!r->resp_edits.n ||
+            !gw_edits_override(&r->resp_edits, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name))))
+            gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
+                                 GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
+    gw_edits_append(b, &r->resp_edits);
     if ((p->flags & F_CONTENT_LENGTH) && status != 204 && !(status >= 100 && status < 200)) {
         /* Kept for HEAD and 304 too: there it describes the representation. */
         gw_buf_append_str(b, "Content-Length: ");
@@ -641,6 +658,13 @@ static bool proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
     gw_buf_append(b, "\r\n", 2);
     r->status = status;
     return !b->oom;
+}
+
+/* An on_response hook failed: the backend's response is dropped and the client gets a 500. */
+static void proxy_hook_failed(gw_conn_t *c)
+{
+    proxy_drop_upstream(c);
+    gw_conn_respond_error(c, 500, "internal", "the response could not be handled");
 }
 
 static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
@@ -698,7 +722,12 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         }
         u->head_done = true;
         proxy_on_head(c, u);
-        if (!proxy_build_client_head(c, u, &head)) {
+        int hb = proxy_build_client_head(c, u, &head);
+        if (hb < 0) {
+            proxy_hook_failed(c);
+            return;
+        }
+        if (hb == 0) {
             proxy_fail(c, u, GW_UERR_PROTOCOL, false);
             return;
         }

@@ -22,6 +22,7 @@
 #include "health.h"
 #include "lb.h"
 #include "log.h"
+#include "lua_bridge.h"
 #include "probe.h"
 #include "worker.h"
 
@@ -252,6 +253,8 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
             abort();
     }
     GW_UNUSED(g);
+    if (cfg->uses_lua && gw_lua_new(w, &w->lua, err) != 0)
+        return -EINVAL;
     int rc = uv_loop_init(&w->loop);
     if (rc != 0) {
         *err = fmt_err("event loop: %s%s", uv_strerror(rc), "");
@@ -309,6 +312,7 @@ static void worker_free(gw_worker_t *w)
     free(w->pools);
     free(w->listeners);
     free(w->probe_conns);
+    gw_lua_free(w->lua);
 }
 
 int gw_server_start(const gw_config_t *cfg, uv_loop_t *main_loop, void (*on_stopped)(void *),
@@ -347,16 +351,7 @@ int gw_server_start(const gw_config_t *cfg, uv_loop_t *main_loop, void (*on_stop
     for (size_t i = 0; i < s->nworkers && rc == 0; i++)
         rc = worker_init(s, &s->workers[i], (int)i, err);
     if (rc != 0) {
-        for (size_t i = 0; i < s->nworkers; i++)
-            if (s->workers[i].cfg)
-                worker_free(&s->workers[i]);
-        for (size_t i = 0; i < s->nworkers; i++)
-            gw_metrics_shard_free(s->shards[i]);
-        free(s->workers);
-        free(s->shards);
-        free(s->backends);
-        free(s->backend_store);
-        free(s);
+        gw_server_free(s); /* no thread started: it only releases what worker_init built */
         return rc;
     }
     uv_async_init(main_loop, &s->done, server_on_done);
@@ -402,7 +397,8 @@ void gw_server_free(gw_server_t *s)
         if (s->workers[i].thread_started)
             uv_thread_join(&s->workers[i].thread);
     for (size_t i = 0; i < s->nworkers; i++)
-        worker_free(&s->workers[i]);
+        if (s->workers[i].cfg) /* worker_init reached it */
+            worker_free(&s->workers[i]);
     for (size_t i = 0; i < s->nworkers; i++)
         gw_metrics_shard_free(s->shards[i]);
     free(s->workers);

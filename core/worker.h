@@ -72,6 +72,21 @@ typedef struct gw_worker_upstream {
 } gw_worker_upstream_t;
 
 typedef struct gw_server gw_server_t;
+typedef struct gw_lua gw_lua_t;
+
+/* A header change made by a Lua hook, applied when the head is serialised. */
+enum { GW_EDIT_SET = 0, GW_EDIT_ADD, GW_EDIT_CLEAR };
+typedef struct gw_header_edit {
+    uint8_t op;
+    gw_slice_t name; /* in the arena */
+    gw_slice_t value;
+} gw_header_edit_t;
+
+typedef struct gw_header_edits {
+    gw_header_edit_t *e;
+    uint32_t n;
+    uint32_t cap;
+} gw_header_edits_t;
 
 struct gw_worker {
     int id;
@@ -95,6 +110,7 @@ struct gw_worker {
     gw_pool_t *pools;      /* [cfg->nbackends_total], by backend gindex */
     gw_worker_upstream_t *ups; /* [cfg->nupstreams] */
     gw_metrics_shard_t *metrics;
+    gw_lua_t *lua;         /* NULL when the config has no Lua: the hot path never sees Lua */
     uint64_t rng;
     uint64_t request_seq;
     gw_arena_cache_t arena_cache; /* request arena blocks of idle connections */
@@ -170,6 +186,20 @@ typedef struct gw_request {
     bool response_done;
     bool close_after;      /* close the client connection after this response */
     bool head_request;
+    /* Lua hooks (lua_bridge.c); untouched when no hook runs. */
+    bool lua_ran;          /* a hook ran: the Lua side holds per-request state (ctx) */
+    gw_slice_t up_path;    /* the path going upstream after the route's rewrite (no query) */
+    gw_slice_t query;      /* the query, without '?' (empty if none) */
+    gw_slice_t lua_path;   /* set by set_path / rewrite_path (arena), or .p == NULL */
+    gw_slice_t lua_host;   /* a Host set by a hook */
+    gw_header_edits_t req_edits;
+    gw_header_edits_t resp_edits;
+    int lua_status;        /* on_response set_status, 0: unchanged */
+    int lua_respond;       /* a hook answered with this status, 0: none */
+    gw_slice_t lua_body;
+    gw_slice_t resp_source; /* for res:source(): "upstream" or "gateway" */
+    gw_upconn_t *resp_up;   /* the upstream response whose head res: reads, or NULL */
+    bool lua_response_ran;  /* on_response ran (at most once per request) */
 } gw_request_t;
 
 struct gw_conn {

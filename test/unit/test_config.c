@@ -457,8 +457,10 @@ static void test_header_ops(void **state)
 static void test_unknown_keys(void **state)
 {
     (void)state;
-    check_err("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "  hooks = {},\n}",
-              "gw.lua:4: hooks: unknown key");
+    check_err("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "  plugins = {},\n}",
+              "gw.lua:4: plugins: unknown key");
+    check_err("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "  hooks = { on_connect = print },\n}",
+              "gw.lua:4: hooks.on_connect: unknown key");
     check_err("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "  [1] = 'x',\n}",
               "gw.lua:4: [1]: unknown key");
     check_err("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "  admin = { port = 1 },\n}",
@@ -483,8 +485,8 @@ static void test_unknown_keys(void **state)
               "  { url = 'http://127.0.0.1:1', wieght = 2 } } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.backends[1].wieght: unknown key");
     check_err("return {\n" MINIMAL_UPSTREAMS "routes = {\n { upstream = 'api',\n"
-              "  on_request = function(req) local a, b = 1, 2 return { a } end } } }",
-              "gw.lua:5: routes[1].on_request: unknown key");
+              "  on_requets = function(req) local a, b = 1, 2 return { a } end } } }",
+              "gw.lua:5: routes[1].on_requets: unknown key");
     check_err("return {\n" MINIMAL_UPSTREAMS "routes = {\n { upstream = 'api',\n"
               "  match = { path = '/' } } } }",
               "gw.lua:5: routes[1].match.path: unknown key");
@@ -595,6 +597,43 @@ static void test_prequal_params(void **state)
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  prequal = { delta = 'x' } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.prequal.delta: expected number, got string");
+}
+
+static void test_lua_hooks_and_strategies(void **state)
+{
+    gw_config_t *cfg = load_ok(
+        "local function h() end\n"
+        "return {\n"
+        " upstreams = { api = { backends = { { url = 'http://127.0.0.1:1', meta = { zone = 'a' } } },\n"
+        "   strategy = { name = 'mine', pick = function(b) return b[1] end },\n"
+        "   fallback_strategy = 'least_conn' } },\n"
+        " hooks = { on_request = h, on_log = h },\n"
+        " routes = { { upstream = 'api', on_response = h, rewrite_path = h,\n"
+        "              lua = { on_error = 'continue' } },\n"
+        "            { upstream = 'api' } },\n"
+        "}");
+    assert_true(cfg->uses_lua);
+    assert_int_equal(cfg->global_hooks, GW_HOOK_BIT(GW_HOOK_ON_REQUEST) | GW_HOOK_BIT(GW_HOOK_ON_LOG));
+    assert_int_equal(cfg->routes[0].hooks,
+                     GW_HOOK_BIT(GW_HOOK_ON_RESPONSE) | GW_HOOK_BIT(GW_HOOK_REWRITE_PATH));
+    assert_true(cfg->routes[0].lua_fail_open);
+    assert_int_equal(cfg->routes[1].hooks, 0);
+    assert_false(cfg->routes[1].lua_fail_open);
+    assert_true(cfg->upstreams[0].lua_strategy);
+    assert_string_equal(cfg->upstreams[0].strategy, "mine");
+    assert_string_equal(cfg->upstreams[0].fallback_strategy, "least_conn");
+    gw_config_free(cfg);
+    cfg = load_ok("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}\n");
+    assert_false(cfg->uses_lua); /* no Lua: workers never create a lua_State */
+    assert_string_equal(cfg->upstreams[0].fallback_strategy, "round_robin");
+    gw_config_free(cfg);
+    check_err("return {\n" MINIMAL_UPSTREAMS "routes = { { upstream = 'api',\n on_request = 'x' } },\n}",
+              "gw.lua:4: routes[1].on_request: expected function, got string");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  strategy = { name = 'x' } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.strategy.pick: required (a Lua strategy needs a pick function)");
+    check_err("return {\n" MINIMAL_UPSTREAMS "routes = { { upstream = 'api',\n lua = { on_error = 'x' } } },\n}",
+              "gw.lua:4: routes[1].lua.on_error: expected \"fail\" or \"continue\", got \"x\"");
 }
 
 static void test_health(void **state)
@@ -948,6 +987,7 @@ int main(void)
         cmocka_unit_test(test_type_and_integer_errors),
         cmocka_unit_test(test_required),
         cmocka_unit_test(test_health),
+        cmocka_unit_test(test_lua_hooks_and_strategies),
         cmocka_unit_test(test_prequal_params),
         cmocka_unit_test(test_bad_urls),
         cmocka_unit_test(test_bad_addresses),

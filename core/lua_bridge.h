@@ -1,0 +1,62 @@
+/*
+ * lua_bridge: one lua_State per worker (DESIGN §3, §6). Each worker evaluates gateway.lua in its
+ * own state and keeps references to the hook functions it returned (the main thread's evaluation
+ * is the one that was validated; the file must be deterministic). Hooks run synchronously with
+ * lua_pcall and a traceback handler, so no Lua error ever unwinds through C; Lua calls back into
+ * the request through the gw_ffi_* functions (lua_ffi.c) declared with ffi.cdef in lua/gw/init.lua.
+ *
+ * A worker whose config has no Lua never creates a state, and a route without hooks never calls
+ * into this module: the hot path stays Lua-free.
+ */
+#ifndef GW_LUA_BRIDGE_H
+#define GW_LUA_BRIDGE_H
+
+#include "config.h"
+#include "http1.h"
+
+typedef struct gw_worker gw_worker_t;
+typedef struct gw_conn gw_conn_t;
+typedef struct gw_lua gw_lua_t;
+typedef struct gw_header_edits gw_header_edits_t;
+
+/* Hook calls slower than this are logged and counted (count hooks cannot interrupt JIT code, so
+ * a runaway hook is measured rather than stopped). */
+#define GW_LUA_SLOW_NS (10 * 1000 * 1000ULL)
+
+typedef struct lua_State lua_State;
+
+/** Loads lua_dir/gw/init.lua, registers it as package.loaded.gw and leaves it on the stack.
+ * Returns 0, or -1 with the error message on the stack. */
+int gw_lua_load_api(lua_State *L, const char *lua_dir);
+
+/** Creates the worker's state: runs the config file, takes its hooks, applies the sandbox
+ * (no os.execute, os.exit, io.popen, package.loadlib, C modules). Returns 0, or -1 with *err
+ * set to a malloc'd message. */
+int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err);
+void gw_lua_free(gw_lua_t *lua);
+
+enum { GW_LUA_CONTINUE = 0, GW_LUA_RESPONDED = 1, GW_LUA_FAILED = -1 };
+
+/** Runs the global and route on_request hooks, then rewrite_path. Returns GW_LUA_CONTINUE,
+ * GW_LUA_RESPONDED (the request's lua_respond/lua_body/resp_edits say what to answer), or
+ * GW_LUA_FAILED (a hook failed and the route does not fail open: answer 500). */
+int gw_lua_on_request(gw_lua_t *lua, gw_conn_t *c);
+
+/** Runs the on_response hooks on the response about to be sent (status and headers may
+ * change). Returns GW_LUA_CONTINUE or GW_LUA_FAILED. */
+int gw_lua_on_response(gw_lua_t *lua, gw_conn_t *c);
+
+/** Runs the on_log hooks after the response, then drops the request's Lua state (ctx). */
+void gw_lua_on_log(gw_lua_t *lua, gw_conn_t *c);
+
+/** True if the request's route (or the global table) has hook `h`. */
+bool gw_lua_has_hook(const gw_conn_t *c, int h);
+
+/* ---- header edits (used when serialising heads) ---- */
+
+/** True when an edit replaces or removes header `name` (so the original is not forwarded). */
+bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name);
+/** Appends the SET and ADD edits as header lines. */
+void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e);
+
+#endif
