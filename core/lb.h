@@ -26,6 +26,7 @@ typedef struct gw_lb_ctx {
     uint64_t now_ms;
     void *worker;          /* the gw_worker_t calling (for strategies that do I/O, e.g. probes) */
     uint32_t upstream;     /* the upstream's index in the config */
+    void *conn;            /* the gw_conn_t whose request is being routed (Lua strategies) */
 } gw_lb_ctx_t;
 
 enum gw_lb_outcome {
@@ -82,6 +83,12 @@ static inline void gw_lb_set_tried(uint64_t *tried, size_t i)
 
 extern const gw_lb_ops_t gw_lb_round_robin;
 extern const gw_lb_ops_t gw_lb_prequal;
+/* The adapter for an upstream whose strategy is a Lua table (lb_lua.c); not in the registry. */
+extern const gw_lb_ops_t gw_lb_lua;
+
+/* Prequal's pool for Lua strategies' backend views: copies up to `cap` entries of a prequal
+ * state's pool (lb_prequal.c). */
+size_t gw_lb_prequal_pool(void *state, uint64_t now_ms, gw_prequal_entry_info_t *out, size_t cap);
 extern const gw_lb_ops_t gw_lb_weighted_round_robin;
 extern const gw_lb_ops_t gw_lb_random;
 extern const gw_lb_ops_t gw_lb_weighted_random;

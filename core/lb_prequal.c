@@ -258,6 +258,12 @@ static void lb_pq_stop(void *state)
     }
 }
 
+size_t gw_lb_prequal_pool(void *state, uint64_t now_ms, gw_prequal_entry_info_t *out, size_t cap)
+{
+    lb_pq_t *s = state;
+    return gw_prequal_pool_snapshot(s->pq, now_ms, out, cap);
+}
+
 const gw_lb_ops_t gw_lb_prequal = {
     .name = "prequal",
     .create = lb_pq_create,

@@ -32,6 +32,9 @@ struct gw_lua {
     int run_request, run_path, run_response, run_end;
     int global[GW_HOOK_COUNT];
     int *route;  /* [nroutes * GW_HOOK_COUNT] */
+    int *strategy; /* [nupstreams]: the Lua strategy table, or LUA_NOREF */
+    int *metas;    /* [nupstreams]: a list of the backends' meta tables */
+    int run_make_view, run_pick, run_result;
 };
 
 static const char *const hook_names[GW_HOOK_COUNT] = {"on_request", "rewrite_path", "on_response",
@@ -136,6 +139,12 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
         lua->route[i] = LUA_NOREF;
     for (int h = 0; h < GW_HOOK_COUNT; h++)
         lua->global[h] = LUA_NOREF;
+    lua->strategy = malloc((cfg->nupstreams ? cfg->nupstreams : 1) * sizeof(int));
+    lua->metas = malloc((cfg->nupstreams ? cfg->nupstreams : 1) * sizeof(int));
+    if (!lua->strategy || !lua->metas)
+        abort();
+    for (size_t u = 0; u < cfg->nupstreams; u++)
+        lua->strategy[u] = lua->metas[u] = LUA_NOREF;
     lua_State *L = luaL_newstate();
     if (!L)
         abort();
@@ -163,6 +172,9 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
     lua->run_path = lua_ref_field(L, -1, "_rewrite_path");
     lua->run_response = lua_ref_field(L, -1, "_on_response");
     lua->run_end = lua_ref_field(L, -1, "_end");
+    lua->run_make_view = lua_ref_field(L, -1, "_make_view");
+    lua->run_pick = lua_ref_field(L, -1, "_strategy_pick");
+    lua->run_result = lua_ref_field(L, -1, "_strategy_result");
     lua_setglobal(L, "gw");
 
     if (luaL_loadfile(L, cfg->path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
@@ -178,6 +190,33 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
     if (lua_istable(L, -1))
         for (int h = 0; h < GW_HOOK_COUNT; h++)
             lua->global[h] = lua_ref_field(L, lua_gettop(L), hook_names[h]);
+    lua_pop(L, 1);
+    /* Upstreams: Lua strategy tables and every backend's meta table (a list per upstream). */
+    lua_getfield(L, t, "upstreams");
+    for (size_t u = 0; u < cfg->nupstreams && lua_istable(L, -1); u++) {
+        lua_getfield(L, -1, cfg->upstreams[u].name);
+        int ut = lua_gettop(L);
+        lua_getfield(L, ut, "strategy");
+        lua->strategy[u] = lua_istable(L, -1) ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
+        lua_newtable(L);
+        lua_getfield(L, ut, "backends");
+        for (size_t i = 0; i < cfg->upstreams[u].nbackends && lua_istable(L, -1); i++) {
+            lua_rawgeti(L, -1, (int)i + 1);
+            if (lua_istable(L, -1))
+                lua_getfield(L, -1, "meta");
+            else
+                lua_pushnil(L);
+            if (!lua_istable(L, -1)) {
+                lua_pop(L, 1);
+                lua_newtable(L);
+            }
+            lua_rawseti(L, -4, (int)i + 1);
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        lua->metas[u] = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_settop(L, ut - 1);
+    }
     lua_pop(L, 1);
     lua_getfield(L, t, "routes");
     for (size_t i = 0; i < cfg->nroutes && lua_istable(L, -1); i++) {
@@ -213,7 +252,95 @@ void gw_lua_free(gw_lua_t *lua)
     if (lua->L)
         lua_close(lua->L);
     free(lua->route);
+    free(lua->strategy);
+    free(lua->metas);
     free(lua);
+}
+
+/* ---- Lua strategies ---- */
+
+static void lua_strategy_error(gw_lua_t *lua, uint32_t u, const char *what)
+{
+    GW_COUNTER_INC(lua->w->metrics->lua_strategy_errors[u]);
+    gw_log_err("lua: strategy of upstream %s: %s: %s", lua->w->cfg->upstreams[u].name, what,
+               lua_tostring(lua->L, -1));
+}
+
+int gw_lua_strategy_bind(gw_lua_t *lua, uint32_t u, gw_ffi_backend_t *raw, size_t n, int *view_ref,
+                         int *state_ref)
+{
+    lua_State *L = lua->L;
+    const gw_upstream_cfg_t *uc = &lua->w->cfg->upstreams[u];
+    int base = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->tb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_make_view);
+    lua_pushlightuserdata(L, raw);
+    lua_pushinteger(L, (lua_Integer)n);
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 0; i < n; i++) {
+        lua_pushstring(L, uc->backends[i].url);
+        lua_rawseti(L, -2, (int)i + 1);
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->metas[u]);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->strategy[u]);
+    lua_pushstring(L, uc->name);
+    /* _make_view(raw, n, urls, metas, strategy, upstream) -> view, state (init has run) */
+    if (lua_pcall(L, 6, 2, base + 1) != 0) {
+        lua_strategy_error(lua, u, "init");
+        lua_settop(L, base);
+        return -1;
+    }
+    *state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    *view_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, base);
+    return 0;
+}
+
+int gw_lua_strategy_pick(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref, gw_conn_t *c)
+{
+    lua_State *L = lua->L;
+    int base = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->tb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_pick);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->strategy[u]);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, view_ref);
+    lua_pushlightuserdata(L, c);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state_ref);
+    c->req.lua_ran = true;
+    int idx = -1;
+    uint64_t t0 = gw_now_ns();
+    if (lua_pcall(L, 4, 1, base + 1) != 0)
+        lua_strategy_error(lua, u, "pick failed");
+    else if (lua_isnumber(L, -1))
+        idx = (int)lua_tointeger(L, -1);
+    else {
+        lua_pushliteral(L, "(it returned nil)");
+        lua_strategy_error(lua, u, "pick returned no backend");
+    }
+    if (gw_now_ns() - t0 > GW_LUA_SLOW_NS)
+        gw_log_warn("lua: slow pick in the strategy of upstream %s: %.1f ms",
+                    lua->w->cfg->upstreams[u].name, (double)(gw_now_ns() - t0) / 1e6);
+    lua_settop(L, base);
+    return idx;
+}
+
+void gw_lua_strategy_result(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref, size_t idx,
+                            int status, double latency_ms, bool ok)
+{
+    lua_State *L = lua->L;
+    int base = lua_gettop(L);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->tb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_result);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->strategy[u]);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, view_ref);
+    lua_pushinteger(L, (lua_Integer)idx);
+    lua_pushinteger(L, status);
+    lua_pushnumber(L, latency_ms);
+    lua_pushboolean(L, ok);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, state_ref);
+    if (lua_pcall(L, 7, 0, base + 1) != 0)
+        lua_strategy_error(lua, u, "on_result failed");
+    lua_settop(L, base);
 }
 
 bool gw_lua_has_hook(const gw_conn_t *c, int h)

@@ -49,6 +49,32 @@ int gw_lua_on_response(gw_lua_t *lua, gw_conn_t *c);
 /** Runs the on_log hooks after the response, then drops the request's Lua state (ctx). */
 void gw_lua_on_log(gw_lua_t *lua, gw_conn_t *c);
 
+/* One backend as a Lua strategy's view reads it (lua/gw/init.lua declares the same struct).
+ * The C side refreshes the array before each pick; Lua reads fields straight from it. */
+typedef struct gw_ffi_backend {
+    uint32_t id;     /* 1-based index in the upstream */
+    uint32_t weight;
+    int32_t healthy;
+    uint32_t rif;    /* the gateway's in-flight count to it (all workers) */
+    uint32_t fails;
+    int32_t probe_rif; /* -1: no probe entry */
+    double latency_ms;
+    double probe_latency_ms;
+    double probe_age_ms;
+} gw_ffi_backend_t;
+
+/** Binds upstream `u`'s Lua strategy in this worker: a read-only view over `raw` (n entries)
+ * and a state table, then strategy.init(upstream_name, view) if it has one. Returns 0, or -1
+ * (logged) when init failed. */
+int gw_lua_strategy_bind(gw_lua_t *lua, uint32_t u, gw_ffi_backend_t *raw, size_t n, int *view_ref,
+                         int *state_ref);
+/** strategy.pick(view, req, state): the backend's index, or -1 after an error or an invalid
+ * return (logged and counted; the caller falls back). */
+int gw_lua_strategy_pick(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref, gw_conn_t *c);
+/** strategy.on_result(backend, result, state) if the strategy has it. */
+void gw_lua_strategy_result(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref, size_t idx,
+                            int status, double latency_ms, bool ok);
+
 /** True if the request's route (or the global table) has hook `h`. */
 bool gw_lua_has_hook(const gw_conn_t *c, int h);
 

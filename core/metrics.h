@@ -64,6 +64,7 @@ typedef struct gw_metrics_shard {
     gw_pq_snapshot_t *prequal_snap;          /* [nupstreams] */
     uint64_t *lua_errors;                    /* [(nroutes + 1) * GW_HOOK_COUNT] */
     uint64_t *lua_slow;                      /* [(nroutes + 1) * GW_HOOK_COUNT] */
+    uint64_t *lua_strategy_errors;           /* [nupstreams]: errors and invalid picks */
 } gw_metrics_shard_t;
 
 /** Allocates a zeroed shard sized for `cfg`. Aborts on OOM (control structure). */

@@ -207,7 +207,8 @@ static gw_lb_ctx_t proxy_lb_ctx(gw_conn_t *c)
                          .rng = &c->w->rng,
                          .now_ms = uv_now(&c->w->loop),
                          .worker = c->w,
-                         .upstream = (uint32_t)r->upstream};
+                         .upstream = (uint32_t)r->upstream,
+                         .conn = c};
 }
 
 /* Tells the strategy how the request to r->backend went; `u` (may be NULL) has the response

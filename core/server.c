@@ -244,7 +244,7 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         for (size_t k = 0; k < wu->n; k++)
             wu->backends[k] = s->backends[wu->cfg->backends[k].gindex];
         g += wu->n;
-        wu->lb = gw_lb_find(wu->cfg->strategy);
+        wu->lb = wu->cfg->lua_strategy ? &gw_lb_lua : gw_lb_find(wu->cfg->strategy);
         if (!wu->lb) {
             *err = fmt_err("upstreams.%s.strategy: unknown strategy \"%s\"", wu->cfg->name, wu->cfg->strategy);
             return -EINVAL;

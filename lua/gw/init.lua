@@ -34,6 +34,19 @@ int gw_ffi_res_edit(void *p, int op, const char *name, size_t nlen, const char *
 int gw_ffi_res_info(void *p, int what, const char **out, size_t *len);
 double gw_ffi_now(void);
 void gw_ffi_log(int level, const char *msg, size_t len);
+typedef struct gw_ffi_backend {
+    uint32_t id;
+    uint32_t weight;
+    int32_t healthy;
+    uint32_t rif;
+    uint32_t fails;
+    int32_t probe_rif;
+    double latency_ms;
+    double probe_latency_ms;
+    double probe_age_ms;
+} gw_ffi_backend_t;
+int gw_ffi_native_index(const char *name);
+int gw_ffi_native_pick(void *p, int which, const uint32_t *ids, uint32_t nids);
 ]]
 
 local str_out = ffi.new("const char *[1]")
@@ -306,6 +319,128 @@ function gw._on_response(fn, p)
     res._key = p
     fn(res)
     return 0
+end
+
+-- Strategies ------------------------------------------------------------------------------------
+
+-- A backend of a view: url, id and meta are plain fields; the rest is read from the C array the
+-- worker refreshes before each pick. Views and backends are read-only.
+local function readonly()
+    error("backend views are read-only", 2)
+end
+
+local backend_getters = {
+    weight = function(r) return r.weight end,
+    healthy = function(r) return r.healthy ~= 0 end,
+    rif = function(r) return r.rif end,
+    fails = function(r) return r.fails end,
+    latency_ms = function(r) return r.latency_ms end,
+    probe_rif = function(r) if r.probe_rif >= 0 then return r.probe_rif end end,
+    probe_latency_ms = function(r) if r.probe_rif >= 0 then return r.probe_latency_ms end end,
+    probe_age_ms = function(r) if r.probe_rif >= 0 then return r.probe_age_ms end end,
+}
+
+local backend_ptr = ffi.typeof("gw_ffi_backend_t *")
+local raw_of = setmetatable({}, { __mode = "k" })
+local views = setmetatable({}, { __mode = "k" }) -- view -> its backends, to repair a tampered view
+
+local backend_mt = {
+    __index = function(b, k)
+        local get = backend_getters[k]
+        if get then
+            return get(raw_of[b])
+        end
+        return nil
+    end,
+    __newindex = readonly,
+}
+
+--- Builds the read-only view of an upstream's backends over the C array `ptr` (n entries), and
+--- the strategy's state table; runs strategy.init(upstream, view). Returns view, state.
+function gw._make_view(ptr, n, urls, metas, strategy, upstream)
+    local raw = ffi.cast(backend_ptr, ptr)
+    local items = {}
+    for i = 1, n do
+        local b = setmetatable({ id = i, url = urls[i], meta = metas[i] or {} }, backend_mt)
+        raw_of[b] = raw + (i - 1)
+        items[i] = b
+    end
+    -- A plain array, so that # and ipairs work (LuaJIT ignores __len on tables); new keys are
+    -- refused, and the runner puts back what a strategy removed (see _strategy_pick).
+    local view = {}
+    for i = 1, n do
+        view[i] = items[i]
+    end
+    setmetatable(view, { __newindex = readonly })
+    views[view] = items
+    local state = {}
+    if strategy.init then
+        strategy.init(upstream, view, state)
+    end
+    return view, state
+end
+
+local ids = ffi.new("uint32_t[?]", 4096)
+
+-- gw.strategy.<name>(backends, req): a native strategy over the backends of `backends` (a view
+-- or any list of its backends).
+setmetatable(gw.strategy, {
+    __index = function(t, name)
+        local which = C.gw_ffi_native_index(tostring(name))
+        if which < 0 then
+            return nil
+        end
+        local function pick(backends, r)
+            local n = #backends
+            if n > 4096 then n = 4096 end
+            for i = 1, n do
+                ids[i - 1] = backends[i].id - 1
+            end
+            local idx = C.gw_ffi_native_pick((r or req)._p, which, ids, n)
+            if idx < 0 then
+                return nil
+            end
+            for i = 1, n do
+                local b = backends[i]
+                if b.id == idx + 1 then
+                    return b
+                end
+            end
+            return nil
+        end
+        rawset(t, name, pick)
+        return pick
+    end,
+})
+
+--- Runs strategy.pick(view, req, state). Returns the 0-based index of the backend, or raises.
+function gw._strategy_pick(strategy, view, p, state)
+    req._p = ffi.cast(voidp, p)
+    req._key = p
+    local items = views[view]
+    if #view ~= #items or view[1] ~= items[1] then
+        for i = 1, #items do
+            rawset(view, i, items[i])
+        end
+        for i = #items + 1, #view do
+            rawset(view, i, nil)
+        end
+    end
+    local b = strategy.pick(view, req, state)
+    if b == nil then
+        return nil
+    end
+    if type(b) ~= "table" or raw_of[b] == nil then
+        error("pick must return a backend of the view, got " .. type(b), 0)
+    end
+    return b.id - 1
+end
+
+--- Runs strategy.on_result(backend, result, state) when the strategy has one.
+function gw._strategy_result(strategy, view, idx, status, latency_ms, ok, state)
+    if strategy.on_result then
+        strategy.on_result(view[idx + 1], { status = status, latency_ms = latency_ms, ok = ok }, state)
+    end
 end
 
 --- The request ended: its ctx goes.

@@ -8,10 +8,11 @@
 --
 --  * `req` and `res` have methods and a `ctx` table only: reading any other field raises
 --    (catches `req.path` written for `req:path()`), and so does assigning any field.
---  * A backends view supports `#backends` and `backends[i]` only. Writing raises, and so do
---    `pairs`/`ipairs` (the runtime does not promise them): iterate with
---    `for i = 1, #backends do local b = backends[i] ... end`.
---  * A backend entry has exactly the documented fields; reading another one raises.
+--  * A backends view is a read-only array (`#backends`, `backends[i]`, ipairs), as the
+--    runtime's is. Adding a key raises; a strategy run by `strategy_runner` that replaces an
+--    entry is reported.
+--  * A backend entry has exactly the documented fields; reading another one raises, and so
+--    does writing any.
 --  * Header names must be tokens and values must not contain CR, LF or NUL; a path must
 --    start with "/" and contain no whitespace or control characters.
 --
@@ -34,15 +35,14 @@
 --
 -- @module gw.test
 
-local ffi = require("ffi")
 local cjson = require("cjson")
 
 local type, tostring, error, pairs, ipairs, select = type, tostring, error, pairs, ipairs, select
-local setmetatable, rawset = setmetatable, rawset
+local setmetatable, rawset, rawget = setmetatable, rawset, rawget
 local lower, find, sub, format = string.lower, string.find, string.sub, string.format
 local concat, sort = table.concat, table.sort
 local floor, random = math.floor, math.random
-local unpack = unpack or table.unpack
+local unpack = unpack
 local getmetatable = getmetatable
 
 local M = {}
@@ -54,47 +54,67 @@ M.logs = {}
 --- The fake `gw` table installed by `install_gw`, or nil.
 M.gw = nil
 
+--- What `req:respond()` returns (the runtime's `gw.RESPONDED`).
+M.RESPONDED = setmetatable({}, { __tostring = function() return "gw.RESPONDED" end })
+
 -- Private state of req and res objects, so that the objects themselves expose only the API.
 local priv = setmetatable({}, { __mode = "k" })
 
 local next_request_id = 0
 
 ---------------------------------------------------------------------------------------------
--- Validation shared by req, res and normalize_response. Levels make errors point at the
--- caller of the API function, as the runtime's argument errors do.
+-- Validation shared by req, res and normalize_response. The `try_` functions return nil and a
+-- message, as the runtime's editing methods do (`true` or `nil, err`); the `check_` ones raise,
+-- for what the runtime raises on (a bad hook result) or for plain misuse of gw.test. Levels
+-- make errors point at the caller.
 
-local function check_name(name, what, level)
+local function try_name(name)
     if type(name) ~= "string" or not find(name, "^[%w!#$%%&'*+%-%.^_`|~]+$") then
-        error(format("%s: invalid header name %s", what, tostring(name)), level + 1)
+        return nil, "invalid header name " .. tostring(name)
     end
+    return name
 end
 
-local function check_value(v, what, level)
+local function try_value(v)
     local tv = type(v)
     if tv == "number" then
         v = tostring(v)
     elseif tv ~= "string" then
-        error(format("%s: header value must be a string or number, got %s", what, tv), level + 1)
+        return nil, "header value must be a string or number, got " .. tv
     end
     if find(v, "[\r\n%z]") then
-        error(format("%s: header value contains CR, LF or NUL", what), level + 1)
+        return nil, "header value contains CR, LF or NUL"
     end
     return v
 end
 
-local function check_path(p, what, level)
+local function try_path(p)
     if type(p) ~= "string" or sub(p, 1, 1) ~= "/" or find(p, "[%s%c]") then
-        error(format("%s: path must be a string starting with '/' without whitespace, got %s",
-            what, tostring(p)), level + 1)
+        return nil, "path must be a string starting with '/' without whitespace, got " ..
+            tostring(p)
+    end
+    return p
+end
+
+local function try_status(s)
+    if type(s) ~= "number" or s ~= floor(s) or s < 100 or s > 599 then
+        return nil, "status must be an integer in 100..599, got " .. tostring(s)
+    end
+    return s
+end
+
+local function raise_if(check)
+    return function(v, what, level)
+        local ok, err = check(v)
+        if ok == nil then
+            error(what .. ": " .. err, level + 1)
+        end
+        return ok
     end
 end
 
-local function check_status(s, what, level)
-    if type(s) ~= "number" or s ~= floor(s) or s < 100 or s > 599 then
-        error(format("%s: status must be an integer in 100..599, got %s", what, tostring(s)),
-            level + 1)
-    end
-end
+local check_name, check_value = raise_if(try_name), raise_if(try_value)
+local check_path, check_status = raise_if(try_path), raise_if(try_status)
 
 ---------------------------------------------------------------------------------------------
 -- Header lists: an ordered array of { name, value } pairs keeping the original spelling.
@@ -185,31 +205,50 @@ local function header_methods(what)
         return hdr_all(priv[self].headers)
     end
 
+    -- The editing methods return true, or nil and a message (a bad name or value), as the
+    -- runtime's do; a refused edit changes nothing and is not recorded.
+
     --- Replaces every value of a header with one value.
     function m.set_header(self, name, value)
-        check_name(name, what .. ":set_header", 2)
-        value = check_value(value, what .. ":set_header", 2)
+        local ok, err = try_name(name)
+        if ok then
+            ok, err = try_value(value)
+        end
+        if not ok then
+            return nil, what .. ":set_header: " .. err
+        end
         local p = priv[self]
         hdr_clear(p.headers, name)
-        p.headers[#p.headers + 1] = { name, value }
-        p.ops[#p.ops + 1] = { op = "set_header", name = name, value = value }
+        p.headers[#p.headers + 1] = { name, ok }
+        p.ops[#p.ops + 1] = { op = "set_header", name = name, value = ok }
+        return true
     end
 
     --- Appends a value, keeping the existing ones.
     function m.add_header(self, name, value)
-        check_name(name, what .. ":add_header", 2)
-        value = check_value(value, what .. ":add_header", 2)
+        local ok, err = try_name(name)
+        if ok then
+            ok, err = try_value(value)
+        end
+        if not ok then
+            return nil, what .. ":add_header: " .. err
+        end
         local p = priv[self]
-        p.headers[#p.headers + 1] = { name, value }
-        p.ops[#p.ops + 1] = { op = "add_header", name = name, value = value }
+        p.headers[#p.headers + 1] = { name, ok }
+        p.ops[#p.ops + 1] = { op = "add_header", name = name, value = ok }
+        return true
     end
 
     --- Removes every value of a header.
     function m.clear_header(self, name)
-        check_name(name, what .. ":clear_header", 2)
+        local ok, err = try_name(name)
+        if not ok then
+            return nil, what .. ":clear_header: " .. err
+        end
         local p = priv[self]
         hdr_clear(p.headers, name)
         p.ops[#p.ops + 1] = { op = "clear_header", name = name }
+        return true
     end
 
     return m
@@ -226,8 +265,8 @@ local function strict_mt(what, methods)
             if type(k) == "string" and sub(k, 1, 2) == "__" then
                 return nil -- probes by inspection tools (__tostring, __name, ...)
             end
-            error(format("%s has no field '%s' (methods are called with ':', e.g. %s:%s())",
-                what, tostring(k), what, tostring(k)), 2)
+            error(format("%s has no field '%s' (the API is methods called with ':', such as " ..
+                "%s:header(name), and the table %s.ctx)", what, tostring(k), what, what), 2)
         end,
         __newindex = function(_, k)
             error(format("%s is read-only (cannot set '%s'); keep per-request data in %s.ctx",
@@ -244,6 +283,8 @@ end
 
 local req_methods = header_methods("req")
 
+-- Accessors: method(), path() (what goes upstream, no query), orig_path() (as the client sent
+-- it), query() (without '?', "" when none), host(), client_ip(), id() (the request id).
 function req_methods.method(self) return priv[self].method end
 function req_methods.path(self) return priv[self].path end
 function req_methods.orig_path(self) return priv[self].orig_path end
@@ -252,29 +293,34 @@ function req_methods.host(self) return priv[self].host end
 function req_methods.client_ip(self) return priv[self].client_ip end
 function req_methods.id(self) return priv[self].id end
 
---- Sets the path sent upstream (no query string).
+--- Sets the path sent upstream (no query string). Returns true, or nil and a message.
 function req_methods.set_path(self, p)
-    check_path(p, "req:set_path", 2)
+    local ok, err = try_path(p)
+    if not ok then
+        return nil, "req:set_path: " .. err
+    end
     local s = priv[self]
     s.path = p
     s.ops[#s.ops + 1] = { op = "set_path", path = p }
+    return true
 end
 
 --- Whether `backend` was already tried for this request (retries). Compares ids, then urls.
 function req_methods.tried(self, backend)
-    if backend == nil then
-        error("req:tried: backend expected", 2)
+    if type(backend) ~= "table" then
+        return false
     end
     local t = priv[self].tried
     return (t[backend.id] or t[backend.url]) == true
 end
 
---- Ends the request: `return req:respond(status, body, headers)` from on_request.
--- Returns its arguments, which is what the hook must return.
+--- Ends the request with this response, at once, as the runtime does; raises on an invalid
+-- response (the runtime turns that into a 500). Returns `gw.test.RESPONDED` (the runtime's
+-- `gw.RESPONDED`): write `return req:respond(...)`.
 function req_methods.respond(self, status, body, headers)
-    check_status(status, "req:respond", 2)
-    priv[self].responded = true
-    return status, body, headers
+    local p = priv[self]
+    p.response = M.normalize_response(status, body, headers)
+    return M.RESPONDED
 end
 
 local req_mt = strict_mt("req", req_methods)
@@ -350,15 +396,22 @@ end
 
 local res_methods = header_methods("res")
 
+-- Accessors: status(), backend() (the url, nil for gateway responses), source() ("upstream" or
+-- "gateway").
 function res_methods.status(self) return priv[self].status end
 function res_methods.backend(self) return priv[self].backend end
 function res_methods.source(self) return priv[self].source end
 
+--- Changes the status sent to the client. Returns true, or nil and a message.
 function res_methods.set_status(self, n)
-    check_status(n, "res:set_status", 2)
+    local ok, err = try_status(n)
+    if not ok then
+        return nil, "res:set_status: " .. err
+    end
     local p = priv[self]
     p.status = n
     p.ops[#p.ops + 1] = { op = "set_status", status = n }
+    return true
 end
 
 --- The whole response body, or nil, "not buffered" unless the route has buffer_response.
@@ -416,7 +469,7 @@ function M.response(opts)
         backend = backend,
         source = source,
         buffered = buffered and true or false,
-        body = buffered and (opts.body or "") or nil,
+        body = opts.body or (buffered and "" or nil),
         ops = {},
     }
     return res
@@ -443,9 +496,9 @@ end
 --- Normalises what an on_request hook returned into what the runtime sends, or raises the
 -- error the runtime would turn into a 500.
 -- A table body is encoded with cjson (`gw.json`) and gets `Content-Type: application/json`
--- unless the hook set a Content-Type; a nil body is "". Header values may be strings,
--- numbers (converted with tostring) or lists of those (repeated headers).
--- @return `{ status = n, body = string, headers = { name = value|list } }`
+-- unless the hook set a Content-Type; a nil body is "". Header values must be strings or
+-- numbers (converted with tostring); one value per name.
+-- @return `{ status = n, body = string, headers = { name = value } }`
 function M.normalize_response(status, body, headers)
     check_status(status, "on_request result", 2)
     local out = {}
@@ -456,15 +509,7 @@ function M.normalize_response(status, body, headers)
         end
         for name, v in pairs(headers) do
             check_name(name, "on_request result", 2)
-            if type(v) == "table" then
-                local vs = {}
-                for i, one in ipairs(v) do
-                    vs[i] = check_value(one, "on_request result", 2)
-                end
-                out[name] = vs
-            else
-                out[name] = check_value(v, "on_request result", 2)
-            end
+            out[name] = check_value(v, "on_request result", 2)
             if lower(name) == "content-type" then
                 has_ct = true
             end
@@ -500,13 +545,13 @@ function M.run_on_request(hook, req)
     end
     local fn = resolve(hook, "on_request")
     local p = priv[req]
-    p.responded = false
+    p.response = nil
     local status, body, headers = fn(req)
+    if p.response then
+        -- req:respond() was called: that is the answer, whether or not it was returned.
+        return p.response
+    end
     if status == nil then
-        if p.responded then
-            error("on_request called req:respond() but did not return its result: " ..
-                "write `return req:respond(...)`", 2)
-        end
         return nil
     end
     return M.normalize_response(status, body, headers)
@@ -519,10 +564,10 @@ function M.run_rewrite_path(hook, req)
     local fn = resolve(hook, "rewrite_path")
     local new = fn(req:path(), req)
     if new ~= nil then
-        if type(new) ~= "string" then
-            error("rewrite_path must return a string or nil, got " .. type(new), 2)
+        local ok, err = req:set_path(new)
+        if not ok then
+            error("rewrite_path returned an invalid path: " .. err, 2)
         end
-        req:set_path(new)
     end
     return req:path()
 end
@@ -608,38 +653,25 @@ local function make_entry(spec, i)
     return setmetatable({}, entry_mt(data)), data
 end
 
--- A view is a cdata so that `#view` works (LuaJIT ignores __len on tables) and every write
--- raises. Its entries live in `views`, keyed by the cdata's id; __gc drops them.
-local views = {}
-local next_view_id = 0
-local view_ct = ffi.metatype(ffi.typeof("struct { int32_t gwt_view; }"), {
-    __len = function(self)
-        return #views[self.gwt_view].entries
-    end,
-    __index = function(self, k)
-        if type(k) == "number" then
-            return views[self.gwt_view].entries[k]
-        end
-        error(format("backends view has no field '%s': use #backends and backends[i]",
-            tostring(k)), 2)
-    end,
+-- A view is a plain array, as the runtime's is: `#view` and ipairs work (LuaJIT ignores __len
+-- on tables, so a proxy could not give the length). Adding a key raises; overwriting an entry
+-- cannot be caught by a metatable, so strategy_runner checks the view after each call.
+local views = setmetatable({}, { __mode = "k" })
+local view_mt = {
     __newindex = function()
         error("backends view is read-only", 2)
     end,
     __tostring = function(self)
-        return format("gw.test backends view (%d)", #views[self.gwt_view].entries)
+        return format("gw.test backends view (%d)", #self)
     end,
-    __gc = function(self)
-        views[self.gwt_view] = nil
-    end,
-})
+}
 
 --- Builds a read-only backends view, as strategies receive it.
 -- @tparam table list entries: a url string, or a table with `url` and any of `id` (defaults
 --   to the position; give ids explicitly to keep them stable across views), `weight` (1),
 --   `healthy` (true), `rif` (0), `latency_ms` (0), `probe_rif`, `probe_latency_ms`,
 --   `probe_age_ms` (nil: no probe), `fails` (0), `meta` ({}).
--- @return the view (a cdata: `#view`, `view[i]`)
+-- @return the view (a read-only array: `#view`, `view[i]`)
 function M.backends(list)
     if type(list) ~= "table" then
         error("gw.test.backends: expected a list of backends", 2)
@@ -653,23 +685,31 @@ function M.backends(list)
         seen[d.id] = true
         entries[i], datas[i] = e, d
     end
-    next_view_id = next_view_id + 1
-    views[next_view_id] = { entries = entries, datas = datas }
-    return view_ct(next_view_id)
+    local view = {}
+    for i = 1, #entries do
+        view[i] = entries[i]
+    end
+    views[view] = { entries = entries, datas = datas }
+    return setmetatable(view, view_mt)
 end
 
 --- Changes a backend's fields in a view, as the runtime's statistics would (`healthy`, `rif`,
--- `latency_ms`, probe fields, `fails`, `weight`, `meta`). The id and url cannot change.
+-- `latency_ms`, probe fields, `fails`, `weight`, `meta`). The id and url cannot change. To
+-- drop a probe field, build a new view (a nil in `fields` cannot be seen by pairs).
 function M.update(view, i, fields)
-    local d = views[view.gwt_view].datas[i]
+    local v = views[view]
+    local d = v and v.datas[i]
     if d == nil then
         error("gw.test.update: no backend " .. tostring(i), 2)
     end
-    for k, v in pairs(fields) do
+    for k, value in pairs(fields) do
         if not FIELDS[k] or k == "id" or k == "url" then
             error("gw.test.update: cannot set '" .. tostring(k) .. "'", 2)
         end
-        d[k] = v
+        if type(value) ~= FIELDS[k] then
+            error(format("gw.test.update: %s must be a %s", k, FIELDS[k]), 2)
+        end
+        d[k] = value
     end
 end
 
@@ -707,6 +747,22 @@ Runner.__index = Runner
 
 --- Calls pick(backends, req, state) as the runtime does: it must not yield, and must return
 -- nil or an entry of the current view.
+-- Raises when a strategy changed the entries of its view.
+local function check_view(self)
+    local v = views[self.backends]
+    if v == nil then
+        return
+    end
+    local n = #v.entries
+    local ok = #self.backends == n
+    for i = 1, n do
+        ok = ok and rawget(self.backends, i) == v.entries[i]
+    end
+    if not ok then
+        error("strategy " .. self.strategy.name .. " modified its backends view", 3)
+    end
+end
+
 function Runner:pick(req)
     req = req or M.request()
     local co = coroutine.create(self.strategy.pick)
@@ -714,6 +770,7 @@ function Runner:pick(req)
     if not ok then
         error(b, 0)
     end
+    check_view(self)
     if coroutine.status(co) ~= "dead" then
         error("strategy " .. self.strategy.name .. ": pick yielded", 2)
     end
@@ -746,6 +803,7 @@ function Runner:result(backend, result)
     end
     if self.strategy.on_result then
         self.strategy.on_result(backend, r, self.state)
+        check_view(self)
     end
 end
 
@@ -754,29 +812,32 @@ function Runner:set_backends(view)
     self.backends = view
     if self.strategy.on_backends_changed then
         self.strategy.on_backends_changed(view, self.state)
+        check_view(self)
     end
 end
 
---- Starts a strategy on one (fake) worker: validates the table, calls `init(upstream, backends)`
--- and keeps the per-worker state, which is what init returns when it returns a table, else {}.
+--- Starts a strategy on one (fake) worker as the runtime does: validates the table, creates
+-- the per-worker state `{}` and calls `init(upstream, backends, state)` (what init returns is
+-- ignored: fill `state`).
 -- @return a runner with `:pick(req)`, `:result(backend, result)`, `:set_backends(view)`,
 --   and the fields `state`, `backends`, `strategy`
 function M.strategy_runner(strategy, backends, upstream)
     validate_strategy(strategy)
-    local state
+    local state = {}
+    local runner = setmetatable({ strategy = strategy, backends = backends, state = state },
+        Runner)
     if strategy.init then
-        state = strategy.init(upstream or "app", backends)
+        strategy.init(upstream or "app", backends, state)
+        check_view(runner)
     end
-    if type(state) ~= "table" then
-        state = {}
-    end
-    return setmetatable({ strategy = strategy, backends = backends, state = state }, Runner)
+    return runner
 end
 
 ---------------------------------------------------------------------------------------------
 -- The fake gw
 
 local fake_time = 1000.0
+local custom_clock = false
 
 -- Entries a native strategy may pick, following core/lb.h: healthy untried ones; else
 -- unhealthy untried ones; nil when every backend has been tried.
@@ -864,7 +925,7 @@ end
 
 --- Installs a fake global `gw`:
 -- `gw.log.debug/info/warn/err(...)` append to `gw.test.logs` (arguments converted with
--- tostring and concatenated, as ngx.log does); `gw.now()` returns `opts.now()` or a fake clock
+-- tostring and joined with spaces, as the runtime does); `gw.now()` returns `opts.now()` or a fake clock
 -- starting at 1000.0 that `gw.test.advance` moves; `gw.json` is cjson; `gw.worker.id` is
 -- `opts.worker_id` (0); `gw.strategy.round_robin/random/least_conn/prequal` are simple Lua
 -- STAND-INS for the native strategies (same contract as core/lb.h: skip tried backends,
@@ -886,7 +947,7 @@ function M.install_gw(opts)
             for i = 1, select("#", ...) do
                 parts[i] = tostring((select(i, ...)))
             end
-            M.logs[#M.logs + 1] = { level = level, message = concat(parts) }
+            M.logs[#M.logs + 1] = { level = level, message = concat(parts, " ") }
         end
     end
     local strategy = stand_ins()
@@ -900,8 +961,9 @@ function M.install_gw(opts)
         json = cjson,
         worker = { id = opts.worker_id or 0 },
         strategy = strategy,
+        RESPONDED = M.RESPONDED,
     }
-    M.custom_clock = opts.now ~= nil
+    custom_clock = opts.now ~= nil
     rawset(_G, "gw", g)
     M.gw = g
     return g
@@ -915,7 +977,7 @@ end
 
 --- Moves the fake clock forward by `seconds` (only when install_gw got no `now`).
 function M.advance(seconds)
-    if M.custom_clock then
+    if custom_clock then
         error("gw.test.advance: install_gw was given its own now()", 2)
     end
     fake_time = fake_time + seconds

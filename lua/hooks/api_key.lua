@@ -31,8 +31,7 @@
 -- @module hooks.api_key
 
 local type, pairs, error = type, pairs, error
-local find, sub, gsub, char, format = string.find, string.sub, string.gsub, string.char,
-    string.format
+local find, sub, gsub, char = string.find, string.sub, string.gsub, string.char
 local tonumber = tonumber
 local gmatch = string.gmatch
 

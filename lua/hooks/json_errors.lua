@@ -31,8 +31,8 @@
 --
 -- @module hooks.json_errors
 
-local type, pairs, error, tostring = type, pairs, error, tostring
-local lower, find, gsub = string.lower, string.find, string.gsub
+local type, pairs, error = type, pairs, error
+local lower, find, gsub, match = string.lower, string.find, string.gsub, string.match
 
 local M = {}
 
@@ -70,9 +70,8 @@ local function is_json(ct)
     if ct == nil then
         return false
     end
-    ct = lower(ct)
-    return find(ct, "^%s*application/json") ~= nil or find(ct, "^%s*[%w%.%-]+/[%w%.%-]*%+json")
-        ~= nil
+    local mt = match(lower(ct), "^%s*([^;%s]+)")
+    return mt ~= nil and (mt == "application/json" or find(mt, "^[%w%.%-]+/[%w%.%-]*%+json$") ~= nil)
 end
 
 --- Builds the hooks.

@@ -50,11 +50,11 @@ function M.new(opts)
         error("rate_limit.new: options table expected", 2)
     end
     local rate = opts.rate
-    if type(rate) ~= "number" or not (rate > 0) or rate == math.huge then
+    if type(rate) ~= "number" or rate ~= rate or rate <= 0 or rate == math.huge then
         error("rate_limit.new: rate must be a positive number of requests per second", 2)
     end
     local burst = opts.burst or math.max(1, rate)
-    if type(burst) ~= "number" or not (burst >= 1) or burst == math.huge then
+    if type(burst) ~= "number" or burst ~= burst or burst < 1 or burst == math.huge then
         error("rate_limit.new: burst must be a number >= 1", 2)
     end
     local keyfn = opts.key or client_ip

@@ -24,12 +24,73 @@
 --
 -- @module hooks.rewrite
 
-local type, ipairs, error, pcall, format = type, ipairs, error, pcall, string.format
-local gsub, find, gmatch = string.gsub, string.find, string.gmatch
+local type, ipairs, error, tonumber, format = type, ipairs, error, tonumber, string.format
+local gsub, find, gmatch, sub = string.gsub, string.find, string.gmatch, string.sub
 
 local M = {}
 
 local REDIRECT_STATUS = { [301] = true, [302] = true, [303] = true, [307] = true, [308] = true }
+
+-- Checks the syntax of a Lua pattern, which Lua itself only does when matching reaches the
+-- bad part. Returns the number of captures, or nil and a message.
+local function check_pattern(p)
+    local i, n, depth, captures = 1, #p, 0, 0
+    while i <= n do
+        local c = sub(p, i, i)
+        if c == "%" then
+            local d = sub(p, i + 1, i + 1)
+            if d == "" then
+                return nil, "ends with '%'"
+            elseif d == "b" then
+                if i + 3 > n then
+                    return nil, "missing arguments to '%b'"
+                end
+                i = i + 4
+            elseif d == "f" then
+                if sub(p, i + 2, i + 2) ~= "[" then
+                    return nil, "missing '[' after '%f'"
+                end
+                i = i + 2
+            else
+                i = i + 2
+            end
+        elseif c == "[" then
+            local j = i + 1
+            if sub(p, j, j) == "^" then
+                j = j + 1
+            end
+            repeat -- as lstrlib's classEnd: the first character may be a literal ']'
+                if j > n then
+                    return nil, "missing ']'"
+                end
+                if sub(p, j, j) == "%" then
+                    if j == n then
+                        return nil, "ends with '%'"
+                    end
+                    j = j + 2
+                else
+                    j = j + 1
+                end
+            until sub(p, j, j) == "]"
+            i = j + 1
+        elseif c == "(" then
+            depth, captures = depth + 1, captures + 1
+            i = i + 1
+        elseif c == ")" then
+            depth = depth - 1
+            if depth < 0 then
+                return nil, "invalid pattern capture"
+            end
+            i = i + 1
+        else
+            i = i + 1
+        end
+    end
+    if depth ~= 0 then
+        return nil, "unfinished capture"
+    end
+    return captures
+end
 
 local function compile(rules, what)
     if type(rules) ~= "table" or #rules == 0 then
@@ -50,20 +111,20 @@ local function compile(rules, what)
                 3)
         end
         -- A malformed pattern or a bad %n in the replacement would otherwise fail per request.
-        local ok, err = pcall(gsub, "", pattern, "")
-        if not ok then
+        local captures, err = check_pattern(pattern)
+        if not captures then
             error(format("%s: rule %d: bad pattern %q: %s", what, i, pattern, err), 3)
         end
         if tr == "string" then
             local bad = false
             for c in gmatch(repl, "%%(.?)") do
-                if not find(c, "^[%d%%]$") then
+                if not find(c, "^[%d%%]$") or (c ~= "%" and tonumber(c) > math.max(1, captures)) then
                     bad = true
                 end
             end
             if bad then
-                error(format("%s: rule %d: bad replacement %q (use %%%% for a percent sign)",
-                    what, i, repl), 3)
+                error(format("%s: rule %d: bad replacement %q (%%1..%%9 up to the number of " ..
+                    "captures, %%0, or %%%% for a percent sign)", what, i, repl), 3)
             end
         end
         out[i] = { pattern = pattern, repl = repl, status = rule.status,

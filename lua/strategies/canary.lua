@@ -77,14 +77,18 @@ function M.new(opts)
 
     local function stable(b) return not is_canary(b) end
 
-    local function new_state()
-        return { canary = subset.new(is_canary), stable = subset.new(stable) }
+    local function init_state(state)
+        state.canary, state.stable = subset.new(is_canary), subset.new(stable)
+        return state
     end
 
     -- Prequal over one set, or nil when it has no healthy, untried member (a native strategy
     -- would rather return an unhealthy one than nil, which would defeat failing over).
-    local function pick_in(set, backends, req)
-        local view, m = subset.view(set, backends)
+    local function pick_in(set, other, backends, req)
+        local view, m, rebuilt = subset.view(set, backends)
+        if rebuilt then
+            subset.invalidate(other)
+        end
         if m == 0 or subset.count_available(view, m, req) == 0 then
             return nil
         end
@@ -93,8 +97,8 @@ function M.new(opts)
 
     local strategy = { name = "canary" }
 
-    function strategy.init()
-        return new_state()
+    function strategy.init(_, _, state)
+        return init_state(state or {})
     end
 
     function strategy.on_backends_changed(_, state)
@@ -106,17 +110,16 @@ function M.new(opts)
 
     function strategy.pick(backends, req, state)
         if state.canary == nil then
-            local s = new_state()
-            state.canary, state.stable = s.canary, s.stable
+            init_state(state)
         end
         if header then
             local force = req:header(header)
             if force then
                 force = lower(force)
                 if force == "always" then
-                    return pick_in(state.canary, backends, req)
+                    return pick_in(state.canary, state.stable, backends, req)
                 elseif force == "never" then
-                    return pick_in(state.stable, backends, req)
+                    return pick_in(state.stable, state.canary, backends, req)
                 end
             end
         end
@@ -124,7 +127,7 @@ function M.new(opts)
         if random() * 100 < weight then
             first, second = second, first
         end
-        return pick_in(first, backends, req) or pick_in(second, backends, req)
+        return pick_in(first, second, backends, req) or pick_in(second, first, backends, req)
     end
 
     return strategy

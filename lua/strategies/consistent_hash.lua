@@ -225,8 +225,10 @@ function M.new(opts)
 
     local strategy = { name = "consistent_hash" }
 
-    function strategy.init(_, backends)
-        return { ring = build(backends, replicas) }
+    function strategy.init(_, backends, state)
+        state = state or {}
+        state.ring = build(backends, replicas)
+        return state
     end
 
     function strategy.on_backends_changed(backends, state)

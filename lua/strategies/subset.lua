@@ -7,9 +7,11 @@
 --    only on what does not change between membership changes: `id`, `url`, `weight`, `meta`
 --    (not `healthy`, `rif`, ...). The subset remembers the positions and ids of the members.
 --  * Per request, `subset.view` refills one preallocated Lua array with the current entries at
---    those positions (no allocation) and returns it. Positions are checked against the
---    remembered ids, so a membership change that was not announced is still noticed (the
---    subset is then rebuilt), as is a change in `#backends`.
+--    those positions (no allocation) and returns it.
+--  * The runtime calls `on_backends_changed` on every membership change: call
+--    `subset.invalidate` there. As a safety net `view` also rebuilds when `#backends` changed
+--    or a member's position now holds another id; it cannot see a non-member replaced by a
+--    new member at the same position without the call.
 --  * The array is a plain table, not a proxy with `__len`: LuaJIT (Lua 5.1 semantics) ignores
 --    `__len` on tables, so only a real array gives the right `#view`.
 --
@@ -79,13 +81,15 @@ local function fill(s, backends)
     return true
 end
 
---- The members' current entries as a plain array (reused per call), and their count.
+--- The members' current entries as a plain array (reused per call), their count, and
+-- whether the subset had to be rebuilt (membership changed: sibling subsets are stale too).
 function M.view(s, backends)
     if s.n ~= #backends or not fill(s, backends) then
         M.rebuild(s, backends)
         fill(s, backends)
+        return s.array, s.m, true
     end
-    return s.array, s.m
+    return s.array, s.m, false
 end
 
 --- How many members are healthy and not yet tried for `req` (req may be nil).

@@ -56,8 +56,10 @@ function M.new(opts)
 
     local strategy = { name = "zone_aware" }
 
-    function strategy.init()
-        return { zone = subset.new(is_local) }
+    function strategy.init(_, _, state)
+        state = state or {}
+        state.zone = subset.new(is_local)
+        return state
     end
 
     function strategy.on_backends_changed(_, state)

@@ -867,7 +867,7 @@ class Gateway:
     (then pass port/admin_port used in it)."""
 
     def __init__(self, config, port=None, admin_port=None, start=True, wait=True, name="gw",
-                 tmpdir=None):
+                 tmpdir=None, prelude=""):
         require_gateway()
         self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="pgw-it-")
         self.path = os.path.join(self.tmpdir, "gateway.lua")
@@ -893,7 +893,7 @@ class Gateway:
                 config["access_log"] = self.access_log
             config.setdefault("workers", 1)
             self.config = config
-            text = "return " + to_lua(config) + "\n"
+            text = prelude + "return " + to_lua(config) + "\n"
         else:
             self.port = port
             self.admin_port = admin_port

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""Lua inside the gateway, end to end: hooks (on_request, rewrite_path, on_response, on_log) with
+the req/res/gw API, short-circuit responses, errors in every hook kind (500 + counted, or fail
+open), the sandbox, and Lua strategies with delegation and fallback."""
+
+import json
+import os
+import re
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from harness import *  # noqa: E402,F401,F403
+
+HOOKS = r'''
+local M = {}
+function M.tag(req)
+    req:set_header("X-Hooked", req:method() .. " " .. req:path())
+    req:clear_header("X-Secret")
+    req:add_header("X-Multi", "a")
+    req:add_header("X-Multi", "b")
+    req.ctx.seen = req:header("x-in") or "none"
+    if req:header("x-deny") then
+        return 403, { error = "denied", id = req:id() }, { ["X-Why"] = "header" }
+    end
+    if req:header("x-respond") then
+        return req:respond(200, "short\n", { ["Content-Type"] = "text/plain" })
+    end
+end
+function M.rewrite(path, req)
+    local rest = path:match("^/old/(.*)$")
+    if rest then return "/new/" .. rest end
+end
+function M.resp(res)
+    res:set_header("X-Ctx", res.ctx.seen or "nil")
+    res:set_header("X-Source", res:source())
+    res:set_header("X-Backend-Url", res:backend() or "none")
+    res:clear_header("Server")
+    if res:status() == 404 then res:set_status(410) end
+end
+function M.log(res)
+    gw.log.info("on_log status=" .. res:status() .. " ctx=" .. tostring(res.ctx.seen))
+end
+function M.fail() error("hook exploded") end
+function M.sandbox() os.execute("true") end
+M.strategy = {
+    name = "zone_b",
+    init = function(upstream, backends, state) state.inits = (state.inits or 0) + 1 end,
+    pick = function(backends, req, state)
+        if req:header("x-strategy-fail") then error("strategy exploded") end
+        if req:header("x-delegate") then
+            return gw.strategy.prequal({ backends[1], backends[2] }, req)
+        end
+        for _, b in ipairs(backends) do
+            if b.healthy and b.meta.zone == "b" then return b end
+        end
+    end,
+}
+return M
+'''
+
+
+class LuaTest(GwTestCase):
+
+    def start(self, extra_routes=(), **cfg):
+        self.b1, self.b2 = self.backend("b1"), self.backend("b2")
+        d = self.tmpdir if hasattr(self, "tmpdir") else None
+        self.gw = None
+        routes = list(extra_routes) + [
+            {"name": "fail", "match": {"path_prefix": "/fail"}, "upstream": "u",
+             "on_request": Lua("h.fail")},
+            {"name": "failopen", "match": {"path_prefix": "/open"}, "upstream": "u",
+             "on_request": Lua("h.fail"), "lua": {"on_error": "continue"}},
+            {"name": "respfail", "match": {"path_prefix": "/respfail"}, "upstream": "u",
+             "on_response": Lua("h.fail")},
+            {"name": "logfail", "match": {"path_prefix": "/logfail"}, "upstream": "u",
+             "on_log": Lua("h.fail")},
+            {"name": "sandbox", "match": {"path_prefix": "/sandbox"}, "upstream": "u",
+             "on_request": Lua("h.sandbox")},
+            {"name": "zone", "match": {"path_prefix": "/zone"}, "upstream": "z"},
+            {"name": "main", "match": {"path_prefix": "/"}, "upstream": "u",
+             "on_request": Lua("h.tag"), "rewrite_path": Lua("h.rewrite"),
+             "on_response": Lua("h.resp"), "on_log": Lua("h.log")},
+        ]
+        config = basic_config(
+            upstreams={
+                "u": upstream_cfg(self.b1.url, self.b2.url),
+                "z": {"backends": [{"url": self.b1.url, "meta": {"zone": "a"}},
+                                   {"url": self.b2.url, "meta": {"zone": "b"}}],
+                      "strategy": Lua("h.strategy"), "fallback_strategy": "round_robin"},
+            },
+            routes=routes, workers=2, **cfg)
+        self.gw = self.gateway(config, prelude='local h = dofile(%r)\n' % self.write_hooks())
+        return self.gw
+
+    def write_hooks(self):
+        import tempfile
+        d = tempfile.mkdtemp()
+        p = os.path.join(d, "hooks.lua")
+        with open(p, "w") as f:
+            f.write(HOOKS)
+        return p
+
+    def test_on_request_edits_and_rewrite(self):
+        gw = self.start()
+        st, hdrs, body = http_request(gw.port, "GET", "/old/x?q=1",
+                                      headers={"X-Secret": "s", "X-In": "v"})
+        self.assertEqual(st, 200, body)
+        j = json.loads(body)
+        self.assertEqual(j["path"], "/new/x?q=1")             # rewrite_path, query kept
+        self.assertEqual(j["headers"]["x-hooked"], "GET /old/x")  # req:path() before the rewrite
+        self.assertNotIn("x-secret", j["headers"])
+        self.assertEqual(j["headers"]["x-multi"], "a, b")
+        h = {k.lower(): v for k, v in hdrs}
+        self.assertEqual(h["x-ctx"], "v")                      # req.ctx is res.ctx
+        self.assertEqual(h["x-source"], "upstream")
+        self.assertIn(h["x-backend-url"], (self.b1.url, self.b2.url))
+        self.assertNotIn("server", h)                          # cleared by on_response
+
+    def test_short_circuit_responses(self):
+        gw = self.start()
+        st, hdrs, body = http_request(gw.port, "GET", "/x", headers={"X-Deny": "1"})
+        self.assertEqual(st, 403)
+        h = {k.lower(): v for k, v in hdrs}
+        self.assertEqual(h["content-type"], "application/json")
+        self.assertEqual(h["x-why"], "header")
+        self.assertEqual(h["x-source"], "gateway")             # on_response saw it too
+        self.assertEqual(json.loads(body)["error"], "denied")
+        self.assertEqual(json.loads(body)["id"], h["x-request-id"])
+        st, hdrs, body = http_request(gw.port, "GET", "/x", headers={"X-Respond": "1"})
+        self.assertEqual((st, body), (200, b"short\n"))
+        self.assertEqual(self.b1.port and len(self.backend_requests()), 0)
+
+    def backend_requests(self):
+        text = self.gw.metrics()
+        return [1] * int(metric_value(text, "gw_upstream_requests_total"))
+
+    def test_on_response_changes_status(self):
+        gw = self.start()
+        st, _, _ = http_request(gw.port, "GET", "/status/404")
+        self.assertEqual(st, 410)
+
+    def test_errors_in_every_hook_kind(self):
+        gw = self.start()
+        st, _, body = http_request(gw.port, "GET", "/fail")
+        self.assertEqual(st, 500)
+        j = json.loads(body)
+        self.assertEqual(j["error"], "internal")
+        self.assertNotIn("exploded", body.decode())            # never the Lua message
+        self.assertEqual(http_request(gw.port, "GET", "/open")[0], 200)      # fails open
+        self.assertEqual(http_request(gw.port, "GET", "/respfail")[0], 500)  # on_response error
+        self.assertEqual(http_request(gw.port, "GET", "/logfail")[0], 200)   # on_log: after the fact
+        self.assertEqual(http_request(gw.port, "GET", "/sandbox")[0], 500)   # os.execute is gone
+        time.sleep(0.2)
+        text = gw.metrics()
+        for route, hook in (("fail", "on_request"), ("failopen", "on_request"),
+                            ("respfail", "on_response"), ("logfail", "on_log"),
+                            ("sandbox", "on_request")):
+            self.assertEqual(metric_value(text, "gw_lua_errors_total", route=route, hook=hook), 1,
+                             "%s/%s\n%s" % (route, hook, text))
+        log = gw.stderr()
+        self.assertIn("hook exploded", log)
+        self.assertIn("stack traceback", log)
+        # The gateway keeps serving, and on_log runs after the response.
+        self.assertEqual(http_request(gw.port, "GET", "/x")[0], 200)
+        deadline = time.time() + 5
+        while "on_log status=200" not in gw.stderr() and time.time() < deadline:
+            time.sleep(0.05)
+        self.assertRegex(gw.stderr(), r"on_log status=200 ctx=none")
+
+    def test_lua_strategy_view_delegation_and_fallback(self):
+        gw = self.start()
+        for _ in range(4):
+            st, _, body = http_request(gw.port, "GET", "/zone")
+            self.assertEqual(st, 200)
+            self.assertEqual(json.loads(body)["backend"], "b2")  # meta.zone == "b"
+        seen = set()
+        for _ in range(10):
+            st, _, body = http_request(gw.port, "GET", "/zone", headers={"X-Delegate": "1"})
+            self.assertEqual(st, 200)
+            seen.add(json.loads(body)["backend"])
+        self.assertTrue(seen <= {"b1", "b2"})
+        seen = set()
+        for _ in range(6):
+            st, _, body = http_request(gw.port, "GET", "/zone", headers={"X-Strategy-Fail": "1"})
+            self.assertEqual(st, 200)                          # fallback_strategy answered
+            seen.add(json.loads(body)["backend"])
+        self.assertEqual(seen, {"b1", "b2"})                   # round robin over both
+        text = gw.metrics()
+        self.assertEqual(metric_value(text, "gw_lua_strategy_errors_total", upstream="z"), 6, text)
+        self.assertGreater(metric_value(text, "prequal_picks_total", upstream="z"), 0, text)
+
+    def test_bad_hook_config(self):
+        p = self.write_hooks()
+        d = os.path.dirname(p)
+        cfg = os.path.join(d, "gateway.lua")
+        with open(cfg, "w") as f:
+            f.write("return { upstreams = { u = { backends = { 'http://127.0.0.1:1' } } },\n"
+                    " routes = { { upstream = 'u',\n on_request = 'not a function' } } }\n")
+        p = subprocess.run([PGW_BIN, "-t", cfg], capture_output=True, timeout=10)
+        self.assertNotEqual(p.returncode, 0)
+        self.assertIn(":3: routes[1].on_request: expected function, got string", p.stderr.decode())
+
+
+if __name__ == "__main__":
+    main()
