@@ -69,24 +69,19 @@ if ! cmake --build build -j"$(nproc)" >/tmp/pgw-prequal-bench-build.log 2>&1; th
   [ -x build/prequal-gw ] && [ -x build/pgw-backend ] || { cat /tmp/pgw-prequal-bench-build.log >&2; exit 1; }
   log "warning: build failed (/tmp/pgw-prequal-bench-build.log); using the existing binaries"
 fi
-GW=$ROOT/build/prequal-gw
-BACKEND=$ROOT/build/pgw-backend
-LOADGEN=$ROOT/build/pgw-loadgen
-if [ ! -x "$LOADGEN" ] || [ "$ROOT/bench/loadgen.c" -nt "$LOADGEN" ]; then
-  # not (yet) a CMake target: build it by hand
-  # (llhttp's generated sources are not -Wextra clean, so they are built apart, with -w)
-  lgtmp=$(mktemp -d)
-  for f in /usr/share/llhttp/*.c; do
-    gcc -O2 -w -I/usr/share/include/llhttp -c "$f" -o "$lgtmp/$(basename "$f" .c).o"
-  done
-  gcc -std=gnu11 -O2 -Wall -Wextra -I/usr/share/include/llhttp "$ROOT/bench/loadgen.c" \
-    "$lgtmp"/*.o $(pkg-config --cflags --libs libuv) -lm -o "$LOADGEN"
-  rm -rf "$lgtmp"
-fi
-
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 tmp=$(mktemp -d /tmp/pgw-prequal-bench.XXXXXX)
+# Run private copies: a rebuild of build/ while the bench runs would otherwise hand a process a
+# half-written executable (it dies with SIGSEGV when it faults in a page the linker has not
+# written yet).
+mkdir -p "$tmp/bin"
+cp build/prequal-gw build/pgw-backend build/pgw-loadgen "$tmp/bin/"
+cp -r lua "$tmp/lua"
+export PGW_LUA_DIR=$tmp/lua
+GW=$tmp/bin/prequal-gw
+BACKEND=$tmp/bin/pgw-backend
+LOADGEN=$tmp/bin/pgw-loadgen
 pids=()
 stop_all() {
   local p

@@ -703,11 +703,17 @@ static void conn_send(gw_conn_t *c, int status, const char *content_type, gw_sli
     char line[64];
     int n = snprintf(line, sizeof line, "HTTP/1.1 %d %s\r\n", status, gw_http1_reason(status));
     gw_buf_append(&h, line, (size_t)n);
-    if (content_type)
+    /* 204 and 304 carry no body and (RFC 9110 §8.6) a 204 no Content-Length. */
+    bool no_body = status == 204 || status == 304 || status < 200;
+    if (no_body)
+        body.len = 0;
+    if (content_type && !no_body)
         gw_buf_append_header(&h, GW_SLICE_LIT("Content-Type"), GW_SLICE(content_type, strlen(content_type)));
-    gw_buf_append_str(&h, "Content-Length: ");
-    gw_buf_append_u64(&h, body.len);
-    gw_buf_append_str(&h, "\r\n");
+    if (status != 204 && status >= 200) {
+        gw_buf_append_str(&h, "Content-Length: ");
+        gw_buf_append_u64(&h, body.len);
+        gw_buf_append_str(&h, "\r\n");
+    }
     gw_buf_append_header(&h, GW_SLICE_LIT("X-Request-Id"), r->request_id);
     for (size_t i = 0; i < nextra; i++)
         if (!gw_edits_override(&r->resp_edits, GW_SLICE(extra[i].name, strlen(extra[i].name))))

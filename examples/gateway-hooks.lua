@@ -110,14 +110,15 @@ return {
           on_response = web_cors.on_response,
           on_log = function(res)
               if res:status() >= 500 then
-                  gw.log.warn("api error ", res:status(), " from ", res:backend() or "gateway",
-                              " client=", res.ctx.client or "-")
+                  -- gw.log joins its arguments with spaces
+                  gw.log.warn("api error", res:status(), "from", res:backend() or "gateway",
+                              "client=" .. (res.ctx.client or "-"))
               end
           end },
 
-        -- Buffered, so backend error pages can be rewritten as JSON.
+        -- Backend error pages are marked for JSON rewriting (X-Error-Format); the body itself is
+        -- rewritten once routes can buffer responses (buffer_response, not implemented yet).
         { name = "v2", match = { path_prefix = "/v2/" }, upstream = "app",
-          buffer_response = true,
           on_request = chain.on_request(auth, errors),
           on_response = errors.on_response },
 

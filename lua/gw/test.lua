@@ -13,8 +13,13 @@
 --    entry is reported.
 --  * A backend entry has exactly the documented fields; reading another one raises, and so
 --    does writing any.
---  * Header names must be tokens and values must not contain CR, LF or NUL; a path must
---    start with "/" and contain no whitespace or control characters.
+--  * Header names must be tokens and values strings or numbers without CR, LF or NUL; a path
+--    must start with "/" and hold no whitespace or control characters. Like the runtime's,
+--    the editing methods (set_header, add_header, clear_header, set_path, set_status) return
+--    true, or nil and a message; an invalid hook result or req:respond() raises.
+--  * `req:respond()` ends the request at once and returns `gw.RESPONDED`; `init` gets the
+--    per-worker state as its third argument; `gw.log` joins its arguments with spaces. All
+--    three follow lua/gw/init.lua.
 --
 -- Example:
 --

@@ -9,6 +9,10 @@
 --  * `chain.rewrite_path(f, g, ...)`: feeds each the path the previous one produced; returns
 --    the final path, or nil when none changed it.
 --
+-- A hook that answers must `return req:respond(...)` (or return status, body, headers): the
+-- chain stops at the first hook that returns something, and cannot see a respond() whose
+-- result was dropped.
+--
 -- An argument may be a function, a table holding the matching hook (what `cors.new{}` and
 -- friends return; a table without that hook is skipped), or nil (skipped), so optional hooks
 -- can be written inline.

@@ -98,6 +98,14 @@ local function compile(opts, what)
         compile_map(opts.add, what .. ".add", true)
 end
 
+-- An edit the API refused (a computed value with CR/LF, say) is logged, not raised: the
+-- request goes on without that header.
+local function edited(ok, err)
+    if not ok then
+        gw.log.warn("hooks.headers:", err)
+    end
+end
+
 -- The hook body, shared by request and response: `obj` is req or res.
 local function make(remove, set, add)
     return function(obj)
@@ -110,7 +118,7 @@ local function make(remove, set, add)
                 v = v(obj)
             end
             if v ~= nil then
-                obj:set_header(name, v)
+                edited(obj:set_header(name, v))
             end
         end
         for i = 1, #add do
@@ -119,7 +127,7 @@ local function make(remove, set, add)
                 v = v(obj)
             end
             if v ~= nil then
-                obj:add_header(name, v)
+                edited(obj:add_header(name, v))
             end
         end
         return nil
