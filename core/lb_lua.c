@@ -185,8 +185,9 @@ int gw_ffi_native_index(const char *name)
 int gw_ffi_native_pick(void *p, int which, const uint32_t *ids, uint32_t nids);
 int gw_ffi_native_pick(void *p, int which, const uint32_t *ids, uint32_t nids)
 {
-    gw_conn_t *c = p;
-    if (c->req.upstream < 0 || which < 0 || which >= LB_LUA_NATIVE_MAX)
+    extern __thread gw_conn_t *gw_ffi_current;
+    gw_conn_t *c = p ? p : gw_ffi_current;
+    if (!c || c->req.upstream < 0 || which < 0 || which >= LB_LUA_NATIVE_MAX)
         return -1;
     gw_worker_upstream_t *wu = &c->w->ups[c->req.upstream];
     if (wu->lb != &gw_lb_lua)

@@ -24,6 +24,7 @@
 #include "worker.h"
 
 extern void *const gw_ffi_keep[];
+extern __thread gw_conn_t *gw_ffi_current;
 
 struct gw_lua {
     lua_State *L;
@@ -308,8 +309,12 @@ int gw_lua_strategy_pick(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref,
     lua_rawgeti(L, LUA_REGISTRYINDEX, state_ref);
     c->req.lua_ran = true;
     int idx = -1;
+    gw_conn_t *prev = gw_ffi_current;
+    gw_ffi_current = c;
     uint64_t t0 = gw_now_ns();
-    if (lua_pcall(L, 4, 1, base + 1) != 0)
+    int rc = lua_pcall(L, 4, 1, base + 1);
+    gw_ffi_current = prev;
+    if (rc != 0)
         lua_strategy_error(lua, u, "pick failed");
     else if (lua_isnumber(L, -1))
         idx = (int)lua_tointeger(L, -1);
@@ -363,9 +368,12 @@ static int bridge_call(gw_lua_t *lua, gw_conn_t *c, int runner, int fn, int h)
     lua_rawgeti(L, LUA_REGISTRYINDEX, runner);
     lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
     lua_pushlightuserdata(L, c);
+    gw_conn_t *prev = gw_ffi_current;
+    gw_ffi_current = c;
     uint64_t t0 = gw_now_ns();
     int rc = lua_pcall(L, 2, 1, base + 1);
     uint64_t dt = gw_now_ns() - t0;
+    gw_ffi_current = prev;
     size_t row = r->route >= 0 ? (size_t)r->route : c->w->cfg->nroutes;
     const char *route = r->route >= 0 ? c->w->cfg->routes[r->route].name : "(none)";
     if (dt > GW_LUA_SLOW_NS) {

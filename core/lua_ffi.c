@@ -20,6 +20,12 @@
 #include "lua_bridge.h"
 #include "worker.h"
 
+/* The request whose hook is running, set by lua_bridge.c around each call. Lua passes NULL for
+ * `p` and the functions use this: casting a lightuserdata to a pointer is not JIT-compilable, so
+ * passing no pointer at all keeps the whole hook on a trace (lua-resty-core does the same). */
+__thread gw_conn_t *gw_ffi_current;
+#define GW_FFI_CONN(p) ((gw_conn_t *)((p) ? (p) : gw_ffi_current))
+
 enum { GW_REQ_METHOD = 0, GW_REQ_PATH, GW_REQ_ORIG_PATH, GW_REQ_QUERY, GW_REQ_HOST, GW_REQ_CLIENT_IP,
        GW_REQ_ID };
 
@@ -152,7 +158,7 @@ static int ffi_header_find(const gw_header_t *orig, uint32_t norig, const gw_hea
 int gw_ffi_req_get(void *p, int what, const char **out, size_t *len);
 int gw_ffi_req_get(void *p, int what, const char **out, size_t *len)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     gw_request_t *r = &c->req;
     gw_slice_t s = GW_SLICE("", 0);
     switch (what) {
@@ -192,7 +198,7 @@ int gw_ffi_req_get(void *p, int what, const char **out, size_t *len)
 int gw_ffi_req_header(void *p, const char *name, size_t nlen, const char **out, size_t *len);
 int gw_ffi_req_header(void *p, const char *name, size_t nlen, const char **out, size_t *len)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     return ffi_header_find(c->req.headers, c->req.nheaders, &c->req.req_edits, name, nlen, out, len);
 }
 
@@ -201,7 +207,7 @@ int gw_ffi_req_header_at(void *p, uint32_t i, const char **name, size_t *nlen, c
 int gw_ffi_req_header_at(void *p, uint32_t i, const char **name, size_t *nlen, const char **value,
                          size_t *vlen)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     gw_slice_t n, v;
     if (!ffi_header_at(c->req.headers, c->req.nheaders, &c->req.req_edits, i, &n, &v))
         return 0;
@@ -217,7 +223,7 @@ int gw_ffi_req_edit(void *p, int op, const char *name, size_t nlen, const char *
 int gw_ffi_req_edit(void *p, int op, const char *name, size_t nlen, const char *value, size_t vlen,
                     const char **err)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     if (gw_slice_ieq(GW_SLICE(name, nlen), "host")) {
         if (op == GW_EDIT_CLEAR || !ffi_valid_value(value, vlen) || vlen == 0) {
             *err = "Host can only be set to a valid value";
@@ -237,7 +243,7 @@ int gw_ffi_req_edit(void *p, int op, const char *name, size_t nlen, const char *
 int gw_ffi_req_set_path(void *p, const char *path, size_t len, const char **err);
 int gw_ffi_req_set_path(void *p, const char *path, size_t len, const char **err)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     if (len == 0 || path[0] != '/') {
         *err = "the path must start with \"/\"";
         return -1;
@@ -261,14 +267,14 @@ int gw_ffi_req_set_path(void *p, const char *path, size_t len, const char **err)
 int gw_ffi_req_tried(void *p, uint32_t index);
 int gw_ffi_req_tried(void *p, uint32_t index)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     return index < 64 * GW_ARRAY_LEN(c->req.tried) && ((c->req.tried[index / 64] >> (index % 64)) & 1);
 }
 
 int gw_ffi_respond(void *p, int status, const char *body, size_t len, const char **err);
 int gw_ffi_respond(void *p, int status, const char *body, size_t len, const char **err)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     if (status < 200 || status > 599) {
         *err = "status must be between 200 and 599";
         return -1;
@@ -288,7 +294,7 @@ int gw_ffi_respond(void *p, int status, const char *body, size_t len, const char
 int gw_ffi_res_status(void *p);
 int gw_ffi_res_status(void *p)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     if (c->req.lua_status)
         return c->req.lua_status;
     if (c->req.resp_up)
@@ -299,7 +305,7 @@ int gw_ffi_res_status(void *p)
 int gw_ffi_res_set_status(void *p, int status, const char **err);
 int gw_ffi_res_set_status(void *p, int status, const char **err)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     if (status < 200 || status > 599) {
         *err = "status must be between 200 and 599";
         return -1;
@@ -318,7 +324,7 @@ static void ffi_res_orig(gw_conn_t *c, const gw_header_t **h, uint32_t *n)
 int gw_ffi_res_header(void *p, const char *name, size_t nlen, const char **out, size_t *len);
 int gw_ffi_res_header(void *p, const char *name, size_t nlen, const char **out, size_t *len)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     const gw_header_t *h;
     uint32_t n;
     ffi_res_orig(c, &h, &n);
@@ -330,7 +336,7 @@ int gw_ffi_res_header_at(void *p, uint32_t i, const char **name, size_t *nlen, c
 int gw_ffi_res_header_at(void *p, uint32_t i, const char **name, size_t *nlen, const char **value,
                          size_t *vlen)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     const gw_header_t *h;
     uint32_t n;
     gw_slice_t hn, hv;
@@ -349,14 +355,14 @@ int gw_ffi_res_edit(void *p, int op, const char *name, size_t nlen, const char *
 int gw_ffi_res_edit(void *p, int op, const char *name, size_t nlen, const char *value, size_t vlen,
                     const char **err)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     return ffi_edit(c, &c->req.resp_edits, op, name, nlen, value, vlen, err);
 }
 
 int gw_ffi_res_info(void *p, int what, const char **out, size_t *len);
 int gw_ffi_res_info(void *p, int what, const char **out, size_t *len)
 {
-    gw_conn_t *c = p;
+    gw_conn_t *c = GW_FFI_CONN(p);
     gw_slice_t s = GW_SLICE("", 0);
     if (what == 0) { /* backend */
         if (!c->req.backend)

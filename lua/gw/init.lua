@@ -4,8 +4,10 @@
 -- (`req:headers()`, `req.ctx`).
 --
 -- The worker's C side calls the `gw._on_*` runners below with the hook function and the request
--- pointer (a lightuserdata valid for that one call). One `req` and one `res` object per worker are
--- reused for every request: hooks run one at a time and cannot yield.
+-- pointer (a lightuserdata, used only as the key of req.ctx). The C functions find the request
+-- themselves (the worker sets it around each call), so `_p` stays nil: no pointer is cast, and
+-- the calls stay on a JIT trace. One `req` and one `res` object per worker are reused for every
+-- request: hooks run one at a time and cannot yield.
 --
 -- lua/gw/test.lua implements the same API without the binary, for unit tests of hooks and
 -- strategies; spec/contract_spec.lua keeps the two in step.
@@ -278,11 +280,9 @@ end
 
 local req = setmetatable({}, req_mt)
 local res = setmetatable({}, res_mt)
-local voidp = ffi.typeof("void *")
 
 --- Runs an on_request hook. Returns 1 when the hook answered the request, 0 to go on.
 function gw._on_request(fn, p)
-    req._p = ffi.cast(voidp, p)
     req._key = p
     req._responded = false
     local status, body, headers = fn(req)
@@ -301,7 +301,6 @@ end
 
 --- Runs a rewrite_path hook: it gets the path about to go upstream and may return a new one.
 function gw._rewrite_path(fn, p)
-    req._p = ffi.cast(voidp, p)
     req._key = p
     local path = fn(req:path(), req)
     if path ~= nil then
@@ -315,7 +314,6 @@ end
 
 --- Runs an on_response or on_log hook.
 function gw._on_response(fn, p)
-    res._p = ffi.cast(voidp, p)
     res._key = p
     fn(res)
     return 0
@@ -415,7 +413,6 @@ setmetatable(gw.strategy, {
 
 --- Runs strategy.pick(view, req, state). Returns the 0-based index of the backend, or raises.
 function gw._strategy_pick(strategy, view, p, state)
-    req._p = ffi.cast(voidp, p)
     req._key = p
     local items = views[view]
     if #view ~= #items or view[1] ~= items[1] then
