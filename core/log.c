@@ -341,3 +341,14 @@ void gw_access_log_write(const gw_access_entry_t *e)
 
     gw_log_write_all(fd, buf, l.len);
 }
+
+char *gw_asprintf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *m = NULL;
+    if (vasprintf(&m, fmt, ap) < 0)
+        m = NULL;
+    va_end(ap);
+    return m;
+}

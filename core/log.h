@@ -28,6 +28,9 @@ void gw_log_set_thread_id(int id);
  * a message longer than about 4 KiB is cut and ends in "...".
  */
 void gw_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/** A malloc'd formatted message (for error strings handed to a caller), or NULL on OOM. */
+char *gw_asprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 #define gw_log_debug(...)                                                                          \
     do {                                                                                           \
         if (gw_log_get_level() <= GW_LOG_DEBUG)                                                    \

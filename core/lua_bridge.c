@@ -41,15 +41,6 @@ struct gw_lua {
 static const char *const hook_names[GW_HOOK_COUNT] = {"on_request", "rewrite_path", "on_response",
                                                       "on_log"};
 
-static char *lua_xstrdup_printf(const char *fmt, const char *a, const char *b)
-{
-    size_t n = strlen(fmt) + strlen(a) + strlen(b) + 1;
-    char *m = malloc(n);
-    if (m)
-        snprintf(m, n, fmt, a, b);
-    return m;
-}
-
 /* Sets package.path to the config's directory, then the Lua library directory. */
 static void lua_set_path(lua_State *L, const char *config_path, const char *lua_dir)
 {
@@ -162,7 +153,7 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
     /* The gw API first, so that gateway.lua and the modules it requires can use it. It is
      * loaded by its path, not through require, so a config file named gw.lua cannot shadow it. */
     if (gw_lua_load_api(L, lua_dir) != 0) {
-        *err = lua_xstrdup_printf("loading the gw Lua module: %s%s", lua_tostring(L, -1), "");
+        *err = gw_asprintf("loading the gw Lua module: %s", lua_tostring(L, -1));
         goto fail;
     }
     lua_getfield(L, -1, "worker");
@@ -179,11 +170,11 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
     lua_setglobal(L, "gw");
 
     if (luaL_loadfile(L, cfg->path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
-        *err = lua_xstrdup_printf("worker evaluation of %s: %s", cfg->path, lua_tostring(L, -1));
+        *err = gw_asprintf("worker evaluation of %s: %s", cfg->path, lua_tostring(L, -1));
         goto fail;
     }
     if (!lua_istable(L, -1)) {
-        *err = lua_xstrdup_printf("worker evaluation of %s: %s", cfg->path, "did not return a table");
+        *err = gw_asprintf("worker evaluation of %s: did not return a table", cfg->path);
         goto fail;
     }
     int t = lua_gettop(L);
@@ -232,7 +223,7 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
     for (size_t i = 0; i < cfg->nroutes; i++)
         for (int h = 0; h < GW_HOOK_COUNT; h++)
             if ((lua->route[i * GW_HOOK_COUNT + h] != LUA_NOREF) != !!(cfg->routes[i].hooks & GW_HOOK_BIT(h))) {
-                *err = lua_xstrdup_printf("%s evaluated differently in a worker (route %s): gateway.lua "
+                *err = gw_asprintf("%s evaluated differently in a worker (route %s): gateway.lua "
                                           "must return the same table every time",
                                           cfg->path, cfg->routes[i].name);
                 goto fail;

@@ -200,15 +200,6 @@ static int server_bind(const gw_addr_t *a, int *fd_out)
     return 0;
 }
 
-static char *fmt_err(const char *fmt, const char *a, const char *b)
-{
-    size_t n = strlen(fmt) + strlen(a) + strlen(b) + 1;
-    char *m = malloc(n);
-    if (m)
-        snprintf(m, n, fmt, a, b);
-    return m;
-}
-
 static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
 {
     const gw_config_t *cfg = s->cfg;
@@ -246,7 +237,7 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         g += wu->n;
         wu->lb = wu->cfg->lua_strategy ? &gw_lb_lua : gw_lb_find(wu->cfg->strategy);
         if (!wu->lb) {
-            *err = fmt_err("upstreams.%s.strategy: unknown strategy \"%s\"", wu->cfg->name, wu->cfg->strategy);
+            *err = gw_asprintf("upstreams.%s.strategy: unknown strategy \"%s\"", wu->cfg->name, wu->cfg->strategy);
             return -EINVAL;
         }
         if (wu->lb->create(wu->cfg, wu->n, &wu->lb_state) != 0)
@@ -257,7 +248,7 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         return -EINVAL;
     int rc = uv_loop_init(&w->loop);
     if (rc != 0) {
-        *err = fmt_err("event loop: %s%s", uv_strerror(rc), "");
+        *err = gw_asprintf("event loop: %s", uv_strerror(rc));
         return rc;
     }
     w->loop_ready = true;
@@ -269,7 +260,7 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         int fd = -1;
         rc = server_bind(&cfg->listen[i], &fd);
         if (rc != 0) {
-            *err = fmt_err("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
+            *err = gw_asprintf("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
             return rc;
         }
         uv_tcp_init(&w->loop, &w->listeners[i]);
@@ -281,7 +272,7 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         else
             rc = uv_listen((uv_stream_t *)&w->listeners[i], 511, worker_on_connection);
         if (rc != 0) {
-            *err = fmt_err("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
+            *err = gw_asprintf("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
             return rc;
         }
     }
