@@ -1965,12 +1965,37 @@ static int gw_cfg_route_lua(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r)
     return rc < 0 ? -1 : 0;
 }
 
+/* `buffer_response = true` (1 MiB) or `{ max_bytes = N }`: on_response sees the whole body. */
+static int gw_cfg_buffer_response(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r)
+{
+    static const char *const keys[] = {"max_bytes", NULL};
+    size_t old = gw_cfg_field(c, rt, "buffer_response");
+    int rc = 0, type = lua_type(c->L, -1);
+    if (type == LUA_TBOOLEAN) {
+        r->buffer_response = lua_toboolean(c->L, -1) ? 1u << 20 : 0;
+    } else if (type == LUA_TTABLE) {
+        rc = gw_cfg_record(c, keys);
+        if (rc > 0) {
+            size_t o2 = gw_cfg_field(c, lua_gettop(c->L), "max_bytes");
+            uint64_t v = 1u << 20;
+            rc = gw_cfg_uint(c, 1, 256u << 20, &v);
+            r->buffer_response = v;
+            gw_cfg_field_done(c, o2);
+        }
+    } else if (type != LUA_TNIL) {
+        rc = gw_cfg_fail(c, "expected boolean or table, got %s", lua_typename(c->L, type));
+    }
+    gw_cfg_field_done(c, old);
+    return rc < 0 ? -1 : 0;
+}
+
 static int gw_cfg_route(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r, long index)
 {
     static const char *const keys[] = {
         "name",       "match",         "upstream",        "respond",          "strip_prefix",
         "add_prefix", "preserve_host", "request_headers", "response_headers", "on_request",
-        "rewrite_path", "on_response", "on_log",          "lua",              NULL};
+        "rewrite_path", "on_response", "on_log",          "lua",              "buffer_response",
+        NULL};
     lua_State *L = c->L;
     const gw_linemap_entry_t *e = gw_linemap_find(&c->lines, c->path, c->plen);
     r->line = e != NULL ? e->line : 0;
@@ -2040,7 +2065,8 @@ static int gw_cfg_route(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r, long index)
         gw_cfg_bool_field(c, rt, "preserve_host", &r->preserve_host) < 0 ||
         gw_cfg_header_ops(c, rt, "request_headers", &r->request_headers) < 0 ||
         gw_cfg_header_ops(c, rt, "response_headers", &r->response_headers) < 0 ||
-        gw_cfg_hooks(c, rt, &r->hooks) < 0 || gw_cfg_route_lua(c, rt, r) < 0)
+        gw_cfg_hooks(c, rt, &r->hooks) < 0 || gw_cfg_route_lua(c, rt, r) < 0 ||
+        gw_cfg_buffer_response(c, rt, r) < 0)
         return -1;
     if (r->hooks)
         c->cfg->uses_lua = true;

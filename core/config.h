@@ -107,6 +107,7 @@ typedef struct gw_route_cfg {
     gw_respond_cfg_t respond;
     int line; /* line of the route in gateway.lua, 0 if unknown */
     uint8_t hooks;      /* GW_HOOK_BIT()s of the hooks this route defines */
+    uint64_t buffer_response; /* buffer_response: max body bytes to buffer (true = 1 MiB), 0: stream */
     bool lua_fail_open; /* lua.on_error = "continue": a hook error lets the request go on */
 } gw_route_cfg_t;
 

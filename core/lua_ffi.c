@@ -376,6 +376,36 @@ int gw_ffi_res_info(void *p, int what, const char **out, size_t *len)
     return 1;
 }
 
+int gw_ffi_res_body(void *p, const char **out, size_t *len);
+int gw_ffi_res_body(void *p, const char **out, size_t *len)
+{
+    gw_conn_t *c = GW_FFI_CONN(p);
+    if (!c->req.resp_buffered)
+        return 0;
+    *out = c->req.resp_body.p ? c->req.resp_body.p : "";
+    *len = c->req.resp_body.len;
+    return 1;
+}
+
+int gw_ffi_res_set_body(void *p, const char *body, size_t len, const char **err);
+int gw_ffi_res_set_body(void *p, const char *body, size_t len, const char **err)
+{
+    gw_conn_t *c = GW_FFI_CONN(p);
+    if (!c->req.resp_buffered) {
+        *err = "not buffered: set buffer_response on the route";
+        return -1;
+    }
+    gw_buf_t b;
+    gw_buf_init(&b, &c->arena, len + 1);
+    gw_buf_append(&b, body, len);
+    if (b.oom) {
+        *err = "out of memory";
+        return -1;
+    }
+    c->req.resp_body = b;
+    return 0;
+}
+
 /* ---- gw ---- */
 
 double gw_ffi_now(void);
@@ -401,4 +431,5 @@ void *const gw_ffi_keep[] = {
     (void *)gw_ffi_respond,     (void *)gw_ffi_res_status,     (void *)gw_ffi_res_set_status,
     (void *)gw_ffi_res_header,  (void *)gw_ffi_res_header_at,  (void *)gw_ffi_res_edit,
     (void *)gw_ffi_res_info,    (void *)gw_ffi_now,            (void *)gw_ffi_log,
+    (void *)gw_ffi_res_body,    (void *)gw_ffi_res_set_body,
 };

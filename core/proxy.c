@@ -119,6 +119,21 @@ static int on_resp_headers_complete(llhttp_t *p)
 static int on_resp_body(llhttp_t *p, const char *at, size_t n)
 {
     gw_upconn_t *u = p->data;
+    if (u->buffering && u->conn) {
+        /* buffer_response: the decoded body is copied aside, up to the route's limit. */
+        gw_request_t *r = &u->conn->req;
+        uint64_t max = u->conn->w->cfg->routes[r->route].buffer_response;
+        if (r->resp_body.len + n > max) {
+            u->too_large = true;
+            return -1;
+        }
+        gw_buf_append(&r->resp_body, at, n);
+        if (r->resp_body.oom) {
+            u->too_large = true;
+            return -1;
+        }
+        return 0;
+    }
     if (!u->dechunk)
         return 0;
     if (u->nbody_bufs == u->cap_body_bufs) {
@@ -162,6 +177,7 @@ static void proxy_attach(gw_conn_t *c, gw_upconn_t *u)
     u->conn = c;
     u->head_done = u->message_done = u->got_bytes = false;
     u->interim = u->dechunk = u->close_delimited = false;
+    u->buffering = u->too_large = false;
     u->nbody_bufs = 0;
     u->headers = NULL;
     u->nheaders = u->cap_headers = 0;
@@ -595,7 +611,7 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
         else if (gw_slice_ieq(u->headers[i].name, "upgrade"))
             upgrade_value = u->headers[i].value;
     }
-    if (!bodyless && !upgrade) {
+    if (!bodyless && !upgrade && !r->resp_buffered) {
         if (p->flags & F_CHUNKED) {
             if (r->http_minor == 0) {
                 u->dechunk = true;
@@ -638,7 +654,12 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
             gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
                                  GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
     gw_edits_append(b, &r->resp_edits);
-    if ((p->flags & F_CONTENT_LENGTH) && status != 204 && !(status >= 100 && status < 200)) {
+    if (r->resp_buffered) {
+        /* The whole body is known (and may have been replaced by a hook). */
+        gw_buf_append_str(b, "Content-Length: ");
+        gw_buf_append_u64(b, r->resp_body.len);
+        gw_buf_append(b, "\r\n", 2);
+    } else if ((p->flags & F_CONTENT_LENGTH) && status != 204 && !(status >= 100 && status < 200)) {
         /* Kept for HEAD and 304 too: there it describes the representation. */
         gw_buf_append_str(b, "Content-Length: ");
         gw_buf_append_u64(b, p->content_length);
@@ -666,6 +687,103 @@ static void proxy_hook_failed(gw_conn_t *c)
 {
     proxy_drop_upstream(c);
     gw_conn_respond_error(c, 500, "internal", "the response could not be handled");
+}
+
+static void proxy_on_client_written(gw_conn_t *c, int status);
+
+/* buffer_response: the whole body is in r->resp_body. The on_response hooks run now (they can
+ * read and replace it), then the head and the body go out as one Content-Length response. */
+static void proxy_buffered_send(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_request_t *r = &c->req;
+    r->resp_buffered = true;
+    if (u->parsed < u->in_len)
+        u->reusable = false;
+    gw_buf_t head;
+    int hb = proxy_build_client_head(c, u, &head);
+    if (hb < 0) {
+        proxy_hook_failed(c);
+        return;
+    }
+    if (hb == 0) {
+        proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+        return;
+    }
+    r->response_started = true;
+    uv_buf_t bufs[2] = {uv_buf_init(head.p, (unsigned)head.len),
+                        uv_buf_init(r->resp_body.p, (unsigned)r->resp_body.len)};
+    unsigned nb = (r->resp_body.len && !r->head_request) ? 2 : 1;
+    gw_upconn_read_stop(u);
+    uv_timer_stop(&u->timer);
+    int rc = gw_conn_write(c, bufs, nb, proxy_on_client_written);
+    if (rc == 1) {
+        gw_proxy_client_drained(c);
+    } else if (rc < 0) {
+        proxy_drop_upstream(c);
+        gw_conn_close(c);
+    }
+}
+
+/* The response head's slices point into u->in, which buffering reuses for the body: copy them
+ * into the request arena first. Returns false on OOM. */
+static bool proxy_pin_head(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_arena_t *a = &c->arena;
+    for (uint32_t i = 0; i < u->nheaders; i++) {
+        gw_header_t *h = &u->headers[i];
+        char *n = gw_arena_dup(a, h->name.p, h->name.len);
+        char *v = gw_arena_dup(a, h->value.p ? h->value.p : "", h->value.len);
+        if (!n || !v)
+            return false;
+        h->name.p = n;
+        h->value.p = v;
+    }
+    if (u->reason.len) {
+        char *rs = gw_arena_dup(a, u->reason.p, u->reason.len);
+        if (!rs)
+            return false;
+        u->reason.p = rs;
+    }
+    return true;
+}
+
+/* buffer_response: parses what arrived into r->resp_body; sends when the body is complete. */
+static void proxy_buffer_more(gw_conn_t *c, gw_upconn_t *u)
+{
+    if (!u->message_done && u->parsed < u->in_len) {
+        llhttp_errno_t e = llhttp_execute(&u->parser, u->in + u->parsed, u->in_len - u->parsed);
+        if (e == HPE_OK) {
+            u->parsed = u->in_len;
+        } else if (e == HPE_PAUSED) {
+            u->parsed = (size_t)(llhttp_get_error_pos(&u->parser) - u->in);
+        } else if (u->too_large) {
+            gw_log_warn("upstream %s: response body over buffer_response's limit on route %s",
+                        u->pool->backend->cfg->url, c->w->cfg->routes[c->req.route].name);
+            proxy_drop_upstream(c);
+            gw_conn_respond_error(c, 502, "upstream_response_too_large",
+                                  "the upstream response is larger than this route buffers");
+            return;
+        } else {
+            proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+            return;
+        }
+    } else if (!u->message_done) {
+        /* A body that ends here (no byte left): let the parser see that. */
+        llhttp_errno_t e = llhttp_execute(&u->parser, u->in + u->parsed, 0);
+        if (e != HPE_OK && e != HPE_PAUSED) {
+            proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+            return;
+        }
+    }
+    if (u->message_done) {
+        proxy_buffered_send(c, u);
+        return;
+    }
+    /* The bytes were copied out: the input buffer can be reused from its start. */
+    if (u->parsed == u->in_len)
+        u->in_len = u->parsed = 0;
+    gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
+    gw_upconn_read_start(u);
 }
 
 static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
@@ -723,6 +841,19 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         }
         u->head_done = true;
         proxy_on_head(c, u);
+        const gw_route_cfg_t *route = &c->w->cfg->routes[r->route];
+        if (route->buffer_response && status != 101 &&
+            !gw_http1_response_bodyless(status, r->head_request)) {
+            u->buffering = true;
+            u->close_delimited = !(u->parser.flags & (F_CHUNKED | F_CONTENT_LENGTH));
+            gw_buf_init(&r->resp_body, &c->arena, 4096);
+            if (!proxy_pin_head(c, u)) {
+                proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+                return;
+            }
+            proxy_buffer_more(c, u);
+            return;
+        }
         int hb = proxy_build_client_head(c, u, &head);
         if (hb < 0) {
             proxy_hook_failed(c);
@@ -870,7 +1001,10 @@ void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread)
         if (u->close_delimited && nread == UV_EOF) {
             llhttp_finish(&u->parser);
             u->message_done = true;
-            proxy_finish(c, u);
+            if (u->buffering)
+                proxy_buffered_send(c, u);
+            else
+                proxy_finish(c, u);
             return;
         }
         /* The response was cut short: the client must not mistake it for a complete one. */
@@ -882,6 +1016,10 @@ void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread)
     u->got_bytes = true;
     if (!u->head_done)
         gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
+    if (u->buffering) {
+        proxy_buffer_more(c, u);
+        return;
+    }
     proxy_process_response(c, u);
 }
 

@@ -200,6 +200,8 @@ typedef struct gw_request {
     gw_slice_t resp_source; /* for res:source(): "upstream" or "gateway" */
     gw_upconn_t *resp_up;   /* the upstream response whose head res: reads, or NULL */
     bool lua_response_ran;  /* on_response ran (at most once per request) */
+    gw_buf_t resp_body;     /* buffer_response: the whole (decoded) response body */
+    bool resp_buffered;     /* resp_body holds the complete body: res:body() works */
 } gw_request_t;
 
 struct gw_conn {
@@ -330,6 +332,8 @@ struct gw_upconn {
     bool dechunk;        /* chunked from the backend, de-chunked for an HTTP/1.0 client */
     bool close_delimited;
     bool in_field;
+    bool buffering;      /* collecting the body for a buffer_response route */
+    bool too_large;      /* the body went over buffer_response's limit */
     int write_kind;      /* GW_UW_* */
     gw_slice_t reason;   /* status reason phrase (points into `in`) */
     gw_header_t *headers; /* response headers (array in the request's arena) */

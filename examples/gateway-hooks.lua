@@ -116,9 +116,9 @@ return {
               end
           end },
 
-        -- Backend error pages are marked for JSON rewriting (X-Error-Format); the body itself is
-        -- rewritten once routes can buffer responses (buffer_response, not implemented yet).
+        -- Buffered, so backend error pages can be rewritten as JSON.
         { name = "v2", match = { path_prefix = "/v2/" }, upstream = "app",
+          buffer_response = true,
           on_request = chain.on_request(auth, errors),
           on_response = errors.on_response },
 

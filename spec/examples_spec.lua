@@ -98,7 +98,7 @@ describe("examples/gateway-hooks.lua", function()
 
     it("turns backend errors into JSON on the buffered route", function()
         local v2 = route(cfg, "v2")
-        assert.is_nil(v2.buffer_response) -- not implemented yet
+        assert.is_true(v2.buffer_response)
         local req = gwt.request{ path = "/v2/nope", id = "r1", headers = { ["X-API-Key"] = "demo-key-2" } }
         assert.is_nil(gwt.run_on_request(v2.on_request, req))
         local res = gwt.response{ status = 404, body = "<html>", ctx = req.ctx, backend = "http://127.0.0.1:9002" }

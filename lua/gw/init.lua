@@ -34,6 +34,8 @@ int gw_ffi_res_header_at(void *p, uint32_t i, const char **name, size_t *nlen,
 int gw_ffi_res_edit(void *p, int op, const char *name, size_t nlen, const char *value,
                     size_t vlen, const char **err);
 int gw_ffi_res_info(void *p, int what, const char **out, size_t *len);
+int gw_ffi_res_body(void *p, const char **out, size_t *len);
+int gw_ffi_res_set_body(void *p, const char *body, size_t len, const char **err);
 double gw_ffi_now(void);
 void gw_ffi_log(int level, const char *msg, size_t len);
 typedef struct gw_ffi_backend {
@@ -268,12 +270,21 @@ function res_methods.source(self)
     return ffi_string(str_out[0], len_out[0])
 end
 
+--- The whole response body, on routes with buffer_response; nil, err elsewhere.
 function res_methods.body(self)
-    return nil, "not buffered: this route streams its responses"
+    if C.gw_ffi_res_body(self._p, str_out, len_out) == 1 then
+        return ffi_string(str_out[0], len_out[0])
+    end
+    return nil, "not buffered: this route streams its responses (set buffer_response)"
 end
 
-function res_methods.set_body(self)
-    return nil, "not buffered: this route streams its responses"
+--- Replaces the body (Content-Length follows), on routes with buffer_response.
+function res_methods.set_body(self, body)
+    body = type(body) == "table" and cjson.encode(body) or tostring(body)
+    if C.gw_ffi_res_set_body(self._p, body, #body, err_out) ~= 0 then
+        return nil, ffi_string(err_out[0])
+    end
+    return true
 end
 
 -- Runners called from C (lua_bridge.c) -----------------------------------------------------------

@@ -42,6 +42,17 @@ function M.log(res)
     gw.log.info("on_log status=" .. res:status() .. " ctx=" .. tostring(res.ctx.seen))
 end
 function M.fail() error("hook exploded") end
+function M.upper(res)
+    local body = res:body()  -- nil for a bodyless response (HEAD, 204, 304)
+    if body then
+        assert(res:set_body(body:upper()))
+        res:set_header("X-Orig-Len", #body)
+    end
+end
+function M.streaming(res)
+    local body, err = res:body()
+    res:set_header("X-Body", tostring(body) .. " / " .. tostring(err))
+end
 function M.sandbox() os.execute("true") end
 M.strategy = {
     name = "zone_b",
@@ -78,6 +89,10 @@ class LuaTest(GwTestCase):
             {"name": "sandbox", "match": {"path_prefix": "/sandbox"}, "upstream": "u",
              "on_request": Lua("h.sandbox")},
             {"name": "zone", "match": {"path_prefix": "/zone"}, "upstream": "z"},
+            {"name": "buf", "match": {"path_prefix": "/buf/"}, "upstream": "u", "strip_prefix": True,
+             "buffer_response": {"max_bytes": 200000}, "on_response": Lua("h.upper")},
+            {"name": "stream", "match": {"path_prefix": "/stream/"}, "upstream": "u",
+             "strip_prefix": True, "on_response": Lua("h.streaming")},
             {"name": "main", "match": {"path_prefix": "/"}, "upstream": "u",
              "on_request": Lua("h.tag"), "rewrite_path": Lua("h.rewrite"),
              "on_response": Lua("h.resp"), "on_log": Lua("h.log")},
@@ -189,6 +204,28 @@ class LuaTest(GwTestCase):
         text = gw.metrics()
         self.assertEqual(metric_value(text, "gw_lua_strategy_errors_total", upstream="z"), 6, text)
         self.assertGreater(metric_value(text, "prequal_picks_total", upstream="z"), 0, text)
+
+    def test_buffer_response(self):
+        gw = self.start()
+        for path, n in (("/buf/bytes/150000", 150000), ("/buf/chunked/70000", 70000),
+                        ("/buf/close/5000", 5000)):
+            st, hdrs, body = http_request(gw.port, "GET", path)
+            self.assertEqual(st, 200, path)
+            h = {k.lower(): v for k, v in hdrs}
+            self.assertEqual(int(h["content-length"]), n, path)   # re-framed with the new length
+            self.assertNotIn("transfer-encoding", h)
+            self.assertEqual(h["x-orig-len"], str(n))
+            self.assertEqual(body, pattern_bytes(n).upper(), path)
+        st, _, body = http_request(gw.port, "GET", "/buf/bytes/300000")  # over max_bytes
+        self.assertEqual(st, 502)
+        self.assertEqual(json.loads(body)["error"], "upstream_response_too_large")
+        st, hdrs, body = http_request(gw.port, "HEAD", "/buf/bytes/100")
+        self.assertEqual((st, body), (200, b""))
+        # Without buffer_response the body streams and res:body() says so.
+        st, hdrs, body = http_request(gw.port, "GET", "/stream/bytes/10")
+        h = {k.lower(): v for k, v in hdrs}
+        self.assertEqual(body, pattern_bytes(10))
+        self.assertTrue(h["x-body"].startswith("nil / not buffered"), h["x-body"])
 
     def test_bad_hook_config(self):
         p = self.write_hooks()

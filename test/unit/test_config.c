@@ -617,6 +617,7 @@ static void test_lua_hooks_and_strategies(void **state)
     assert_int_equal(cfg->routes[0].hooks,
                      GW_HOOK_BIT(GW_HOOK_ON_RESPONSE) | GW_HOOK_BIT(GW_HOOK_REWRITE_PATH));
     assert_true(cfg->routes[0].lua_fail_open);
+    assert_int_equal(cfg->routes[0].buffer_response, 0);
     assert_int_equal(cfg->routes[1].hooks, 0);
     assert_false(cfg->routes[1].lua_fail_open);
     assert_true(cfg->upstreams[0].lua_strategy);
