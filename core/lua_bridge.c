@@ -400,6 +400,9 @@ int gw_lua_on_request(gw_lua_t *lua, gw_conn_t *c)
                 continue;
             int rc = bridge_call(lua, c, runner, refs[k][g], h);
             if (rc < 0) {
+                /* Whatever the failed hook had started to answer is dropped. */
+                c->req.lua_respond = 0;
+                c->req.resp_edits.n = 0;
                 if (route->lua_fail_open)
                     continue;
                 return GW_LUA_FAILED;

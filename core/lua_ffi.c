@@ -43,7 +43,8 @@ bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name)
 void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e)
 {
     for (uint32_t i = 0; i < e->n; i++) {
-        if (e->e[i].op == GW_EDIT_CLEAR)
+        /* Host is written by the proxy (from req.lua_host when a hook set it). */
+        if (e->e[i].op == GW_EDIT_CLEAR || gw_slice_ieq(e->e[i].name, "host"))
             continue;
         /* A later SET of the same name wins over this one. */
         bool superseded = false;
@@ -235,7 +236,9 @@ int gw_ffi_req_edit(void *p, int op, const char *name, size_t nlen, const char *
             return -1;
         }
         c->req.lua_host = GW_SLICE(h, vlen);
-        return 0;
+        /* Also as an edit, so req:header("Host") and req:headers() show it; the upstream head
+         * takes Host from lua_host only (gw_edits_append skips it). */
+        return ffi_edit(c, &c->req.req_edits, GW_EDIT_SET, name, nlen, value, vlen, err);
     }
     return ffi_edit(c, &c->req.req_edits, op, name, nlen, value, vlen, err);
 }

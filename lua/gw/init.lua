@@ -182,6 +182,10 @@ local function respond(p, status, body, headers)
     if not status then
         return nil, "status must be a number"
     end
+    -- Checked before any header is applied, so a refused response leaves nothing behind.
+    if status < 200 or status > 599 then
+        return nil, "status must be between 200 and 599"
+    end
     if type(body) == "table" then
         body = cjson.encode(body)
         local has_ct = false

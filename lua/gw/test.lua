@@ -94,11 +94,36 @@ local function try_value(v)
 end
 
 local function try_path(p)
-    if type(p) ~= "string" or sub(p, 1, 1) ~= "/" or find(p, "[%s%c]") then
-        return nil, "path must be a string starting with '/' without whitespace, got " ..
+    if type(p) ~= "string" or sub(p, 1, 1) ~= "/" or find(p, "[%s%c?#]") then
+        return nil, "path must be a string starting with '/' without whitespace, '?' or '#', got " ..
             tostring(p)
     end
     return p
+end
+
+-- As the runtime (core/lua_ffi.c): framing and hop-by-hop headers belong to the gateway.
+local guarded = {
+    ["content-length"] = true, ["transfer-encoding"] = true, ["connection"] = true,
+    ["keep-alive"] = true, ["upgrade"] = true, ["te"] = true, ["trailer"] = true,
+    ["proxy-connection"] = true,
+}
+local function try_editable(name, op, value)
+    local l = name:lower()
+    if guarded[l] then
+        return nil, "framing and hop-by-hop headers are managed by the gateway"
+    end
+    if l == "host" and (op == "clear" or value == "") then
+        return nil, "Host can only be set to a valid value"
+    end
+    return name
+end
+
+-- What a hook may answer with or set: the runtime takes 200..599 (1xx are the gateway's).
+local function try_answer_status(s)
+    if type(s) ~= "number" or s ~= floor(s) or s < 200 or s > 599 then
+        return nil, "status must be an integer in 200..599, got " .. tostring(s)
+    end
+    return s
 end
 
 local function try_status(s)
@@ -219,6 +244,12 @@ local function header_methods(what)
         if ok then
             ok, err = try_value(value)
         end
+        if ok then
+            local _, e = try_editable(name, "set", ok)
+            if e then
+                ok, err = nil, e
+            end
+        end
         if not ok then
             return nil, what .. ":set_header: " .. err
         end
@@ -235,6 +266,12 @@ local function header_methods(what)
         if ok then
             ok, err = try_value(value)
         end
+        if ok then
+            local _, e = try_editable(name, "add", ok)
+            if e then
+                ok, err = nil, e
+            end
+        end
         if not ok then
             return nil, what .. ":add_header: " .. err
         end
@@ -247,6 +284,9 @@ local function header_methods(what)
     --- Removes every value of a header.
     function m.clear_header(self, name)
         local ok, err = try_name(name)
+        if ok then
+            ok, err = try_editable(name, "clear")
+        end
         if not ok then
             return nil, what .. ":clear_header: " .. err
         end
@@ -409,7 +449,7 @@ function res_methods.source(self) return priv[self].source end
 
 --- Changes the status sent to the client. Returns true, or nil and a message.
 function res_methods.set_status(self, n)
-    local ok, err = try_status(n)
+    local ok, err = try_answer_status(n)
     if not ok then
         return nil, "res:set_status: " .. err
     end
@@ -505,7 +545,10 @@ end
 -- numbers (converted with tostring); one value per name.
 -- @return `{ status = n, body = string, headers = { name = value } }`
 function M.normalize_response(status, body, headers)
-    check_status(status, "on_request result", 2)
+    local ok, err = try_answer_status(status)
+    if not ok then
+        error("on_request result: " .. err, 2)
+    end
     local out = {}
     local has_ct = false
     if headers ~= nil then
