@@ -551,6 +551,16 @@ static void proxy_finish(gw_conn_t *c, gw_upconn_t *u)
     gw_conn_request_done(c);
 }
 
+/* Everything read so far was handled (written to the client or copied aside): reuse the input
+ * buffer from its start and wait for more of the response. */
+static void proxy_read_more(gw_upconn_t *u)
+{
+    if (u->parsed == u->in_len)
+        u->in_len = u->parsed = 0;
+    gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
+    gw_upconn_read_start(u);
+}
+
 static void proxy_on_client_written(gw_conn_t *c, int status)
 {
     gw_proxy_client_drained(c);
@@ -571,14 +581,12 @@ void gw_proxy_client_drained(gw_conn_t *c)
         proxy_finish(c, u);
         return;
     }
-    if (u->parsed == u->in_len)
-        u->in_len = u->parsed = 0;
-    gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
     if (u->parsed < u->in_len) {
+        gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
         proxy_process_response(c, u);
         return;
     }
-    gw_upconn_read_start(u);
+    proxy_read_more(u);
 }
 
 /* Builds the head sent to the client from the backend's response head (after the on_response
@@ -779,11 +787,7 @@ static void proxy_buffer_more(gw_conn_t *c, gw_upconn_t *u)
         proxy_buffered_send(c, u);
         return;
     }
-    /* The bytes were copied out: the input buffer can be reused from its start. */
-    if (u->parsed == u->in_len)
-        u->in_len = u->parsed = 0;
-    gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
-    gw_upconn_read_start(u);
+    proxy_read_more(u);
 }
 
 static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
