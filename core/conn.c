@@ -47,11 +47,6 @@ static const gw_config_t *cfg_of(gw_conn_t *c)
 
 /* ---- llhttp callbacks (request side) ---- */
 
-static int on_message_begin(llhttp_t *p)
-{
-    return 0;
-}
-
 static int on_url(llhttp_t *p, const char *at, size_t n)
 {
     gw_conn_t *c = p->data;
@@ -227,7 +222,6 @@ static int on_message_complete(llhttp_t *p)
 static void settings_init(void)
 {
     llhttp_settings_init(&req_settings);
-    req_settings.on_message_begin = on_message_begin;
     req_settings.on_url = on_url;
     req_settings.on_header_field = on_header_field;
     req_settings.on_header_field_complete = on_header_field_complete;
@@ -643,7 +637,6 @@ static void conn_next_request(gw_conn_t *c)
 void gw_conn_request_done(gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
-    r->response_done = true;
     conn_log_and_count(c);
     bool reusable = !r->close_after && r->keep_alive && r->body_done && !r->is_upgrade &&
                     !c->w->draining && c->up == NULL;

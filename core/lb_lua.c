@@ -214,5 +214,3 @@ int gw_ffi_native_pick(void *p, int which, const uint32_t *ids, uint32_t nids)
     ctx.tried = s->mask;
     return s->native[which]->pick(s->native_state[which], &ctx);
 }
-
-void *const gw_ffi_keep_lb[] = {(void *)gw_ffi_native_index, (void *)gw_ffi_native_pick};

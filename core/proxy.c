@@ -323,7 +323,6 @@ static void proxy_send_head(gw_conn_t *c, gw_upconn_t *u)
     gw_request_t *r = &c->req;
     const gw_route_cfg_t *route = &c->w->cfg->routes[r->route];
     u->state = GW_US_ACTIVE;
-    u->requests++;
     gw_slice_t host = r->lua_host.p                        ? r->lua_host
                       : route->preserve_host && r->host.len ? r->host
                       : GW_SLICE(u->pool->backend->cfg->authority, strlen(u->pool->backend->cfg->authority));

@@ -224,7 +224,6 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         p->ucfg = &cfg->upstreams[p->backend->upstream];
         gw_list_init(&p->idle);
     }
-    size_t g = 0;
     for (size_t u = 0; u < cfg->nupstreams; u++) {
         gw_worker_upstream_t *wu = &w->ups[u];
         wu->cfg = &cfg->upstreams[u];
@@ -234,7 +233,6 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
             abort();
         for (size_t k = 0; k < wu->n; k++)
             wu->backends[k] = s->backends[wu->cfg->backends[k].gindex];
-        g += wu->n;
         wu->lb = wu->cfg->lua_strategy ? &gw_lb_lua : gw_lb_find(wu->cfg->strategy);
         if (!wu->lb) {
             *err = gw_asprintf("upstreams.%s.strategy: unknown strategy \"%s\"", wu->cfg->name, wu->cfg->strategy);
@@ -243,7 +241,6 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         if (wu->lb->create(wu->cfg, wu->n, &wu->lb_state) != 0)
             abort();
     }
-    GW_UNUSED(g);
     if (cfg->uses_lua && gw_lua_new(w, &w->lua, err) != 0)
         return -EINVAL;
     int rc = uv_loop_init(&w->loop);

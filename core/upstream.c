@@ -96,7 +96,6 @@ static void upconn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     if (nread > 0)
         u->in_len += (size_t)nread;
-    u->last_io_ns = gw_now_ns();
     gw_proxy_on_read(u, nread);
 }
 

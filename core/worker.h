@@ -98,8 +98,6 @@ struct gw_worker {
     uv_timer_t drain_timer;
     uv_tcp_t *listeners;
     size_t nlisteners;
-    size_t nlisteners_open;
-    int ready;             /* 1 once listening, -errno if startup failed */
     bool draining;
     bool finishing;        /* closing its last handles */
     bool loop_ready;
@@ -183,7 +181,6 @@ typedef struct gw_request {
     uint32_t rif_at_start; /* backend->inflight (all workers) before this request was sent */
     bool upstream_sent;    /* bytes of this request reached a backend */
     bool response_started; /* the response head went to the client */
-    bool response_done;
     bool close_after;      /* close the client connection after this response */
     bool head_request;
     /* Lua hooks (lua_bridge.c); untouched when no hook runs. */
@@ -222,7 +219,6 @@ struct gw_conn {
     uint32_t writes_pending;
     uint32_t pending_closes;
     bool reading;
-    bool parse_paused;     /* the parser stopped at a message boundary */
     bool header_value_done; /* the last header value callback was completed (obs-fold check) */
     bool in_field;         /* inside a header name (it may span reads) */
     bool body_flowing;     /* the upstream is ready for body bytes */
@@ -320,7 +316,6 @@ struct gw_upconn {
     size_t in_len;
     size_t parsed;
     uint32_t pending_closes;
-    uint32_t requests;   /* requests served on this connection */
     bool reading;
     bool write_pending;
     bool reusable;       /* false once anything makes it unsafe to reuse */
@@ -342,7 +337,6 @@ struct gw_upconn {
     uv_buf_t *body_bufs; /* spans collected by on_body for one client write */
     uint32_t nbody_bufs;
     uint32_t cap_body_bufs;
-    uint64_t last_io_ns;
 };
 
 /** Starts a new connection to `pool`'s backend; `cb` is proxy.c's connect callback. */
