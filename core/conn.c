@@ -795,6 +795,29 @@ static void conn_parse_error(gw_conn_t *c, llhttp_errno_t e)
 /* Builds the head sent upstream: request line with the rewritten target, Host, the client's
  * end-to-end headers minus hop-by-hop ones and the route's removals, the route's set headers,
  * X-Forwarded-*, X-Request-Id and the framing of the body we forward. */
+/* Request headers the gateway writes itself (framing, Host, Expect, X-Forwarded-*, the id). */
+static bool conn_reserved_request_header(gw_slice_t n)
+{
+    switch (n.len) {
+    case 4:
+        return gw_slice_ieq(n, "host");
+    case 6:
+        return gw_slice_ieq(n, "expect");
+    case 12:
+        return gw_slice_ieq(n, "x-request-id");
+    case 14:
+        return gw_slice_ieq(n, "content-length");
+    case 15:
+        return gw_slice_ieq(n, "x-forwarded-for");
+    case 16:
+        return gw_slice_ieq(n, "x-forwarded-host");
+    case 17:
+        return gw_slice_ieq(n, "x-forwarded-proto");
+    default:
+        return false;
+    }
+}
+
 static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
 {
     gw_request_t *r = &c->req;
@@ -808,31 +831,9 @@ static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
         gw_buf_append_slice(b, r->query);
     }
     gw_buf_append(b, " HTTP/1.1\r\n", 11);
-    /* Host is written by proxy.c per backend unless preserve_host: see gw_proxy_start. */
-    const gw_header_ops_t *ops = &route->request_headers;
-    for (uint32_t i = 0; i < r->nheaders; i++) {
-        gw_slice_t n = r->headers[i].name;
-        if (gw_http1_is_hop_by_hop(n) || gw_slice_ieq(n, "host") || gw_slice_ieq(n, "content-length") ||
-            gw_slice_ieq(n, "expect") || gw_slice_ieq(n, "x-forwarded-for") ||
-            gw_slice_ieq(n, "x-forwarded-proto") || gw_slice_ieq(n, "x-forwarded-host") ||
-            gw_slice_ieq(n, "x-request-id"))
-            continue;
-        if (r->connection.len && gw_http1_list_has(r->connection, n))
-            continue;
-        bool drop = false;
-        for (size_t k = 0; k < ops->nremove && !drop; k++)
-            drop = gw_slice_ieq(n, ops->remove[k]);
-        for (size_t k = 0; k < ops->nset && !drop; k++)
-            drop = gw_slice_ieq(n, ops->set[k].name);
-        if (drop || (r->req_edits.n && gw_edits_override(&r->req_edits, n)))
-            continue;
-        gw_buf_append_header(b, n, r->headers[i].value);
-    }
-    for (size_t k = 0; k < ops->nset; k++)
-        if (!r->req_edits.n || !gw_edits_override(&r->req_edits, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name))))
-            gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
-                                 GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
-    gw_edits_append(b, &r->req_edits);
+    /* Host is written by proxy.c per backend unless preserve_host: see proxy_send_head. */
+    gw_http1_forward_headers(b, r->headers, r->nheaders, r->connection, conn_reserved_request_header,
+                             &route->request_headers, &r->req_edits);
     gw_buf_append_str(b, "X-Forwarded-For: ");
     if (r->xff.len) {
         gw_buf_append_slice(b, r->xff);

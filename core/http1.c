@@ -6,6 +6,7 @@
 
 #include <llhttp.h>
 #include <stdio.h>
+#include <strings.h>
 
 void gw_buf_init(gw_buf_t *b, gw_arena_t *a, size_t initial)
 {
@@ -189,4 +190,65 @@ int64_t gw_http1_parse_u64(gw_slice_t s)
         v = v * 10 + (s.p[i] - '0');
     }
     return v;
+}
+
+/* ---- forwarding headers ---- */
+
+bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name)
+{
+    for (uint32_t i = 0; i < e->n; i++)
+        if (e->e[i].op != GW_EDIT_ADD && e->e[i].name.len == name.len &&
+            strncasecmp(e->e[i].name.p, name.p, name.len) == 0)
+            return true;
+    return false;
+}
+
+void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e)
+{
+    for (uint32_t i = 0; i < e->n; i++) {
+        /* Host is written by the proxy (from req.lua_host when a hook set it). */
+        if (e->e[i].op == GW_EDIT_CLEAR || gw_slice_ieq(e->e[i].name, "host"))
+            continue;
+        /* A later SET of the same name wins over this one. */
+        bool superseded = false;
+        for (uint32_t k = i + 1; k < e->n && !superseded; k++)
+            superseded = e->e[k].op != GW_EDIT_ADD && e->e[k].name.len == e->e[i].name.len &&
+                         strncasecmp(e->e[k].name.p, e->e[i].name.p, e->e[i].name.len) == 0;
+        if (!superseded)
+            gw_buf_append_header(b, e->e[i].name, e->e[i].value);
+    }
+}
+
+/* The route's header operations name headers in lower case (config.c). */
+static bool http1_ops_drop(const gw_header_ops_t *ops, gw_slice_t n)
+{
+    for (size_t k = 0; k < ops->nremove; k++)
+        if (gw_slice_ieq(n, ops->remove[k]))
+            return true;
+    for (size_t k = 0; k < ops->nset; k++)
+        if (gw_slice_ieq(n, ops->set[k].name))
+            return true;
+    return false;
+}
+
+void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t connection,
+                              bool (*reserved)(gw_slice_t name), const gw_header_ops_t *ops,
+                              const gw_header_edits_t *edits)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        gw_slice_t name = h[i].name;
+        if (gw_http1_is_hop_by_hop(name) || reserved(name))
+            continue;
+        if (connection.len && gw_http1_list_has(connection, name))
+            continue;
+        if (http1_ops_drop(ops, name) || (edits->n && gw_edits_override(edits, name)))
+            continue;
+        gw_buf_append_header(b, name, h[i].value);
+    }
+    for (size_t k = 0; k < ops->nset; k++) {
+        gw_slice_t sn = GW_SLICE(ops->set[k].name, strlen(ops->set[k].name));
+        if (!edits->n || !gw_edits_override(edits, sn))
+            gw_buf_append_header(b, sn, GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
+    }
+    gw_edits_append(b, edits);
 }

@@ -11,6 +11,7 @@
 
 #include "arena.h"
 #include "common.h"
+#include "config.h"
 
 typedef struct gw_header {
     gw_slice_t name;
@@ -40,6 +41,36 @@ static inline void gw_buf_append_str(gw_buf_t *b, const char *s)
 void gw_buf_append_u64(gw_buf_t *b, uint64_t v);
 /** Appends "name: value\r\n". */
 void gw_buf_append_header(gw_buf_t *b, gw_slice_t name, gw_slice_t value);
+
+/* A header change made by a Lua hook, applied when the head is serialised. */
+enum { GW_EDIT_SET = 0, GW_EDIT_ADD, GW_EDIT_CLEAR };
+typedef struct gw_header_edit {
+    uint8_t op;
+    gw_slice_t name; /* in the arena */
+    gw_slice_t value;
+} gw_header_edit_t;
+
+typedef struct gw_header_edits {
+    gw_header_edit_t *e;
+    uint32_t n;
+    uint32_t cap;
+} gw_header_edits_t;
+
+/** True when an edit replaces or removes header `name` (so the original is not forwarded). */
+bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name);
+/** Appends the SET and ADD edits as header lines (Host excepted: the proxy writes it). */
+void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e);
+
+/**
+ * Appends the end-to-end headers of a message being forwarded: `h` without hop-by-hop fields,
+ * without those named in `connection`, without the names `reserved` says the caller writes
+ * itself, and without those the route's `ops` or the hooks' `edits` replace or remove; then the
+ * ops' set headers (unless an edit overrides them) and the edits. One function for both
+ * directions, so a rule cannot apply to requests and not to responses.
+ */
+void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t connection,
+                              bool (*reserved)(gw_slice_t name), const gw_header_ops_t *ops,
+                              const gw_header_edits_t *edits);
 
 /** True if `s` is a non-empty RFC 9110 token (field names, methods). */
 bool gw_http1_is_token(gw_slice_t s);

@@ -17,7 +17,6 @@
 typedef struct gw_worker gw_worker_t;
 typedef struct gw_conn gw_conn_t;
 typedef struct gw_lua gw_lua_t;
-typedef struct gw_header_edits gw_header_edits_t;
 
 /* Hook calls slower than this are logged and counted (count hooks cannot interrupt JIT code, so
  * a runaway hook is measured rather than stopped). */
@@ -77,12 +76,5 @@ void gw_lua_strategy_result(gw_lua_t *lua, uint32_t u, int view_ref, int state_r
 
 /** True if the request's route (or the global table) has hook `h`. */
 bool gw_lua_has_hook(const gw_conn_t *c, int h);
-
-/* ---- header edits (used when serialising heads) ---- */
-
-/** True when an edit replaces or removes header `name` (so the original is not forwarded). */
-bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name);
-/** Appends the SET and ADD edits as header lines. */
-void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e);
 
 #endif

@@ -31,31 +31,6 @@ enum { GW_REQ_METHOD = 0, GW_REQ_PATH, GW_REQ_ORIG_PATH, GW_REQ_QUERY, GW_REQ_HO
 
 /* ---- header edits ---- */
 
-bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name)
-{
-    for (uint32_t i = 0; i < e->n; i++)
-        if (e->e[i].op != GW_EDIT_ADD && e->e[i].name.len == name.len &&
-            strncasecmp(e->e[i].name.p, name.p, name.len) == 0)
-            return true;
-    return false;
-}
-
-void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e)
-{
-    for (uint32_t i = 0; i < e->n; i++) {
-        /* Host is written by the proxy (from req.lua_host when a hook set it). */
-        if (e->e[i].op == GW_EDIT_CLEAR || gw_slice_ieq(e->e[i].name, "host"))
-            continue;
-        /* A later SET of the same name wins over this one. */
-        bool superseded = false;
-        for (uint32_t k = i + 1; k < e->n && !superseded; k++)
-            superseded = e->e[k].op != GW_EDIT_ADD && e->e[k].name.len == e->e[i].name.len &&
-                         strncasecmp(e->e[k].name.p, e->e[i].name.p, e->e[i].name.len) == 0;
-        if (!superseded)
-            gw_buf_append_header(b, e->e[i].name, e->e[i].value);
-    }
-}
-
 static bool ffi_valid_value(const char *v, size_t n)
 {
     for (size_t i = 0; i < n; i++)

@@ -588,6 +588,13 @@ void gw_proxy_client_drained(gw_conn_t *c)
     proxy_read_more(u);
 }
 
+/* Response headers the gateway writes itself: the framing and the request id. */
+static bool proxy_reserved_response_header(gw_slice_t n)
+{
+    return (n.len == 14 && gw_slice_ieq(n, "content-length")) ||
+           (n.len == 12 && gw_slice_ieq(n, "x-request-id"));
+}
+
 /* Builds the head sent to the client from the backend's response head (after the on_response
  * hooks, which may change the status and headers). Returns 1, 0 on OOM, or -1 when a hook failed
  * (the request is then answered with a 500). */
@@ -640,27 +647,8 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
     else
         gw_buf_append_str(b, gw_http1_reason(status));
     gw_buf_append(b, "\r\n", 2);
-    for (uint32_t i = 0; i < u->nheaders; i++) {
-        gw_slice_t name = u->headers[i].name;
-        if (gw_http1_is_hop_by_hop(name) || gw_slice_ieq(name, "content-length") ||
-            gw_slice_ieq(name, "x-request-id"))
-            continue;
-        if (connection.len && gw_http1_list_has(connection, name))
-            continue;
-        bool drop = false;
-        for (size_t k = 0; k < ops->nremove && !drop; k++)
-            drop = gw_slice_ieq(name, ops->remove[k]);
-        for (size_t k = 0; k < ops->nset && !drop; k++)
-            drop = gw_slice_ieq(name, ops->set[k].name);
-        if (!drop && !(r->resp_edits.n && gw_edits_override(&r->resp_edits, name)))
-            gw_buf_append_header(b, name, u->headers[i].value);
-    }
-    for (size_t k = 0; k < ops->nset; k++)
-        if (!r->resp_edits.n ||
-            !gw_edits_override(&r->resp_edits, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name))))
-            gw_buf_append_header(b, GW_SLICE(ops->set[k].name, strlen(ops->set[k].name)),
-                                 GW_SLICE(ops->set[k].value, strlen(ops->set[k].value)));
-    gw_edits_append(b, &r->resp_edits);
+    gw_http1_forward_headers(b, u->headers, u->nheaders, connection, proxy_reserved_response_header,
+                             ops, &r->resp_edits);
     if (r->resp_buffered) {
         /* The whole body is known (and may have been replaced by a hook). */
         gw_buf_append_str(b, "Content-Length: ");

@@ -74,20 +74,6 @@ typedef struct gw_worker_upstream {
 typedef struct gw_server gw_server_t;
 typedef struct gw_lua gw_lua_t;
 
-/* A header change made by a Lua hook, applied when the head is serialised. */
-enum { GW_EDIT_SET = 0, GW_EDIT_ADD, GW_EDIT_CLEAR };
-typedef struct gw_header_edit {
-    uint8_t op;
-    gw_slice_t name; /* in the arena */
-    gw_slice_t value;
-} gw_header_edit_t;
-
-typedef struct gw_header_edits {
-    gw_header_edit_t *e;
-    uint32_t n;
-    uint32_t cap;
-} gw_header_edits_t;
-
 struct gw_worker {
     int id;
     gw_server_t *server;
