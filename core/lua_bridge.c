@@ -384,59 +384,47 @@ static int bridge_call(gw_lua_t *lua, gw_conn_t *c, int runner, int fn, int h)
     return result;
 }
 
-int gw_lua_on_request(gw_lua_t *lua, gw_conn_t *c)
+/* Runs hook `h`: the global one, then the route's. A failing hook's partial answer and header
+ * edits are dropped (so they cannot leak onto the 500 that replaces it, nor onto the response
+ * of a route that fails open). Returns GW_LUA_CONTINUE, GW_LUA_RESPONDED or GW_LUA_FAILED. */
+static int bridge_run(gw_lua_t *lua, gw_conn_t *c, int h, int runner)
 {
     gw_request_t *r = &c->req;
-    const gw_route_cfg_t *route = &c->w->cfg->routes[r->route];
-    int refs[2][2] = {
-        {lua->global[GW_HOOK_ON_REQUEST], lua->route[r->route * GW_HOOK_COUNT + GW_HOOK_ON_REQUEST]},
-        {lua->global[GW_HOOK_REWRITE_PATH], lua->route[r->route * GW_HOOK_COUNT + GW_HOOK_REWRITE_PATH]},
-    };
-    for (int k = 0; k < 2; k++) {
-        int h = k == 0 ? GW_HOOK_ON_REQUEST : GW_HOOK_REWRITE_PATH;
-        int runner = k == 0 ? lua->run_request : lua->run_path;
-        for (int g = 0; g < 2; g++) {
-            if (refs[k][g] == LUA_NOREF)
-                continue;
-            int rc = bridge_call(lua, c, runner, refs[k][g], h);
-            if (rc < 0) {
-                /* Whatever the failed hook had started to answer is dropped. */
-                c->req.lua_respond = 0;
-                c->req.resp_edits.n = 0;
-                if (route->lua_fail_open)
-                    continue;
-                return GW_LUA_FAILED;
-            }
-            if (rc == 1)
-                return GW_LUA_RESPONDED;
-        }
-    }
-    return GW_LUA_CONTINUE;
-}
-
-int gw_lua_on_response(gw_lua_t *lua, gw_conn_t *c)
-{
-    gw_request_t *r = &c->req;
-    int refs[2] = {lua->global[GW_HOOK_ON_RESPONSE],
-                   r->route >= 0 ? lua->route[r->route * GW_HOOK_COUNT + GW_HOOK_ON_RESPONSE] : LUA_NOREF};
+    int refs[2] = {lua->global[h], r->route >= 0 ? lua->route[r->route * GW_HOOK_COUNT + h] : LUA_NOREF};
     bool fail_open = r->route >= 0 && c->w->cfg->routes[r->route].lua_fail_open;
     for (int g = 0; g < 2; g++) {
         if (refs[g] == LUA_NOREF)
             continue;
-        if (bridge_call(lua, c, lua->run_response, refs[g], GW_HOOK_ON_RESPONSE) < 0 && !fail_open)
+        int rc = bridge_call(lua, c, runner, refs[g], h);
+        if (rc < 0) {
+            r->lua_respond = 0;
+            r->lua_status = 0;
+            r->resp_edits.n = 0;
+            if (fail_open)
+                continue;
             return GW_LUA_FAILED;
+        }
+        if (rc == 1)
+            return GW_LUA_RESPONDED;
     }
     return GW_LUA_CONTINUE;
+}
+
+int gw_lua_on_request(gw_lua_t *lua, gw_conn_t *c)
+{
+    int rc = bridge_run(lua, c, GW_HOOK_ON_REQUEST, lua->run_request);
+    return rc != GW_LUA_CONTINUE ? rc : bridge_run(lua, c, GW_HOOK_REWRITE_PATH, lua->run_path);
+}
+
+int gw_lua_on_response(gw_lua_t *lua, gw_conn_t *c)
+{
+    return bridge_run(lua, c, GW_HOOK_ON_RESPONSE, lua->run_response);
 }
 
 void gw_lua_on_log(gw_lua_t *lua, gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
-    int refs[2] = {lua->global[GW_HOOK_ON_LOG],
-                   r->route >= 0 ? lua->route[r->route * GW_HOOK_COUNT + GW_HOOK_ON_LOG] : LUA_NOREF};
-    for (int g = 0; g < 2; g++)
-        if (refs[g] != LUA_NOREF)
-            bridge_call(lua, c, lua->run_response, refs[g], GW_HOOK_ON_LOG);
+    bridge_run(lua, c, GW_HOOK_ON_LOG, lua->run_response); /* after the fact: errors only count */
     if (r->lua_ran) {
         lua_State *L = lua->L;
         lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_end);

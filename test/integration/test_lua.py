@@ -42,6 +42,7 @@ function M.log(res)
     gw.log.info("on_log status=" .. res:status() .. " ctx=" .. tostring(res.ctx.seen))
 end
 function M.fail() error("hook exploded") end
+function M.partial(res) res:set_header("X-Partial", "1"); error("after an edit") end
 function M.upper(res)
     local body = res:body()  -- nil for a bodyless response (HEAD, 204, 304)
     if body then
@@ -84,6 +85,8 @@ class LuaTest(GwTestCase):
              "on_request": Lua("h.fail"), "lua": {"on_error": "continue"}},
             {"name": "respfail", "match": {"path_prefix": "/respfail"}, "upstream": "u",
              "on_response": Lua("h.fail")},
+            {"name": "partial", "match": {"path_prefix": "/partial"}, "upstream": "u",
+             "on_response": Lua("h.partial")},
             {"name": "logfail", "match": {"path_prefix": "/logfail"}, "upstream": "u",
              "on_log": Lua("h.fail")},
             {"name": "sandbox", "match": {"path_prefix": "/sandbox"}, "upstream": "u",
@@ -164,6 +167,9 @@ class LuaTest(GwTestCase):
         self.assertNotIn("exploded", body.decode())            # never the Lua message
         self.assertEqual(http_request(gw.port, "GET", "/open")[0], 200)      # fails open
         self.assertEqual(http_request(gw.port, "GET", "/respfail")[0], 500)  # on_response error
+        st, hdrs, _ = http_request(gw.port, "GET", "/partial")
+        self.assertEqual(st, 500)
+        self.assertNotIn("x-partial", {k.lower() for k, _ in hdrs})        # its edit is dropped
         self.assertEqual(http_request(gw.port, "GET", "/logfail")[0], 200)   # on_log: after the fact
         self.assertEqual(http_request(gw.port, "GET", "/sandbox")[0], 500)   # os.execute is gone
         time.sleep(0.2)
