@@ -32,6 +32,7 @@ typedef struct lb_pq {
     uv_timer_t idle_timer;
     bool timer_on;
     bool stopping;
+    size_t n_healthy;           /* counted at the last pick (Eq. 1's n), used until the next */
     bool *eligible;             /* [n] scratch */
     uint32_t *targets;          /* [n] scratch */
     uint64_t *excluded;         /* [(n+63)/64] scratch: tried or unhealthy */
@@ -44,6 +45,7 @@ static int lb_pq_create(const gw_upstream_cfg_t *u, size_t n, void **state)
         return -1;
     s->ucfg = u;
     s->n = n;
+    s->n_healthy = n;
     s->pq = gw_prequal_new(&u->prequal, n);
     s->eligible = calloc(n ? n : 1, sizeof *s->eligible);
     s->targets = calloc(n ? n : 1, sizeof *s->targets);
@@ -70,14 +72,6 @@ static void lb_pq_destroy(void *state)
     free(s);
 }
 
-static size_t lb_pq_healthy(const lb_pq_t *s)
-{
-    size_t k = 0;
-    for (size_t i = 0; i < s->n; i++)
-        k += GW_RELAXED_LOAD(s->backends[i]->healthy) != 0;
-    return k;
-}
-
 static void lb_pq_publish_mode(lb_pq_t *s, uint32_t i)
 {
     GW_RELAXED_STORE(s->w->metrics->prequal_mode[s->backends[i]->cfg->gindex],
@@ -96,7 +90,7 @@ static void lb_pq_on_probe(void *arg, gw_backend_t *b, const gw_probe_result_t *
         gw_histogram_observe(&s->w->metrics->prequal_probe_rtt[s->upstream], r->rtt_ns / 1000);
         gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_OK_WITH_SIGNALS, now);
         if (GW_RELAXED_LOAD(b->healthy))
-            gw_prequal_on_probe(s->pq, i, r->sig.rif, r->sig.latency_us, now, lb_pq_healthy(s),
+            gw_prequal_on_probe(s->pq, i, r->sig.rif, r->sig.latency_us, now, s->n_healthy,
                                 &s->w->rng);
         break;
     case GW_PROBE_NO_SIGNALS:
@@ -132,7 +126,7 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
     if (neligible == 0)
         return;
     size_t m = gw_prequal_choose_probe_targets(s->pq, s->eligible, s->n, k, &w->rng, s->targets);
-    size_t n_healthy = lb_pq_healthy(s);
+    size_t n_healthy = s->n_healthy;
     for (size_t j = 0; j < m; j++) {
         uint32_t i = s->targets[j];
         gw_backend_t *b = s->backends[i];
@@ -216,9 +210,14 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     size_t words = (s->n + 63) / 64;
     for (size_t i = 0; i < words; i++)
         s->excluded[i] = ctx->tried ? ctx->tried[i] : 0;
-    for (size_t i = 0; i < s->n; i++)
-        if (!GW_RELAXED_LOAD(ctx->backends[i]->healthy))
+    size_t healthy = 0;
+    for (size_t i = 0; i < s->n; i++) {
+        if (GW_RELAXED_LOAD(ctx->backends[i]->healthy))
+            healthy++;
+        else
             s->excluded[i / 64] |= (uint64_t)1 << (i % 64);
+    }
+    s->n_healthy = healthy;
     gw_prequal_branch_t branch;
     int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, &branch);
     if (idx < 0)
@@ -242,7 +241,7 @@ static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx, con
     gw_prequal_record_latency(s->pq, i, r->rif_at_start, (uint64_t)(r->latency_ms * 1000.0),
                               ctx->now_ms);
     if (r->has_signals && s->w) {
-        gw_prequal_on_piggyback(s->pq, i, r->sig_rif, r->sig_latency_us, ctx->now_ms, lb_pq_healthy(s),
+        gw_prequal_on_piggyback(s->pq, i, r->sig_rif, r->sig_latency_us, ctx->now_ms, s->n_healthy,
                                 ctx->rng);
         lb_pq_publish_mode(s, i);
     }
