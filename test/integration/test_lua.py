@@ -76,8 +76,6 @@ class LuaTest(GwTestCase):
 
     def start(self, extra_routes=(), **cfg):
         self.b1, self.b2 = self.backend("b1"), self.backend("b2")
-        d = self.tmpdir if hasattr(self, "tmpdir") else None
-        self.gw = None
         routes = list(extra_routes) + [
             {"name": "fail", "match": {"path_prefix": "/fail"}, "upstream": "u",
              "on_request": Lua("h.fail")},
@@ -147,11 +145,8 @@ class LuaTest(GwTestCase):
         self.assertEqual(json.loads(body)["id"], h["x-request-id"])
         st, hdrs, body = http_request(gw.port, "GET", "/x", headers={"X-Respond": "1"})
         self.assertEqual((st, body), (200, b"short\n"))
-        self.assertEqual(self.b1.port and len(self.backend_requests()), 0)
-
-    def backend_requests(self):
-        text = self.gw.metrics()
-        return [1] * int(metric_value(text, "gw_upstream_requests_total"))
+        # Both were answered by the hook: nothing reached a backend.
+        self.assertEqual(metric_value(gw.metrics(), "gw_upstream_requests_total"), 0)
 
     def test_on_response_changes_status(self):
         gw = self.start()
