@@ -1,6 +1,7 @@
 /*
- * admin: a small HTTP/1.1 server on the main thread's loop, serving GET|HEAD /metrics and
- * GET|HEAD /healthz (DESIGN §8).
+ * admin: a small HTTP/1.1 server on the main thread's loop, serving GET|HEAD /metrics, /status
+ * and /healthz, and POST /register and /unregister (DESIGN §8; the registry does the work).
+ * The POSTs need `Authorization: Bearer <admin.token>` when a token is configured.
  *
  * Ownership. The gw_admin_t embeds its listening uv_tcp_t and owns a list of connections. Each
  * gw_admin_conn_t embeds its uv_tcp_t and uv_timer_t; it is freed only in the close callback that
@@ -9,7 +10,8 @@
  * itself is freed when the listener's close callback has run and the last connection is gone.
  *
  * Requests. llhttp parses straight out of the connection's fixed input buffer; nothing of a
- * request is kept but a short copy of its path. Every response is produced synchronously when a
+ * request is kept but a short copy of its path, its Authorization header and, for a POST, its
+ * body (malloc'd up to the 64 KiB limit, freed when the request is answered). Every response is produced synchronously when a
  * request completes and queued with uv_write, so pipelined requests are answered in order. If a
  * client pipelines faster than it reads, the parser is paused (HPE_PAUSED at message end) and
  * reading stops until the write queue drains; the unparsed bytes wait in the input buffer.
@@ -28,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <netinet/in.h>
 
@@ -38,6 +41,7 @@
 #include "common.h"
 #include "log.h"
 #include "metrics.h"
+#include "registry.h"
 #include "status.h"
 
 #define GW_ADMIN_HEAD_MAX 8192
@@ -46,6 +50,7 @@
 #define GW_ADMIN_LINGER_MS 2000
 #define GW_ADMIN_INBUF 16384
 #define GW_ADMIN_PATH_MAX 64
+#define GW_ADMIN_AUTH_MAX 512
 /* Queued response bytes above which pipelined requests wait, and below which they resume. */
 #define GW_ADMIN_WRITE_HIGH (1u << 20)
 #define GW_ADMIN_WRITE_LOW (1u << 18)
@@ -92,6 +97,13 @@ struct gw_admin_conn {
     size_t head_bytes;
     uint64_t body_bytes;
     int error_status; /* set by a callback that rejects the request (413, 431) */
+    char field[16];        /* the current header name, lower-case, if it is short */
+    size_t field_len;      /* > sizeof(field): a longer name */
+    bool in_auth;          /* the current header is Authorization */
+    char auth[GW_ADMIN_AUTH_MAX]; /* its value */
+    size_t auth_len;       /* > sizeof(auth): too long to be right */
+    char *body;            /* a POST's body (malloc'd), or NULL */
+    size_t body_len, body_cap;
 
     /* Input: in[in_off, in_len) is received but not yet parsed (non-empty only when BLOCKED). */
     size_t in_off, in_len;
@@ -141,6 +153,7 @@ static void gw_admin_conn_on_closed(uv_handle_t *h)
         a->conns = c->next;
     if (c->next != NULL)
         c->next->prev = c->prev;
+    free(c->body); /* a POST cut off before its end */
     free(c);
     gw_admin_maybe_free(a);
 }
@@ -269,10 +282,20 @@ static const char *gw_admin_reason(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 201:
+        return "Created";
     case 400:
         return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
     case 404:
         return "Not Found";
+    case 409:
+        return "Conflict";
+    case 503:
+        return "Service Unavailable";
     case 405:
         return "Method Not Allowed";
     case 413:
@@ -384,6 +407,45 @@ static bool gw_admin_path_is(const gw_admin_conn_t *c, const char *path)
            gw_slice_eq(GW_SLICE(c->path, c->path_len), GW_SLICE(path, strlen(path)));
 }
 
+/* The request carries `Authorization: Bearer <token>` (compared in constant time). */
+static bool gw_admin_authorized(const gw_admin_conn_t *c, const char *token)
+{
+    static const char scheme[] = "bearer ";
+    size_t n = strlen(token), sl = sizeof(scheme) - 1;
+    if (c->auth_len > sizeof(c->auth) || c->auth_len != sl + n || strncasecmp(c->auth, scheme, sl) != 0)
+        return false;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(c->auth[sl + i] ^ token[i]);
+    return diff == 0;
+}
+
+/* POST /register and /unregister. */
+static void gw_admin_conn_membership(gw_admin_conn_t *c, bool reg, bool keep_alive)
+{
+    const gw_admin_source_t *src = c->admin->src;
+    if (llhttp_get_method(&c->parser) != HTTP_POST) {
+        gw_admin_conn_send_error(c, 405, "method_not_allowed", "use POST", "Allow: POST\r\n", false,
+                                 !keep_alive);
+        return;
+    }
+    if (src->cfg->admin_token && !gw_admin_authorized(c, src->cfg->admin_token)) {
+        gw_admin_conn_send_error(c, 401, "unauthorized", "send Authorization: Bearer <admin.token>",
+                                 "WWW-Authenticate: Bearer realm=\"prequal-gw\"\r\n", false,
+                                 !keep_alive);
+        return;
+    }
+    if (src->registry == NULL) {
+        gw_admin_conn_send_error(c, 403, "registration_disabled", "registration is off", "", false,
+                                 !keep_alive);
+        return;
+    }
+    char *json = NULL;
+    int st = gw_registry_handle(src->registry, reg, c->body ? c->body : "", c->body_len,
+                                uv_now(c->tcp.loop), &json);
+    gw_admin_conn_send(c, st, "application/json", "", json, strlen(json), true, false, !keep_alive);
+}
+
 /* Answers the request that just completed. */
 static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
 {
@@ -392,6 +454,10 @@ static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
     bool metrics = gw_admin_path_is(c, "/metrics"), healthz = gw_admin_path_is(c, "/healthz");
     bool status = gw_admin_path_is(c, "/status");
 
+    if (gw_admin_path_is(c, "/register") || gw_admin_path_is(c, "/unregister")) {
+        gw_admin_conn_membership(c, gw_admin_path_is(c, "/register"), keep_alive);
+        return;
+    }
     if (!metrics && !healthz && !status) {
         gw_admin_conn_send_error(c, 404, "not_found", "no such admin endpoint", "", head,
                                  !keep_alive);
@@ -420,7 +486,8 @@ static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
         gw_admin_conn_send(c, 200, "application/json", "", doc, len, true, head, !keep_alive);
         return;
     }
-    char *text = gw_metrics_render(src->cfg, src->shards, src->nshards, src->backends, &len);
+    char *text = gw_metrics_render(src->cfg, src->shards, src->nshards, src->backends, src->registry,
+                                   &len);
     if (text == NULL) {
         gw_admin_conn_send_error(c, 500, "internal", "out of memory rendering metrics", "", head,
                                  true);
@@ -457,7 +524,41 @@ static int gw_admin_on_message_begin(llhttp_t *p)
     c->head_bytes = 0;
     c->body_bytes = 0;
     c->error_status = 0;
+    c->field_len = 0;
+    c->in_auth = false;
+    c->auth_len = 0;
+    c->body_len = 0;
     return 0;
+}
+
+static int gw_admin_on_header_field(llhttp_t *p, const char *at, size_t len)
+{
+    gw_admin_conn_t *c = p->data;
+    for (size_t i = 0; i < len; i++, c->field_len++)
+        if (c->field_len < sizeof(c->field))
+            c->field[c->field_len] = (char)((at[i] >= 'A' && at[i] <= 'Z') ? at[i] + 32 : at[i]);
+    return gw_admin_head_span(c, at, len);
+}
+
+static int gw_admin_on_header_field_complete(llhttp_t *p)
+{
+    gw_admin_conn_t *c = p->data;
+    c->in_auth = c->field_len == 13 && memcmp(c->field, "authorization", 13) == 0;
+    c->field_len = 0;
+    if (c->in_auth)
+        c->auth_len = 0; /* a repeated Authorization: the last one counts (and a pair fails) */
+    return 0;
+}
+
+static int gw_admin_on_header_value(llhttp_t *p, const char *at, size_t len)
+{
+    gw_admin_conn_t *c = p->data;
+    if (c->in_auth) {
+        if (c->auth_len + len <= sizeof(c->auth))
+            memcpy(c->auth + c->auth_len, at, len);
+        c->auth_len += len;
+    }
+    return gw_admin_head_span(c, at, len);
 }
 
 static int gw_admin_on_head_data(llhttp_t *p, const char *at, size_t len)
@@ -497,12 +598,25 @@ static int gw_admin_on_headers_complete(llhttp_t *p)
 static int gw_admin_on_body(llhttp_t *p, const char *at, size_t len)
 {
     gw_admin_conn_t *c = p->data;
-    GW_UNUSED(at);
     c->body_bytes += len;
     if (c->body_bytes > GW_ADMIN_BODY_MAX) {
         c->error_status = 413;
         return -1;
     }
+    if (llhttp_get_method(p) != HTTP_POST)
+        return 0;
+    if (c->body_len + len > c->body_cap) {
+        size_t cap = c->body_cap ? c->body_cap : 1024;
+        while (cap < c->body_len + len)
+            cap *= 2;
+        char *nb = realloc(c->body, cap);
+        if (nb == NULL)
+            abort(); /* at most 64 KiB of a control request */
+        c->body = nb;
+        c->body_cap = cap;
+    }
+    memcpy(c->body + c->body_len, at, len);
+    c->body_len += len;
     return 0;
 }
 
@@ -515,6 +629,9 @@ static int gw_admin_on_message_complete(llhttp_t *p)
     gw_admin_conn_t *c = p->data;
     bool keep_alive = llhttp_should_keep_alive(p) && !p->upgrade;
     gw_admin_conn_route(c, keep_alive);
+    free(c->body);
+    c->body = NULL;
+    c->body_len = c->body_cap = 0;
     if (c->state != GW_ADMIN_READING)
         return HPE_PAUSED;
     if (c->tcp.write_queue_size > GW_ADMIN_WRITE_HIGH) {
@@ -529,8 +646,9 @@ static const llhttp_settings_t gw_admin_parser_settings = {
     .on_method = gw_admin_on_head_data,
     .on_url = gw_admin_on_url,
     .on_version = gw_admin_on_head_data,
-    .on_header_field = gw_admin_on_head_data,
-    .on_header_value = gw_admin_on_head_data,
+    .on_header_field = gw_admin_on_header_field,
+    .on_header_field_complete = gw_admin_on_header_field_complete,
+    .on_header_value = gw_admin_on_header_value,
     .on_headers_complete = gw_admin_on_headers_complete,
     .on_body = gw_admin_on_body,
     .on_message_complete = gw_admin_on_message_complete,

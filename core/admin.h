@@ -1,6 +1,6 @@
 /*
- * admin: the admin listener on the main thread's loop (DESIGN §8). For now: GET /metrics and
- * GET /healthz. It is a small HTTP/1.1 server of its own (llhttp, keep-alive, request size
+ * admin: the admin listener on the main thread's loop (DESIGN §8): GET /metrics, /status and
+ * /healthz, POST /register and /unregister. It is a small HTTP/1.1 server of its own (llhttp, keep-alive, request size
  * limits); nothing on it touches the workers' loops. Shards and backends are read with relaxed
  * atomics while the workers run.
  */
@@ -20,6 +20,7 @@ typedef struct gw_admin_source {
     gw_metrics_shard_t *const *shards;
     size_t nshards;
     gw_backend_t *const *backends; /* cfg->nbackends_total, by gindex */
+    struct gw_registry *registry;  /* POST /register, /unregister; NULL: registration is off */
 } gw_admin_source_t;
 
 /**

@@ -1,6 +1,7 @@
 /*
  * backend: the state of one backend that every worker shares. The table of backends is built by
- * the main thread from the config (indexed by gw_backend_cfg_t.gindex) and outlives the workers.
+ * the registry on the main thread (indexed by gindex: one entry per slot of every upstream) and
+ * outlives the workers.
  * Fields that change at run time are read and written with relaxed atomics; a worker never takes
  * a lock on the request path.
  */
@@ -12,8 +13,16 @@
 #include "common.h"
 #include "config.h"
 
+/* Room for a registered URL: "http://[" + the longest IPv6 text + "]:65535". */
+#define GW_SLOT_URL_MAX 72
+
+/* Slot k of an upstream (see gw_upstream_cfg_t.nslots): static backends point at their config;
+ * a registration slot's cfg lives in the registry, at a fixed address, and its text is rewritten
+ * only while no worker can be using the slot (registry.c explains when). */
 typedef struct gw_backend {
     const gw_backend_cfg_t *cfg;
+    uint32_t member;   /* 1 = in its upstream now (static and accepted, or registered); atomic */
+    uint32_t registered; /* 1 = a registration slot (not a static backend) */
     uint32_t upstream; /* index of its upstream in the config */
     uint32_t index;    /* index within its upstream */
     uint32_t inflight; /* requests in flight from all workers (GW_ATOMIC_ADD) */

@@ -1536,19 +1536,26 @@ static int gw_cfg_backends(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     lua_State *L = c->L;
     size_t old = gw_cfg_field(c, ut, "backends");
     int rc = 0;
+    bool registration = c->cfg->registration.enabled;
     if (lua_type(L, -1) == LUA_TNIL) {
-        rc = gw_cfg_fail(c, "required");
+        if (!registration)
+            rc = gw_cfg_fail(c, "required (or turn on `registration` to add backends at run time)");
         goto done;
     }
     int bt = lua_gettop(L);
     long n = gw_cfg_check_array(c, bt);
-    if (n == 0)
-        gw_cfg_fail(c, "must not be empty");
-    if (n <= 0) {
+    if (n == 0 && !registration)
+        gw_cfg_fail(c, "must not be empty (or turn on `registration` to add backends at run time)");
+    if (n < 0 || (n == 0 && !registration)) {
         rc = -1;
         goto done;
     }
-    u->backends = gw_cfg_xcalloc((size_t)n, sizeof(gw_backend_cfg_t));
+    if ((uint64_t)n + c->cfg->registration.max_backends > GW_MAX_UPSTREAM_BACKENDS) {
+        rc = gw_cfg_fail(c, "at most %d backends per upstream, registration.max_backends included",
+                         GW_MAX_UPSTREAM_BACKENDS);
+        goto done;
+    }
+    u->backends = gw_cfg_xcalloc((size_t)n ? (size_t)n : 1, sizeof(gw_backend_cfg_t));
     u->nbackends = (size_t)n;
     for (long i = 1; i <= n && rc == 0; i++) {
         size_t o2 = gw_cfg_push_index(c, i);
@@ -1725,8 +1732,11 @@ static int gw_cfg_upstreams(gw_cfg_ctx_t *c, int t)
                                 "'.'");
         else
             rc = gw_cfg_upstream(c, lua_gettop(L), u);
+        u->gindex0 = gindex;
+        u->nslots = (uint32_t)u->nbackends + cfg->registration.max_backends;
         for (size_t b = 0; rc == 0 && b < u->nbackends; b++)
-            u->backends[b].gindex = gindex++;
+            u->backends[b].gindex = gindex + (uint32_t)b;
+        gindex += u->nslots;
         gw_cfg_field_done(c, o2);
     }
     cfg->nbackends_total = gindex;
@@ -2124,25 +2134,127 @@ static void gw_cfg_add_path(luaL_Buffer *b, const char *dir)
     luaL_addstring(b, "/?/init.lua;");
 }
 
+/* `registration = { allow, ttl_ms, max_backends, upstream }` (DESIGN §8). Read before the
+ * upstreams (it decides whether they may start empty); `upstream` is checked after them. */
+static int gw_cfg_registration(gw_cfg_ctx_t *c, int t)
+{
+    static const char *const keys[] = {"allow", "ttl_ms", "max_backends", "upstream", NULL};
+    lua_State *L = c->L;
+    gw_registration_cfg_t *r = &c->cfg->registration;
+    r->upstream = -1;
+    size_t old = gw_cfg_field(c, t, "registration");
+    int type = lua_type(L, -1);
+    int rc = 0;
+    if (type == LUA_TBOOLEAN && !lua_toboolean(L, -1))
+        goto done;
+    rc = gw_cfg_record(c, keys);
+    if (rc <= 0)
+        goto done;
+    rc = 0;
+    int rt = lua_gettop(L);
+    r->enabled = true;
+    r->ttl_ms = 30000;
+    r->max_backends = 64;
+    size_t o2 = gw_cfg_field(c, rt, "allow");
+    if (lua_type(L, -1) == LUA_TNIL) {
+        rc = gw_cfg_fail(c, "required: the address ranges registered backends may be in, e.g. "
+                            "{ \"10.0.0.0/8\" }");
+    } else {
+        int at = lua_gettop(L);
+        long n = gw_cfg_check_array(c, at);
+        if (n == 0)
+            rc = gw_cfg_fail(c, "must not be empty");
+        else if (n < 0)
+            rc = -1;
+        else
+            r->allow = gw_cfg_xcalloc((size_t)n, sizeof(gw_cidr_t));
+        for (long i = 1; rc == 0 && i <= n; i++) {
+            size_t o3 = gw_cfg_push_index(c, i);
+            lua_rawgeti(L, at, (int)i);
+            const char *text = NULL;
+            rc = gw_cfg_plain_string(c, &text);
+            if (rc == 0 && text == NULL)
+                rc = gw_cfg_fail(c, "expected string, got nil");
+            if (rc == 0 && !gw_cidr_parse(text, &r->allow[i - 1]))
+                rc = gw_cfg_fail(c, "\"%s\": expected an address range such as \"10.0.0.0/8\" or "
+                                    "\"fd00::/8\" (no host bits after the prefix)", text);
+            if (rc == 0)
+                r->nallow++;
+            lua_pop(L, 1);
+            gw_cfg_pop(c, o3);
+        }
+    }
+    gw_cfg_field_done(c, o2);
+    if (rc == 0)
+        rc = gw_cfg_u32_field(c, rt, "ttl_ms", 0, &r->ttl_ms);
+    if (rc == 0) {
+        o2 = gw_cfg_field(c, rt, "max_backends");
+        uint64_t v = r->max_backends;
+        rc = gw_cfg_uint(c, 1, GW_MAX_UPSTREAM_BACKENDS, &v);
+        r->max_backends = (uint32_t)v;
+        gw_cfg_field_done(c, o2);
+    }
+done:
+    gw_cfg_field_done(c, old);
+    return rc < 0 ? -1 : 0;
+}
+
+/* registration.upstream names an upstream; without it, a single upstream is the default. */
+static int gw_cfg_registration_upstream(gw_cfg_ctx_t *c, int t)
+{
+    gw_config_t *cfg = c->cfg;
+    if (!cfg->registration.enabled)
+        return 0;
+    size_t old = gw_cfg_field(c, t, "registration");
+    size_t o2 = gw_cfg_field(c, lua_gettop(c->L), "upstream");
+    const char *name = NULL;
+    int rc = gw_cfg_plain_string(c, &name);
+    if (rc == 0 && name != NULL) {
+        cfg->registration.upstream = gw_config_upstream_index(cfg, name);
+        if (cfg->registration.upstream < 0)
+            rc = gw_cfg_fail(c, "no upstream is called \"%s\"", name);
+    } else if (rc == 0 && cfg->nupstreams == 1) {
+        cfg->registration.upstream = 0;
+    }
+    gw_cfg_field_done(c, o2);
+    gw_cfg_field_done(c, old);
+    return rc;
+}
+
 static int gw_cfg_build(gw_cfg_ctx_t *c, int t)
 {
     gw_config_t *cfg = c->cfg;
     static const char *const keys[] = {"listen",    "workers",   "admin",  "limits",
                                        "timeouts",  "access_log", "log_level", "upstreams",
-                                       "routes",    "hooks",     NULL};
+                                       "routes",    "hooks",     "registration", NULL};
     cfg->limits = (gw_limits_t){32768, 8192, 100, 16u << 20, 16384};
     cfg->timeouts = (gw_client_timeouts_t){10000, 60000, 75000, 60000, 10000};
     cfg->log_level = GW_LOG_INFO;
     if (gw_cfg_check_keys(c, t, keys) < 0 || gw_cfg_listen(c, t) < 0 || gw_cfg_workers(c, t) < 0 ||
         gw_cfg_admin(c, t) < 0 || gw_cfg_limits(c, t) < 0 || gw_cfg_timeouts(c, t) < 0 ||
-        gw_cfg_access_log(c, t) < 0 || gw_cfg_log_level(c, t) < 0 || gw_cfg_upstreams(c, t) < 0 ||
-        gw_cfg_routes(c, t) < 0)
+        gw_cfg_access_log(c, t) < 0 || gw_cfg_log_level(c, t) < 0 ||
+        gw_cfg_registration(c, t) < 0 || gw_cfg_upstreams(c, t) < 0 ||
+        gw_cfg_registration_upstream(c, t) < 0 || gw_cfg_routes(c, t) < 0)
         return -1;
-    static const char *const hkeys[] = {"on_request", "rewrite_path", "on_response", "on_log", NULL};
+    static const char *const hkeys[] = {"on_request",  "rewrite_path", "on_response", "on_log",
+                                        "on_register", "on_unregister", NULL};
     size_t old = gw_cfg_field(c, t, "hooks");
     int rc = gw_cfg_record(c, hkeys);
     if (rc > 0)
         rc = gw_cfg_hooks(c, lua_gettop(c->L), &cfg->global_hooks);
+    if (rc == 0 && lua_type(c->L, -1) == LUA_TTABLE) {
+        static const char *const mnames[] = {"on_register", "on_unregister"};
+        int ht = lua_gettop(c->L);
+        for (int i = 0; i < 2 && rc == 0; i++) {
+            size_t o2 = gw_cfg_field(c, ht, mnames[i]);
+            int type = lua_type(c->L, -1);
+            if (type == LUA_TFUNCTION)
+                cfg->membership_hooks |= (uint8_t)(i == 0 ? GW_MHOOK_ON_REGISTER : GW_MHOOK_ON_UNREGISTER);
+            else if (type != LUA_TNIL)
+                rc = gw_cfg_fail(c, "expected function, got %s", lua_typename(c->L, type));
+            gw_cfg_field_done(c, o2);
+        }
+    }
     gw_cfg_field_done(c, old);
     if (rc < 0)
         return -1;
@@ -2318,6 +2430,7 @@ void gw_config_free(gw_config_t *cfg)
     free(cfg->listen);
     free(cfg->admin_listen.text);
     free(cfg->admin_token);
+    free(cfg->registration.allow);
     free(cfg->access_log);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         gw_upstream_cfg_t *u = &cfg->upstreams[i];

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "cidr.h"
 #include "prequal.h"
 
 typedef struct gw_addr {
@@ -33,6 +34,14 @@ enum {
     GW_HOOK_COUNT
 };
 #define GW_HOOK_BIT(h) (1u << (h))
+
+/* The membership hooks of the top-level `hooks` table. They run on the main thread, in a
+ * lua_State of its own (registry.c), when a backend joins or leaves an upstream. */
+enum { GW_MHOOK_ON_REGISTER = 1, GW_MHOOK_ON_UNREGISTER = 2 };
+
+/* Most backends (static and registered) one upstream can have: a request's tried set is a
+ * 256-bit set. */
+#define GW_MAX_UPSTREAM_BACKENDS 256
 
 typedef struct gw_header_kv {
     char *name;
@@ -55,6 +64,7 @@ typedef struct gw_backend_cfg {
     uint32_t gindex; /* index among all backends of all upstreams (metrics, shared state) */
     struct sockaddr_storage sa;
     socklen_t salen;
+    char *meta_json; /* a registered backend's `meta` as JSON (registry.c), else NULL */
 } gw_backend_cfg_t;
 
 /* Passive health checking (health.h). */
@@ -82,7 +92,21 @@ typedef struct gw_upstream_cfg {
     char *probe_path;            /* prequal.probe_path, default "/probe" */
     bool lua_strategy;           /* `strategy` is a Lua table; `strategy` holds its name */
     char *fallback_strategy;     /* native strategy when the Lua one fails; default round_robin */
+    /* Slots: backends[0..nbackends) are the static backends; with registration on, the slots
+     * nbackends..nslots-1 are reserved for registered ones. Slot k has gindex gindex0 + k. */
+    uint32_t nslots;
+    uint32_t gindex0;
 } gw_upstream_cfg_t;
+
+/* `registration = {...}`: backends joining and leaving through the admin API (DESIGN §8). */
+typedef struct gw_registration_cfg {
+    bool enabled;
+    gw_cidr_t *allow;      /* registration.allow: a registered URL's address must be in one */
+    size_t nallow;
+    uint32_t ttl_ms;       /* registration.ttl_ms, default 30000; 0: registrations never expire */
+    uint32_t max_backends; /* registration.max_backends per upstream, default 64 */
+    int upstream;          /* registration.upstream (or the only upstream): for bodies without one; -1 */
+} gw_registration_cfg_t;
 
 typedef struct gw_respond_cfg {
     int status; /* 100..599 */
@@ -143,8 +167,10 @@ typedef struct gw_config {
     size_t nupstreams;
     gw_route_cfg_t *routes;
     size_t nroutes;
-    size_t nbackends_total; /* sum of nbackends over upstreams */
+    size_t nbackends_total; /* sum of nslots over upstreams: every gindex is below it */
     uint8_t global_hooks;   /* GW_HOOK_BIT()s defined in the top-level `hooks` table */
+    uint8_t membership_hooks; /* GW_MHOOK_* defined in the top-level `hooks` table */
+    gw_registration_cfg_t registration;
     bool uses_lua;          /* any hook or Lua strategy: workers need a lua_State */
 } gw_config_t;
 
@@ -163,6 +189,18 @@ gw_config_t *gw_config_load_string(const char *chunkname, const char *source, co
                                    char **err);
 
 void gw_config_free(gw_config_t *cfg);
+
+/** The number of backend slots of `u` (static and registration slots). */
+static inline uint32_t gw_upstream_nslots(const gw_upstream_cfg_t *u)
+{
+    return u->nslots > u->nbackends ? u->nslots : (uint32_t)u->nbackends;
+}
+
+/** The gindex of slot `k` of `u`. */
+static inline uint32_t gw_upstream_slot_gindex(const gw_upstream_cfg_t *u, uint32_t k)
+{
+    return k < u->nbackends ? u->backends[k].gindex : u->gindex0 + k;
+}
 
 /** Index of the upstream called `name`, or -1. */
 int gw_config_upstream_index(const gw_config_t *cfg, const char *name);

@@ -11,11 +11,18 @@
  */
 #include "health.h"
 
-static size_t health_count_ejected(gw_backend_t *const *peers, size_t n)
+/* Ejected members among the peers; *members gets their number (slots that are not in the
+ * upstream, see registry.h, count for neither). */
+static size_t health_count_ejected(gw_backend_t *const *peers, size_t n, size_t *members)
 {
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++)
+    size_t k = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!__atomic_load_n(&peers[i]->member, __ATOMIC_ACQUIRE))
+            continue;
+        m++;
         k += __atomic_load_n(&peers[i]->ejected, __ATOMIC_ACQUIRE);
+    }
+    *members = m;
     return k;
 }
 
@@ -32,12 +39,15 @@ bool gw_health_on_failure(gw_backend_t *b, gw_backend_t *const *peers, size_t np
         return false;
     if (__atomic_load_n(&b->ejected, __ATOMIC_ACQUIRE))
         return false;
-    if (health_over_cap(health_count_ejected(peers, npeers) + 1, npeers, h->max_ejected_percent))
+    size_t members;
+    size_t ejected = health_count_ejected(peers, npeers, &members);
+    if (health_over_cap(ejected + 1, members, h->max_ejected_percent))
         return false;
     uint32_t zero = 0;
     if (!__atomic_compare_exchange_n(&b->ejected, &zero, 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         return false;
-    if (health_over_cap(health_count_ejected(peers, npeers), npeers, h->max_ejected_percent)) {
+    ejected = health_count_ejected(peers, npeers, &members);
+    if (health_over_cap(ejected, members, h->max_ejected_percent)) {
         __atomic_store_n(&b->ejected, 0, __ATOMIC_RELEASE);
         return false;
     }

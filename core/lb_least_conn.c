@@ -57,7 +57,7 @@ static int gw_lb_lc_pick(void *state, const gw_lb_ctx_t *ctx)
             if (need_healthy && GW_RELAXED_LOAD(b->healthy) == 0)
                 continue;
             uint64_t conns = GW_RELAXED_LOAD(b->inflight);
-            uint64_t weight = b->cfg != NULL && b->cfg->weight > 0 ? b->cfg->weight : 1;
+            uint64_t weight = b->cfg != NULL && GW_RELAXED_LOAD(b->cfg->weight) > 0 ? GW_RELAXED_LOAD(b->cfg->weight) : 1;
             /* conns / weight against best_conns / best_weight, without division. */
             uint64_t lhs = conns * best_weight, rhs = best_conns * weight;
             if (best < 0 || lhs < rhs) {

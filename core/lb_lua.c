@@ -13,6 +13,7 @@
  * returns a backend already tried, is answered by `fallback_strategy` (round_robin unless set),
  * logged and counted in gw_lua_strategy_errors_total.
  */
+#include <lauxlib.h>
 #include <stdlib.h>
 
 #include "lb.h"
@@ -55,10 +56,9 @@ static int lb_lua_create(const gw_upstream_cfg_t *u, size_t n, void **state)
         free(s);
         return -1;
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++)
         s->raw[i].id = (uint32_t)i + 1;
-        s->raw[i].weight = u->backends[i].weight;
-    }
+    s->view_ref = s->state_ref = LUA_NOREF;
     *state = s;
     return 0;
 }
@@ -90,6 +90,7 @@ static void lb_lua_refresh(lb_lua_t *s, const gw_lb_ctx_t *ctx)
     for (size_t i = 0; i < s->n; i++) {
         const gw_backend_t *b = ctx->backends[i];
         gw_ffi_backend_t *r = &s->raw[i];
+        r->weight = GW_RELAXED_LOAD(b->cfg->weight);
         r->healthy = GW_RELAXED_LOAD(b->healthy) != 0;
         r->rif = GW_RELAXED_LOAD(b->inflight);
         r->fails = GW_RELAXED_LOAD(b->fails);
@@ -110,18 +111,27 @@ static void lb_lua_refresh(lb_lua_t *s, const gw_lb_ctx_t *ctx)
     }
 }
 
+/* Builds the view and runs strategy.init, once, in the worker's own thread (at its start, or at
+ * the first pick when called without a worker before). */
+static void lb_lua_bind(lb_lua_t *s, const gw_lb_ctx_t *ctx)
+{
+    gw_worker_t *w = ctx->worker;
+    if (s->bound || !w || !w->lua)
+        return;
+    s->bound = true;
+    s->w = w;
+    s->upstream = ctx->upstream;
+    lb_lua_refresh(s, ctx);
+    gw_worker_upstream_t *wu = &w->ups[ctx->upstream];
+    s->broken = gw_lua_strategy_view(w->lua, ctx->upstream, s->raw, ctx->backends, s->n, wu->absent,
+                                     &s->view_ref, &s->state_ref) != 0;
+}
+
 static int lb_lua_pick(void *state, const gw_lb_ctx_t *ctx)
 {
     lb_lua_t *s = state;
     gw_worker_t *w = ctx->worker;
-    if (!s->bound && w && w->lua) {
-        s->bound = true;
-        s->w = w;
-        s->upstream = ctx->upstream;
-        lb_lua_refresh(s, ctx);
-        s->broken = gw_lua_strategy_bind(w->lua, ctx->upstream, s->raw, s->n, &s->view_ref,
-                                         &s->state_ref) != 0;
-    }
+    lb_lua_bind(s, ctx);
     if (s->bound && !s->broken && ctx->conn) {
         lb_lua_refresh(s, ctx);
         s->ctx = ctx;
@@ -151,6 +161,27 @@ static void lb_lua_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx, co
                                r->latency_ms, r->outcome == GW_LB_OK && r->status < 500);
 }
 
+/* Membership changed (ctx->tried holds the absent slots): the native states learn it, and a
+ * bound Lua strategy gets a new view and its on_backends_changed. */
+static void lb_lua_backends_changed(void *state, const gw_lb_ctx_t *ctx)
+{
+    lb_lua_t *s = state;
+    if (!s->bound) {
+        lb_lua_bind(s, ctx); /* the worker starting: init sees the members of now */
+        return;
+    }
+    if (s->fallback->on_backends_changed)
+        s->fallback->on_backends_changed(s->fallback_state, ctx);
+    for (int k = 0; k < LB_LUA_NATIVE_MAX; k++)
+        if (s->native[k] && s->native[k]->on_backends_changed)
+            s->native[k]->on_backends_changed(s->native_state[k], ctx);
+    if (s->bound && !s->broken) {
+        lb_lua_refresh(s, ctx);
+        gw_lua_strategy_view(s->w->lua, s->upstream, s->raw, ctx->backends, s->n, ctx->tried,
+                             &s->view_ref, &s->state_ref);
+    }
+}
+
 static void lb_lua_stop(void *state)
 {
     lb_lua_t *s = state;
@@ -167,7 +198,7 @@ const gw_lb_ops_t gw_lb_lua = {
     .destroy = lb_lua_destroy,
     .pick = lb_lua_pick,
     .on_result = lb_lua_on_result,
-    .on_backends_changed = NULL,
+    .on_backends_changed = lb_lua_backends_changed,
     .stop = lb_lua_stop,
     .wants_signals = true,
 };

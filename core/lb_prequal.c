@@ -120,7 +120,8 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
     size_t neligible = 0;
     for (size_t i = 0; i < s->n; i++) {
         gw_backend_t *b = s->backends[i];
-        s->eligible[i] = GW_RELAXED_LOAD(b->healthy) && !gw_probe_busy(w, b);
+        s->eligible[i] = GW_RELAXED_LOAD(b->healthy) && GW_RELAXED_LOAD(b->member) &&
+                         !gw_probe_busy(w, b);
         neligible += s->eligible[i];
     }
     if (neligible == 0)
@@ -212,7 +213,10 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
         s->excluded[i] = ctx->tried ? ctx->tried[i] : 0;
     size_t healthy = 0;
     for (size_t i = 0; i < s->n; i++) {
-        if (GW_RELAXED_LOAD(ctx->backends[i]->healthy))
+        const gw_backend_t *b = ctx->backends[i];
+        if (!GW_RELAXED_LOAD(b->member))
+            continue; /* not in the upstream: excluded through ctx->tried */
+        if (GW_RELAXED_LOAD(b->healthy))
             healthy++;
         else
             s->excluded[i / 64] |= (uint64_t)1 << (i % 64);
@@ -247,6 +251,22 @@ static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx, con
     }
 }
 
+/* Membership changed (ctx->tried holds the slots that are not in the upstream): their pool
+ * entries go (PREQUAL.md "Membership changes ... drop the affected entries") and their
+ * per-backend history is forgotten, since a free slot may next hold a different URL. */
+static void lb_pq_backends_changed(void *state, const gw_lb_ctx_t *ctx)
+{
+    lb_pq_t *s = state;
+    for (uint32_t i = 0; i < s->n && i < ctx->n; i++) {
+        if (!gw_lb_tried(ctx, i))
+            continue;
+        gw_prequal_purge(s->pq, i, GW_PREQUAL_RM_MEMBERSHIP);
+        gw_prequal_forget(s->pq, i);
+        if (s->w)
+            lb_pq_publish_mode(s, i);
+    }
+}
+
 static void lb_pq_stop(void *state)
 {
     lb_pq_t *s = state;
@@ -269,7 +289,7 @@ const gw_lb_ops_t gw_lb_prequal = {
     .destroy = lb_pq_destroy,
     .pick = lb_pq_pick,
     .on_result = lb_pq_on_result,
-    .on_backends_changed = NULL,
+    .on_backends_changed = lb_pq_backends_changed,
     .stop = lb_pq_stop,
     .wants_signals = true,
 };

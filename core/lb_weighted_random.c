@@ -47,7 +47,7 @@ static uint64_t gw_lb_wrand_weight(const gw_lb_ctx_t *ctx, size_t i, bool need_h
         return 0;
     if (need_healthy && GW_RELAXED_LOAD(b->healthy) == 0)
         return 0;
-    return b->cfg != NULL && b->cfg->weight > 0 ? b->cfg->weight : 1;
+    return b->cfg != NULL && GW_RELAXED_LOAD(b->cfg->weight) > 0 ? GW_RELAXED_LOAD(b->cfg->weight) : 1;
 }
 
 /* Uniform in [0, n) for any 64-bit n > 0 (multiply-shift, like gw_rand_below). */

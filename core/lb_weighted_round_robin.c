@@ -37,7 +37,7 @@ typedef struct gw_lb_wrr {
 
 static int64_t gw_lb_wrr_weight(const gw_backend_t *b)
 {
-    return b->cfg != NULL && b->cfg->weight > 0 ? (int64_t)b->cfg->weight : 1;
+    return b->cfg != NULL && GW_RELAXED_LOAD(b->cfg->weight) > 0 ? (int64_t)GW_RELAXED_LOAD(b->cfg->weight) : 1;
 }
 
 /* Forgets all history. effective = -1 means "start at the configured weight", which is read

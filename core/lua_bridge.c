@@ -35,7 +35,7 @@ struct gw_lua {
     int *route;  /* [nroutes * GW_HOOK_COUNT] */
     int *strategy; /* [nupstreams]: the Lua strategy table, or LUA_NOREF */
     int *metas;    /* [nupstreams]: a list of the backends' meta tables */
-    int run_make_view, run_pick, run_result;
+    int run_make_view, run_pick, run_result, run_changed;
 };
 
 static const char *const hook_names[GW_HOOK_COUNT] = {"on_request", "rewrite_path", "on_response",
@@ -116,6 +116,69 @@ int gw_lua_load_api(lua_State *L, const char *lua_dir)
     return 0;
 }
 
+/* Opens a state with the gw API (gw.worker.id = worker_id) and runs the config file in it,
+ * leaving the table it returned on the stack. Returns the state, or NULL with *err set. The
+ * traceback handler's reference goes to *tb. */
+static lua_State *lua_open_config(const gw_config_t *cfg, int worker_id, int *tb, lua_State **keep,
+                                  char **err)
+{
+    lua_State *L = luaL_newstate();
+    if (!L)
+        abort();
+    *keep = L;
+    luaL_openlibs(L);
+    const char *lua_dir = getenv("PGW_LUA_DIR") ? getenv("PGW_LUA_DIR") : PGW_LUA_DIR;
+    lua_set_path(L, cfg->path, lua_dir);
+    lua_getglobal(L, "debug");
+    lua_getfield(L, -1, "traceback");
+    *tb = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    /* The gw API first, so that gateway.lua and the modules it requires can use it. It is
+     * loaded by its path, not through require, so a config file named gw.lua cannot shadow it. */
+    if (gw_lua_load_api(L, lua_dir) != 0) {
+        *err = gw_asprintf("loading the gw Lua module: %s", lua_tostring(L, -1));
+        return NULL;
+    }
+    lua_getfield(L, -1, "worker");
+    lua_pushinteger(L, worker_id);
+    lua_setfield(L, -2, "id");
+    lua_pop(L, 1);
+    lua_setglobal(L, "gw");
+    if (luaL_loadfile(L, cfg->path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
+        *err = gw_asprintf("%s evaluation of %s: %s", worker_id < 0 ? "main thread" : "worker",
+                           cfg->path, lua_tostring(L, -1));
+        return NULL;
+    }
+    if (!lua_istable(L, -1)) {
+        *err = gw_asprintf("%s evaluation of %s: did not return a table",
+                           worker_id < 0 ? "main thread" : "worker", cfg->path);
+        return NULL;
+    }
+    return L;
+}
+
+/* Pushes the list of the meta tables of the static backends of the upstream table at ut
+ * (an empty table for a backend without one). */
+static void lua_static_metas(lua_State *L, int ut, size_t nbackends)
+{
+    lua_newtable(L);
+    lua_getfield(L, ut, "backends");
+    for (size_t i = 0; i < nbackends && lua_istable(L, -1); i++) {
+        lua_rawgeti(L, -1, (int)i + 1);
+        if (lua_istable(L, -1))
+            lua_getfield(L, -1, "meta");
+        else
+            lua_pushnil(L);
+        if (!lua_istable(L, -1)) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+        }
+        lua_rawseti(L, -4, (int)i + 1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
 int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
 {
     const gw_config_t *cfg = w->cfg;
@@ -137,29 +200,11 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
         abort();
     for (size_t u = 0; u < cfg->nupstreams; u++)
         lua->strategy[u] = lua->metas[u] = LUA_NOREF;
-    lua_State *L = luaL_newstate();
+    lua_State *L = lua_open_config(cfg, w->id, &lua->tb, &lua->L, err);
     if (!L)
-        abort();
-    lua->L = L;
-    luaL_openlibs(L);
-    const char *lua_dir = getenv("PGW_LUA_DIR") ? getenv("PGW_LUA_DIR") : PGW_LUA_DIR;
-    lua_set_path(L, cfg->path, lua_dir);
-
-    lua_getglobal(L, "debug");
-    lua_getfield(L, -1, "traceback");
-    lua->tb = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1);
-
-    /* The gw API first, so that gateway.lua and the modules it requires can use it. It is
-     * loaded by its path, not through require, so a config file named gw.lua cannot shadow it. */
-    if (gw_lua_load_api(L, lua_dir) != 0) {
-        *err = gw_asprintf("loading the gw Lua module: %s", lua_tostring(L, -1));
         goto fail;
-    }
-    lua_getfield(L, -1, "worker");
-    lua_pushinteger(L, w->id);
-    lua_setfield(L, -2, "id");
-    lua_pop(L, 1);
+    int t = lua_gettop(L);
+    lua_getglobal(L, "gw");
     lua->run_request = lua_ref_field(L, -1, "_on_request");
     lua->run_path = lua_ref_field(L, -1, "_rewrite_path");
     lua->run_response = lua_ref_field(L, -1, "_on_response");
@@ -167,17 +212,8 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
     lua->run_make_view = lua_ref_field(L, -1, "_make_view");
     lua->run_pick = lua_ref_field(L, -1, "_strategy_pick");
     lua->run_result = lua_ref_field(L, -1, "_strategy_result");
-    lua_setglobal(L, "gw");
-
-    if (luaL_loadfile(L, cfg->path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
-        *err = gw_asprintf("worker evaluation of %s: %s", cfg->path, lua_tostring(L, -1));
-        goto fail;
-    }
-    if (!lua_istable(L, -1)) {
-        *err = gw_asprintf("worker evaluation of %s: did not return a table", cfg->path);
-        goto fail;
-    }
-    int t = lua_gettop(L);
+    lua->run_changed = lua_ref_field(L, -1, "_backends_changed");
+    lua_pop(L, 1);
     lua_getfield(L, t, "hooks");
     if (lua_istable(L, -1))
         for (int h = 0; h < GW_HOOK_COUNT; h++)
@@ -190,22 +226,7 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
         int ut = lua_gettop(L);
         lua_getfield(L, ut, "strategy");
         lua->strategy[u] = lua_istable(L, -1) ? luaL_ref(L, LUA_REGISTRYINDEX) : (lua_pop(L, 1), LUA_NOREF);
-        lua_newtable(L);
-        lua_getfield(L, ut, "backends");
-        for (size_t i = 0; i < cfg->upstreams[u].nbackends && lua_istable(L, -1); i++) {
-            lua_rawgeti(L, -1, (int)i + 1);
-            if (lua_istable(L, -1))
-                lua_getfield(L, -1, "meta");
-            else
-                lua_pushnil(L);
-            if (!lua_istable(L, -1)) {
-                lua_pop(L, 1);
-                lua_newtable(L);
-            }
-            lua_rawseti(L, -4, (int)i + 1);
-            lua_pop(L, 1);
-        }
-        lua_pop(L, 1);
+        lua_static_metas(L, ut, cfg->upstreams[u].nbackends);
         lua->metas[u] = luaL_ref(L, LUA_REGISTRYINDEX);
         lua_settop(L, ut - 1);
     }
@@ -258,33 +279,76 @@ static void lua_strategy_error(gw_lua_t *lua, uint32_t u, const char *what)
                lua_tostring(lua->L, -1));
 }
 
-int gw_lua_strategy_bind(gw_lua_t *lua, uint32_t u, gw_ffi_backend_t *raw, size_t n, int *view_ref,
-                         int *state_ref)
+int gw_lua_strategy_view(gw_lua_t *lua, uint32_t u, gw_ffi_backend_t *raw,
+                         gw_backend_t *const *backends, size_t n, const uint64_t *absent,
+                         int *view_ref, int *state_ref)
 {
     lua_State *L = lua->L;
     const gw_upstream_cfg_t *uc = &lua->w->cfg->upstreams[u];
+    bool first = *state_ref == LUA_NOREF;
     int base = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lua->tb);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_make_view);
     lua_pushlightuserdata(L, raw);
-    lua_pushinteger(L, (lua_Integer)n);
-    lua_createtable(L, (int)n, 0);
-    for (size_t i = 0; i < n; i++) {
-        lua_pushstring(L, uc->backends[i].url);
-        lua_rawseti(L, -2, (int)i + 1);
-    }
+    lua_newtable(L); /* ids of the members, in slot order */
+    lua_newtable(L); /* urls by id */
+    lua_newtable(L); /* metas by id: a table (static) or JSON text (registered) */
+    int ids = base + 4, urls = base + 5, metas = base + 6, nids = 0;
     lua_rawgeti(L, LUA_REGISTRYINDEX, lua->metas[u]);
+    int statics = base + 7;
+    for (size_t k = 0; k < n; k++) {
+        if ((absent[k / 64] >> (k % 64)) & 1)
+            continue;
+        const gw_backend_cfg_t *bc = backends[k]->cfg;
+        lua_pushinteger(L, (lua_Integer)k + 1);
+        lua_rawseti(L, ids, ++nids);
+        lua_pushstring(L, bc->url);
+        lua_rawseti(L, urls, (int)k + 1);
+        if (k < uc->nbackends)
+            lua_rawgeti(L, statics, (int)k + 1);
+        else {
+            const char *meta = __atomic_load_n(&bc->meta_json, __ATOMIC_ACQUIRE);
+            if (meta)
+                lua_pushstring(L, meta);
+            else
+                lua_pushnil(L);
+        }
+        lua_rawseti(L, metas, (int)k + 1);
+    }
+    lua_pop(L, 1);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lua->strategy[u]);
     lua_pushstring(L, uc->name);
-    /* _make_view(raw, n, urls, metas, strategy, upstream) -> view, state (init has run) */
-    if (lua_pcall(L, 6, 2, base + 1) != 0) {
-        lua_strategy_error(lua, u, "init");
+    if (first)
+        lua_pushnil(L);
+    else
+        lua_rawgeti(L, LUA_REGISTRYINDEX, *state_ref);
+    /* _make_view(raw, ids, urls, metas, strategy, upstream, state) -> view, state */
+    if (lua_pcall(L, 7, 2, base + 1) != 0) {
+        lua_strategy_error(lua, u, first ? "init" : "building the backend view");
         lua_settop(L, base);
         return -1;
     }
-    *state_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    *view_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    int new_state = luaL_ref(L, LUA_REGISTRYINDEX);
+    int new_view = luaL_ref(L, LUA_REGISTRYINDEX);
+    if (!first) {
+        luaL_unref(L, LUA_REGISTRYINDEX, *view_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, new_state); /* the same table as *state_ref */
+        new_state = *state_ref;
+    }
+    *view_ref = new_view;
+    *state_ref = new_state;
     lua_settop(L, base);
+    if (!first) {
+        /* on_backends_changed runs on its own: if it fails, the new view stays. */
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lua->tb);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_changed);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, lua->strategy[u]);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, *view_ref);
+        lua_rawgeti(L, LUA_REGISTRYINDEX, *state_ref);
+        if (lua_pcall(L, 3, 0, base + 1) != 0)
+            lua_strategy_error(lua, u, "on_backends_changed failed");
+        lua_settop(L, base);
+    }
     return 0;
 }
 
@@ -432,4 +496,152 @@ void gw_lua_on_log(gw_lua_t *lua, gw_conn_t *c)
         if (lua_pcall(L, 1, 0, 0) != 0)
             lua_pop(L, 1);
     }
+}
+
+/* ---- membership hooks on the main thread ---- */
+
+struct gw_lua_ctl {
+    lua_State *L;
+    const gw_config_t *cfg;
+    int tb;
+    int on_register, on_unregister;
+    int json_decode;
+    int *metas; /* [nupstreams]: the static backends' meta tables */
+};
+
+int gw_lua_ctl_new(const gw_config_t *cfg, gw_lua_ctl_t **out, char **err)
+{
+    gw_lua_ctl_t *ctl = calloc(1, sizeof *ctl);
+    if (!ctl || !(ctl->metas = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(int))))
+        abort();
+    ctl->cfg = cfg;
+    ctl->on_register = ctl->on_unregister = ctl->json_decode = LUA_NOREF;
+    lua_State *L = lua_open_config(cfg, -1, &ctl->tb, &ctl->L, err);
+    if (!L) {
+        gw_lua_ctl_free(ctl);
+        return -1;
+    }
+    int t = lua_gettop(L);
+    lua_getfield(L, t, "hooks");
+    if (lua_istable(L, -1)) {
+        ctl->on_register = lua_ref_field(L, lua_gettop(L), "on_register");
+        ctl->on_unregister = lua_ref_field(L, lua_gettop(L), "on_unregister");
+    }
+    lua_pop(L, 1);
+    if ((ctl->on_register != LUA_NOREF) != !!(cfg->membership_hooks & GW_MHOOK_ON_REGISTER) ||
+        (ctl->on_unregister != LUA_NOREF) != !!(cfg->membership_hooks & GW_MHOOK_ON_UNREGISTER)) {
+        *err = gw_asprintf("%s evaluated differently on the main thread (hooks): gateway.lua must "
+                           "return the same table every time", cfg->path);
+        gw_lua_ctl_free(ctl);
+        return -1;
+    }
+    lua_getfield(L, t, "upstreams");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        if (lua_istable(L, -1))
+            lua_getfield(L, -1, cfg->upstreams[u].name);
+        else
+            lua_pushnil(L);
+        lua_static_metas(L, lua_gettop(L), lua_istable(L, -1) ? cfg->upstreams[u].nbackends : 0);
+        ctl->metas[u] = luaL_ref(L, LUA_REGISTRYINDEX);
+        lua_pop(L, 1);
+    }
+    lua_getglobal(L, "gw");
+    lua_getfield(L, -1, "json");
+    ctl->json_decode = lua_ref_field(L, lua_gettop(L), "decode");
+    lua_settop(L, 0);
+    lua_sandbox(L);
+    *out = ctl;
+    return 0;
+}
+
+void gw_lua_ctl_free(gw_lua_ctl_t *ctl)
+{
+    if (!ctl)
+        return;
+    if (ctl->L)
+        lua_close(ctl->L);
+    free(ctl->metas);
+    free(ctl);
+}
+
+/* Pushes {id, url, weight, meta, static} for a hook. */
+static void ctl_push_backend(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b)
+{
+    lua_State *L = ctl->L;
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, b->id);
+    lua_setfield(L, -2, "id");
+    lua_pushstring(L, b->url);
+    lua_setfield(L, -2, "url");
+    lua_pushinteger(L, b->weight);
+    lua_setfield(L, -2, "weight");
+    lua_pushboolean(L, b->static_index >= 0);
+    lua_setfield(L, -2, "static");
+    if (b->static_index >= 0) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ctl->metas[u]);
+        lua_rawgeti(L, -1, b->static_index + 1);
+        lua_remove(L, -2);
+    } else if (b->meta_json) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, ctl->json_decode);
+        lua_pushstring(L, b->meta_json);
+        if (lua_pcall(L, 1, 1, 0) != 0 || !lua_istable(L, -1)) {
+            lua_pop(L, 1);
+            lua_newtable(L);
+        }
+    } else {
+        lua_newtable(L);
+    }
+    lua_setfield(L, -2, "meta");
+}
+
+/* Calls hook `fn` with (backend, upstream[, reason]); leaves its first result on the stack
+ * above `base`. Returns lua_pcall's result (the message is on the stack on error). */
+static int ctl_call(gw_lua_ctl_t *ctl, int fn, size_t u, const gw_lua_backend_info_t *b,
+                    const char *reason, const char *what, int base)
+{
+    lua_State *L = ctl->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, ctl->tb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
+    ctl_push_backend(ctl, u, b);
+    lua_pushstring(L, ctl->cfg->upstreams[u].name);
+    if (reason)
+        lua_pushstring(L, reason);
+    uint64_t t0 = gw_now_ns();
+    int rc = lua_pcall(L, reason ? 3 : 2, 1, base + 1);
+    uint64_t dt = gw_now_ns() - t0;
+    if (dt > GW_LUA_SLOW_NS)
+        gw_log_warn("lua: slow hooks.%s for %s: %.1f ms (it blocks the admin API)", what, b->url,
+                    (double)dt / 1e6);
+    return rc;
+}
+
+int gw_lua_ctl_on_register(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b, char **err)
+{
+    if (ctl->on_register == LUA_NOREF)
+        return 1;
+    lua_State *L = ctl->L;
+    int base = lua_gettop(L);
+    int rc = ctl_call(ctl, ctl->on_register, u, b, NULL, "on_register", base);
+    int result;
+    if (rc != 0) {
+        *err = gw_asprintf("%s", lua_tostring(L, -1) ? lua_tostring(L, -1) : "(error object is not a string)");
+        result = -1;
+    } else {
+        result = lua_type(L, -1) == LUA_TBOOLEAN && !lua_toboolean(L, -1) ? 0 : 1;
+    }
+    lua_settop(L, base);
+    return result;
+}
+
+void gw_lua_ctl_on_unregister(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b,
+                              const char *reason)
+{
+    if (ctl->on_unregister == LUA_NOREF)
+        return;
+    lua_State *L = ctl->L;
+    int base = lua_gettop(L);
+    if (ctl_call(ctl, ctl->on_unregister, u, b, reason, "on_unregister", base) != 0)
+        gw_log_err("lua: hooks.on_unregister failed for %s (upstream %s): %s", b->url,
+                   ctl->cfg->upstreams[u].name, lua_tostring(L, -1));
+    lua_settop(L, base);
 }

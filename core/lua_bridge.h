@@ -11,6 +11,7 @@
 #ifndef GW_LUA_BRIDGE_H
 #define GW_LUA_BRIDGE_H
 
+#include "backend.h"
 #include "config.h"
 #include "http1.h"
 
@@ -62,17 +63,44 @@ typedef struct gw_ffi_backend {
     double probe_age_ms;
 } gw_ffi_backend_t;
 
-/** Binds upstream `u`'s Lua strategy in this worker: a read-only view over `raw` (n entries)
- * and a state table, then strategy.init(upstream_name, view) if it has one. Returns 0, or -1
- * (logged) when init failed. */
-int gw_lua_strategy_bind(gw_lua_t *lua, uint32_t u, gw_ffi_backend_t *raw, size_t n, int *view_ref,
-                         int *state_ref);
+/** Builds upstream `u`'s Lua strategy view in this worker: read-only backends over `raw` (one
+ * entry per slot, `n` slots) for the slots not in `absent`. The first time (*state_ref is
+ * LUA_NOREF) it creates the state table and runs strategy.init(upstream_name, view, state);
+ * later (membership changed) it replaces the view and runs strategy.on_backends_changed(view,
+ * state). Returns 0, or -1 (logged, counted) when init failed: the strategy is unusable then. */
+int gw_lua_strategy_view(gw_lua_t *lua, uint32_t u, gw_ffi_backend_t *raw,
+                         gw_backend_t *const *backends, size_t n, const uint64_t *absent,
+                         int *view_ref, int *state_ref);
 /** strategy.pick(view, req, state): the backend's index, or -1 after an error or an invalid
  * return (logged and counted; the caller falls back). */
 int gw_lua_strategy_pick(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref, gw_conn_t *c);
 /** strategy.on_result(backend, result, state) if the strategy has it. */
 void gw_lua_strategy_result(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref, size_t idx,
                             int status, double latency_ms, bool ok);
+
+/* ---- membership hooks (main thread) ---- */
+
+typedef struct gw_lua_ctl gw_lua_ctl_t;
+
+/* A backend as hooks.on_register / on_unregister see it: {id, url, weight, meta, static}. */
+typedef struct gw_lua_backend_info {
+    uint32_t id;           /* slot + 1 in its upstream */
+    const char *url;
+    uint32_t weight;
+    const char *meta_json; /* a registered backend's meta, or NULL */
+    int static_index;      /* index among the upstream's static backends, or -1 */
+} gw_lua_backend_info_t;
+
+/** The main thread's own evaluation of gateway.lua, for the membership hooks (gw.worker.id is
+ * -1 there). Returns 0, or -1 with *err set. */
+int gw_lua_ctl_new(const gw_config_t *cfg, gw_lua_ctl_t **out, char **err);
+void gw_lua_ctl_free(gw_lua_ctl_t *ctl);
+/** hooks.on_register(backend, upstream_name): 1 admits, 0 rejects (it returned false), -1 when
+ * it raised (*err: the message with traceback, malloc'd). */
+int gw_lua_ctl_on_register(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b, char **err);
+/** hooks.on_unregister(backend, upstream_name, reason); errors are logged. */
+void gw_lua_ctl_on_unregister(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b,
+                              const char *reason);
 
 /** True if the request's route (or the global table) has hook `h`. */
 bool gw_lua_has_hook(const gw_conn_t *c, int h);

@@ -14,11 +14,13 @@
 #include "admin.h"
 #include "config.h"
 #include "log.h"
+#include "registry.h"
 #include "server.h"
 
 typedef struct gw_main {
     uv_loop_t *loop;
     gw_config_t *cfg;
+    gw_registry_t *registry;
     gw_server_t *server;
     gw_admin_t *admin;
     gw_admin_source_t admin_src;
@@ -45,6 +47,7 @@ static void main_close_signals(gw_main_t *m)
 static void main_on_stopped(void *arg)
 {
     gw_main_t *m = arg;
+    gw_registry_stop(m->registry);
     if (m->admin) {
         gw_admin_close(m->admin, NULL, NULL);
         m->admin = NULL;
@@ -108,9 +111,18 @@ int main(int argc, char **argv)
         free(err);
         return 1;
     }
+    /* The registry admits the static backends: hooks.on_register runs here, in -t too. */
+    gw_registry_t *registry = NULL;
+    if (gw_registry_new(cfg, &registry, &err) != 0) {
+        fprintf(stderr, "prequal-gw: %s\n", err ? err : "hooks.on_register failed");
+        free(err);
+        gw_config_free(cfg);
+        return 1;
+    }
     if (test_only) {
         printf("prequal-gw: configuration %s is valid (%zu upstream(s), %zu route(s))\n", path,
                cfg->nupstreams, cfg->nroutes);
+        gw_registry_free(registry);
         gw_config_free(cfg);
         return 0;
     }
@@ -119,6 +131,7 @@ int main(int argc, char **argv)
     int rc = gw_access_log_open(cfg->access_log);
     if (rc < 0) {
         fprintf(stderr, "prequal-gw: access_log %s: %s\n", cfg->access_log, strerror(-rc));
+        gw_registry_free(registry);
         gw_config_free(cfg);
         return 1;
     }
@@ -126,15 +139,19 @@ int main(int argc, char **argv)
     gw_main_t m = {0};
     m.loop = uv_default_loop();
     m.cfg = cfg;
-    rc = gw_server_start(cfg, m.loop, main_on_stopped, &m, &m.server, &err);
+    m.registry = registry;
+    rc = gw_server_start(cfg, gw_registry_backends(registry), m.loop, main_on_stopped, &m, &m.server,
+                         &err);
     if (rc != 0) {
         fprintf(stderr, "prequal-gw: %s\n", err ? err : uv_strerror(rc));
         free(err);
         gw_access_log_close();
+        gw_registry_free(registry);
         gw_config_free(cfg);
         uv_loop_close(m.loop);
         return 1;
     }
+    gw_registry_start(registry, m.loop, m.server);
     uv_signal_init(m.loop, &m.sigterm);
     uv_signal_init(m.loop, &m.sigint);
     uv_signal_init(m.loop, &m.sigusr1);
@@ -149,7 +166,8 @@ int main(int argc, char **argv)
         m.admin_src.cfg = cfg;
         m.admin_src.shards = gw_server_shards(m.server, &nshards);
         m.admin_src.nshards = nshards;
-        m.admin_src.backends = gw_server_backends(m.server);
+        m.admin_src.backends = gw_registry_backends(registry);
+        m.admin_src.registry = cfg->registration.enabled ? registry : NULL;
         rc = gw_admin_start(m.loop, &m.admin_src, &m.admin);
         if (rc != 0) {
             gw_log_err("admin listen %s: %s", cfg->admin_listen.text, uv_strerror(rc));
@@ -167,6 +185,7 @@ int main(int argc, char **argv)
     uv_run(m.loop, UV_RUN_DEFAULT);
     gw_server_free(m.server);
     rc = uv_loop_close(m.loop);
+    gw_registry_free(registry);
     if (rc != 0)
         gw_log_err("main loop closed with handles open: %s", uv_strerror(rc));
     gw_log_info("stopped");

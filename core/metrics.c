@@ -19,6 +19,7 @@
 
 #include "common.h"
 #include "metrics.h"
+#include "registry.h"
 
 #ifndef PGW_VERSION
 #define PGW_VERSION "dev"
@@ -80,6 +81,21 @@ gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg)
         if (uv_mutex_init(&s->prequal_snap[u].lock) != 0)
             abort();
     return s;
+}
+
+void gw_metrics_shard_reset_backend(gw_metrics_shard_t *s, uint32_t g)
+{
+    if (g >= s->nbackends)
+        return;
+    GW_RELAXED_STORE(s->upstream_requests[g], 0);
+    gw_histogram_t *h = &s->upstream_latency[g];
+    for (size_t i = 0; i <= GW_HIST_NBUCKETS; i++)
+        GW_RELAXED_STORE(h->buckets[i], 0);
+    GW_RELAXED_STORE(h->count, 0);
+    GW_RELAXED_STORE(h->sum_us, 0);
+    for (size_t e = 0; e < GW_UERR_MAX; e++)
+        GW_RELAXED_STORE(s->upstream_errors[g][e], 0);
+    GW_RELAXED_STORE(s->prequal_mode[g], 0);
 }
 
 void gw_metrics_shard_free(gw_metrics_shard_t *s)
@@ -311,7 +327,21 @@ typedef struct gw_render_ctx {
     gw_metrics_shard_t *const *shards;
     size_t nshards;
     gw_backend_t *const *backends; /* may be NULL: the gauges are left out */
+    const gw_registry_t *registry; /* may be NULL: the registration series are left out */
 } gw_render_ctx_t;
+
+/* The backend config of slot k of `up`, or NULL when the slot is not listed (a registration slot
+ * that holds no member; see gw_backend_listed). */
+static const gw_backend_cfg_t *gw_render_slot(const gw_render_ctx_t *x, const gw_upstream_cfg_t *up,
+                                              uint32_t k)
+{
+    if (k < up->nbackends)
+        return &up->backends[k];
+    if (x->backends == NULL)
+        return NULL;
+    const gw_backend_t *b = x->backends[gw_upstream_slot_gindex(up, k)];
+    return gw_backend_listed(b) ? b->cfg : NULL;
+}
 
 static void gw_render_requests(const gw_render_ctx_t *x)
 {
@@ -422,8 +452,11 @@ static void gw_render_backend_family(const gw_render_ctx_t *x, gw_backend_family
     gw_mbuf_family(x->b, name, type, help);
     for (size_t u = 0; u < x->cfg->nupstreams; u++) {
         const gw_upstream_cfg_t *up = &x->cfg->upstreams[u];
-        for (size_t i = 0; i < up->nbackends; i++)
-            gw_render_backend_series(x, fam, up->name, &up->backends[i]);
+        for (uint32_t k = 0; k < gw_upstream_nslots(up); k++) {
+            const gw_backend_cfg_t *be = gw_render_slot(x, up, k);
+            if (be != NULL)
+                gw_render_backend_series(x, fam, up->name, be);
+        }
     }
 }
 
@@ -579,8 +612,11 @@ static void gw_render_prequal(const gw_render_ctx_t *x)
         if (!gw_pq_used(x, u))
             continue;
         const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
-        for (size_t i = 0; i < uc->nbackends; i++) {
-            size_t g = uc->backends[i].gindex;
+        for (uint32_t i = 0; i < gw_upstream_nslots(uc); i++) {
+            const gw_backend_cfg_t *be = gw_render_slot(x, uc, i);
+            if (be == NULL)
+                continue;
+            size_t g = be->gindex;
             for (int m = 0; m < GW_PREQUAL_MODE_COUNT; m++) {
                 uint64_t v = 0;
                 for (size_t k = 0; k < x->nshards; k++)
@@ -588,7 +624,7 @@ static void gw_render_prequal(const gw_render_ctx_t *x)
                         v += GW_RELAXED_LOAD(x->shards[k]->prequal_mode[g]) == m;
                 gw_mbuf_puts(b, "prequal_backend_mode{");
                 gw_mbuf_label(b, true, "upstream", uc->name);
-                gw_mbuf_label(b, false, "backend", uc->backends[i].url);
+                gw_mbuf_label(b, false, "backend", be->url);
                 gw_mbuf_label(b, false, "mode", gw_prequal_mode_name((gw_prequal_mode_t)m));
                 gw_mbuf_printf(b, "} %" PRIu64 "\n", v);
             }
@@ -643,14 +679,47 @@ static void gw_render_lua(const gw_render_ctx_t *x)
     }
 }
 
+/* gw_upstream_backends{upstream} and gw_registrations_total{upstream,event}. */
+static void gw_render_membership(const gw_render_ctx_t *x)
+{
+    const gw_config_t *cfg = x->cfg;
+    if (x->backends == NULL)
+        return;
+    gw_mbuf_family(x->b, "gw_upstream_backends", "gauge",
+                   "Backends in the upstream now (static and registered).");
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
+        uint32_t members = 0;
+        for (uint32_t k = 0; k < gw_upstream_nslots(uc); k++)
+            members += __atomic_load_n(&x->backends[gw_upstream_slot_gindex(uc, k)]->member,
+                                       __ATOMIC_ACQUIRE) != 0;
+        gw_mbuf_puts(x->b, "gw_upstream_backends{");
+        gw_mbuf_label(x->b, true, "upstream", uc->name);
+        gw_mbuf_printf(x->b, "} %" PRIu32 "\n", members);
+    }
+    if (x->registry == NULL || !cfg->registration.enabled)
+        return;
+    gw_mbuf_family(x->b, "gw_registrations_total", "counter",
+                   "Backend registration events: registered, renewed (heartbeat), unregistered, "
+                   "expired (TTL), rejected (hooks.on_register).");
+    for (size_t u = 0; u < cfg->nupstreams; u++)
+        for (int e = 0; e < GW_REG_EVENT_COUNT; e++) {
+            gw_mbuf_puts(x->b, "gw_registrations_total{");
+            gw_mbuf_label(x->b, true, "upstream", cfg->upstreams[u].name);
+            gw_mbuf_label(x->b, false, "event", gw_registry_event_name((enum gw_reg_event)e));
+            gw_mbuf_printf(x->b, "} %" PRIu64 "\n", gw_registry_events(x->registry, u, (enum gw_reg_event)e));
+        }
+}
+
 char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shards, size_t nshards,
-                        gw_backend_t *const *backends, size_t *len)
+                        gw_backend_t *const *backends, const gw_registry_t *registry, size_t *len)
 {
     gw_mbuf_t b = {0}, tmp = {0};
 
-    gw_render_ctx_t x = {&b, &tmp, cfg, shards, nshards, backends};
+    gw_render_ctx_t x = {&b, &tmp, cfg, shards, nshards, backends, registry};
     gw_render_requests(&x);
     gw_render_upstreams(&x);
+    gw_render_membership(&x);
     gw_render_prequal(&x);
     gw_render_lua(&x);
 

@@ -70,6 +70,8 @@ typedef struct gw_metrics_shard {
 /** Allocates a zeroed shard sized for `cfg`. Aborts on OOM (control structure). */
 gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg);
 void gw_metrics_shard_free(gw_metrics_shard_t *s);
+/** Zeroes the per-backend series of gindex `g` (a registration slot taken by a new URL). */
+void gw_metrics_shard_reset_backend(gw_metrics_shard_t *s, uint32_t g);
 
 /** Records one observation of `usec` microseconds. Single writer. */
 void gw_histogram_observe(gw_histogram_t *h, uint64_t usec);
@@ -82,10 +84,12 @@ static inline int gw_status_class(int status)
 
 /**
  * Renders every metric in Prometheus text format: the shards summed, plus per-backend gauges read
- * from `backends` (indexed by gindex, cfg->nbackends_total entries). Returns a malloc'd buffer
+ * from `backends` (indexed by gindex, cfg->nbackends_total entries) and the registration events
+ * of `registry` (may be NULL). Returns a malloc'd buffer
  * (caller frees) and its length in *len, or NULL on OOM.
  */
+typedef struct gw_registry gw_registry_t;
 char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shards, size_t nshards,
-                        gw_backend_t *const *backends, size_t *len);
+                        gw_backend_t *const *backends, const gw_registry_t *registry, size_t *len);
 
 #endif

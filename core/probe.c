@@ -386,6 +386,13 @@ int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t ti
     return 0;
 }
 
+void gw_probe_close_backend(gw_worker_t *w, const gw_backend_t *b)
+{
+    gw_probe_conn_t *pc = w->probe_conns[b->cfg->gindex];
+    if (pc)
+        probe_finish(pc, GW_PROBE_FAILED, false);
+}
+
 void gw_probe_close_all(gw_worker_t *w)
 {
     for (size_t i = 0; i < w->cfg->nbackends_total; i++) {

@@ -52,6 +52,10 @@ int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t ti
 /** True while a probe from this worker to `b` has not been answered. */
 bool gw_probe_busy(const gw_worker_t *w, const gw_backend_t *b);
 
+/** Closes the worker's probe connection to `b` (it left its upstream); a pending callback runs
+ * with GW_PROBE_FAILED. */
+void gw_probe_close_backend(gw_worker_t *w, const gw_backend_t *b);
+
 /** Closes every probe connection of the worker; pending callbacks run with GW_PROBE_FAILED. */
 void gw_probe_close_all(gw_worker_t *w);
 

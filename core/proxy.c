@@ -385,10 +385,13 @@ static void proxy_attempt(gw_conn_t *c)
     gw_request_t *r = &c->req;
     gw_worker_t *w = c->w;
     gw_worker_upstream_t *wu = &w->ups[r->upstream];
-    if (wu->n == 0) {
+    if (wu->nmembers == 0) {
         gw_conn_respond_error(c, 503, "no_backend", "the upstream has no backends");
         return;
     }
+    if (wu->has_absent)
+        for (size_t i = 0; i < GW_ARRAY_LEN(r->tried); i++)
+            r->tried[i] |= wu->absent[i];
     gw_lb_ctx_t ctx = proxy_lb_ctx(c);
     int idx = wu->lb->pick(wu->lb_state, &ctx);
     if (idx < 0 || (size_t)idx >= wu->n) {

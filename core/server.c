@@ -37,8 +37,8 @@ struct gw_server {
     uv_timer_t health_timer; /* re-admits ejected backends */
     void (*on_stopped)(void *);
     void *arg;
-    gw_backend_t *backend_store;
-    gw_backend_t **backends;
+    gw_backend_t *const *backends; /* the registry's table, by gindex */
+    uint64_t membership_gen;       /* the last announced membership change (atomic) */
     gw_metrics_shard_t **shards;
     gw_worker_t *workers;
     size_t nworkers;
@@ -118,9 +118,76 @@ static void worker_on_drain_timeout(uv_timer_t *t)
     gw_conn_close_all(w);
 }
 
+/* Closes what this worker keeps open to a backend that left: idle pooled connections and the
+ * probe connection. Leased connections finish their request. */
+static void worker_drop_backend(gw_worker_t *w, gw_backend_t *b)
+{
+    gw_pool_t *pool = &w->pools[b->cfg->gindex];
+    while (!gw_list_empty(&pool->idle))
+        gw_upconn_close(GW_CONTAINER_OF(pool->idle.next, gw_upconn_t, link));
+    gw_probe_close_backend(w, b);
+}
+
+/* Recomputes an upstream's absent set from the backends' member flags. Returns true when it
+ * changed. */
+static bool worker_upstream_membership(gw_worker_t *w, gw_worker_upstream_t *wu)
+{
+    bool changed = false;
+    uint32_t members = 0;
+    for (size_t k = 0; k < wu->n; k++) {
+        gw_backend_t *b = wu->backends[k];
+        bool member = __atomic_load_n(&b->member, __ATOMIC_ACQUIRE) != 0;
+        bool was = !((wu->absent[k / 64] >> (k % 64)) & 1);
+        members += member;
+        if (member == was)
+            continue;
+        changed = true;
+        wu->absent[k / 64] ^= (uint64_t)1 << (k % 64);
+        if (!member && w->loop_ready)
+            worker_drop_backend(w, b);
+    }
+    wu->nmembers = members;
+    wu->has_absent = members < wu->n;
+    return changed;
+}
+
+/* Tells upstream u's strategy that its members changed (ctx.tried: the absent slots). */
+static void worker_backends_changed(gw_worker_t *w, size_t u)
+{
+    gw_worker_upstream_t *wu = &w->ups[u];
+    if (!wu->lb->on_backends_changed)
+        return;
+    gw_lb_ctx_t ctx = {.backends = wu->backends,
+                       .n = wu->n,
+                       .tried = wu->absent,
+                       .rng = &w->rng,
+                       .now_ms = uv_now(&w->loop),
+                       .worker = w,
+                       .upstream = (uint32_t)u};
+    wu->lb->on_backends_changed(wu->lb_state, &ctx);
+}
+
+/* Applies the latest membership announcement, then acknowledges it. */
+static void worker_apply_membership(gw_worker_t *w)
+{
+    uint64_t gen = __atomic_load_n(&w->server->membership_gen, __ATOMIC_ACQUIRE);
+    if (gen == __atomic_load_n(&w->membership_acked, __ATOMIC_RELAXED))
+        return;
+    for (size_t u = 0; u < w->cfg->nupstreams; u++) {
+        gw_worker_upstream_t *wu = &w->ups[u];
+        bool changed = worker_upstream_membership(w, wu);
+        /* An upstream with registration slots also hears of weight and meta changes. */
+        if (changed || wu->n > wu->cfg->nbackends)
+            worker_backends_changed(w, u);
+    }
+    __atomic_store_n(&w->membership_acked, gen, __ATOMIC_RELEASE);
+}
+
 static void worker_on_wakeup(uv_async_t *a)
 {
     gw_worker_t *w = a->data;
+    if (!w->finishing)
+        worker_apply_membership(w);
     int cmd = __atomic_load_n(&w->server->command, __ATOMIC_ACQUIRE);
     if (cmd == GW_CMD_NONE || w->finishing)
         return;
@@ -150,7 +217,13 @@ static void worker_thread(void *arg)
     gw_worker_t *w = arg;
     gw_server_t *s = w->server;
     gw_log_set_thread_id(w->id);
+    /* Lua strategies run their init in this thread, before the first request. */
+    for (size_t u = 0; u < w->cfg->nupstreams; u++)
+        if (w->ups[u].lb == &gw_lb_lua)
+            worker_backends_changed(w, u);
+    worker_apply_membership(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    __atomic_store_n(&w->loop_done, true, __ATOMIC_RELEASE);
     int rc = uv_loop_close(&w->loop);
     if (rc != 0)
         gw_log_err("worker %d: loop closed with handles open: %s", w->id, uv_strerror(rc));
@@ -227,12 +300,13 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
     for (size_t u = 0; u < cfg->nupstreams; u++) {
         gw_worker_upstream_t *wu = &w->ups[u];
         wu->cfg = &cfg->upstreams[u];
-        wu->n = wu->cfg->nbackends;
+        wu->n = gw_upstream_nslots(wu->cfg);
         wu->backends = calloc(wu->n ? wu->n : 1, sizeof(gw_backend_t *));
         if (!wu->backends)
             abort();
         for (size_t k = 0; k < wu->n; k++)
-            wu->backends[k] = s->backends[wu->cfg->backends[k].gindex];
+            wu->backends[k] = s->backends[gw_upstream_slot_gindex(wu->cfg, (uint32_t)k)];
+        worker_upstream_membership(w, wu);
         wu->lb = wu->cfg->lua_strategy ? &gw_lb_lua : gw_lb_find(wu->cfg->strategy);
         if (!wu->lb) {
             *err = gw_asprintf("upstreams.%s.strategy: unknown strategy \"%s\"", wu->cfg->name, wu->cfg->strategy);
@@ -303,8 +377,8 @@ static void worker_free(gw_worker_t *w)
     gw_lua_free(w->lua);
 }
 
-int gw_server_start(const gw_config_t *cfg, uv_loop_t *main_loop, void (*on_stopped)(void *),
-                    void *arg, gw_server_t **out, char **err)
+int gw_server_start(const gw_config_t *cfg, gw_backend_t *const *backends, uv_loop_t *main_loop,
+                    void (*on_stopped)(void *), void *arg, gw_server_t **out, char **err)
 {
     *err = NULL;
     gw_server_t *s = calloc(1, sizeof *s);
@@ -315,24 +389,11 @@ int gw_server_start(const gw_config_t *cfg, uv_loop_t *main_loop, void (*on_stop
     s->on_stopped = on_stopped;
     s->arg = arg;
     s->nworkers = cfg->workers;
-    size_t nb = cfg->nbackends_total;
-    s->backend_store = calloc(nb ? nb : 1, sizeof(gw_backend_t));
-    s->backends = calloc(nb ? nb : 1, sizeof(gw_backend_t *));
+    s->backends = backends;
     s->shards = calloc(s->nworkers, sizeof(gw_metrics_shard_t *));
     s->workers = calloc(s->nworkers, sizeof(gw_worker_t));
-    if (!s->backend_store || !s->backends || !s->shards || !s->workers)
+    if (!s->shards || !s->workers)
         abort();
-    for (size_t u = 0; u < cfg->nupstreams; u++) {
-        for (size_t k = 0; k < cfg->upstreams[u].nbackends; k++) {
-            const gw_backend_cfg_t *bc = &cfg->upstreams[u].backends[k];
-            gw_backend_t *b = &s->backend_store[bc->gindex];
-            b->cfg = bc;
-            b->upstream = (uint32_t)u;
-            b->index = (uint32_t)k;
-            b->healthy = 1;
-            s->backends[bc->gindex] = b;
-        }
-    }
     for (size_t i = 0; i < s->nworkers; i++)
         s->shards[i] = gw_metrics_shard_new(cfg);
     int rc = 0;
@@ -391,8 +452,6 @@ void gw_server_free(gw_server_t *s)
         gw_metrics_shard_free(s->shards[i]);
     free(s->workers);
     free(s->shards);
-    free(s->backends);
-    free(s->backend_store);
     free(s);
 }
 
@@ -402,7 +461,34 @@ gw_metrics_shard_t *const *gw_server_shards(const gw_server_t *s, size_t *n)
     return s->shards;
 }
 
-gw_backend_t *const *gw_server_backends(const gw_server_t *s)
+uint64_t gw_server_membership_changed(gw_server_t *s)
 {
-    return s->backends;
+    uint64_t gen = __atomic_add_fetch(&s->membership_gen, 1, __ATOMIC_ACQ_REL);
+    for (size_t i = 0; i < s->nworkers; i++)
+        uv_async_send(&s->workers[i].wakeup);
+    return gen;
+}
+
+uint64_t gw_server_membership_gen(const gw_server_t *s)
+{
+    return __atomic_load_n(&s->membership_gen, __ATOMIC_ACQUIRE);
+}
+
+bool gw_server_membership_acked(const gw_server_t *s, uint64_t gen)
+{
+    for (size_t i = 0; i < s->nworkers; i++) {
+        const gw_worker_t *w = &s->workers[i];
+        /* A worker whose loop ended holds nothing any more. */
+        if (__atomic_load_n(&w->loop_done, __ATOMIC_ACQUIRE))
+            continue;
+        if (__atomic_load_n(&w->membership_acked, __ATOMIC_ACQUIRE) < gen)
+            return false;
+    }
+    return true;
+}
+
+void gw_server_reset_backend(gw_server_t *s, uint32_t g)
+{
+    for (size_t i = 0; i < s->nworkers; i++)
+        gw_metrics_shard_reset_backend(s->shards[i], g);
 }

@@ -7,15 +7,24 @@
 #include <string.h>
 
 #include "prequal.h"
+#include "registry.h"
 
-static cJSON *status_backend(const gw_admin_source_t *src, const gw_upstream_cfg_t *uc, size_t i,
-                             bool prequal)
+static cJSON *status_backend(const gw_admin_source_t *src, const gw_upstream_cfg_t *uc, uint32_t k,
+                             bool prequal, uint64_t now_ms)
 {
-    const gw_backend_cfg_t *bc = &uc->backends[i];
-    const gw_backend_t *b = src->backends[bc->gindex];
+    const gw_backend_t *b = src->backends[gw_upstream_slot_gindex(uc, k)];
+    const gw_backend_cfg_t *bc = b->cfg;
     cJSON *o = cJSON_CreateObject();
+    cJSON_AddNumberToObject(o, "id", k + 1);
     cJSON_AddStringToObject(o, "url", bc->url);
-    cJSON_AddNumberToObject(o, "weight", bc->weight);
+    cJSON_AddStringToObject(o, "source", b->registered ? "registered" : "static");
+    cJSON_AddBoolToObject(o, "member", __atomic_load_n(&b->member, __ATOMIC_ACQUIRE) != 0);
+    int64_t expires = src->registry ? gw_registry_expires_in(src->registry, bc->gindex, now_ms) : -1;
+    if (expires >= 0)
+        cJSON_AddNumberToObject(o, "expires_in_ms", (double)expires);
+    else
+        cJSON_AddNullToObject(o, "expires_in_ms");
+    cJSON_AddNumberToObject(o, "weight", GW_RELAXED_LOAD(bc->weight));
     cJSON_AddBoolToObject(o, "healthy", GW_RELAXED_LOAD(b->healthy) != 0);
     cJSON_AddBoolToObject(o, "ejected", GW_RELAXED_LOAD(b->ejected) != 0);
     cJSON_AddNumberToObject(o, "in_flight", GW_RELAXED_LOAD(b->inflight));
@@ -38,7 +47,9 @@ static cJSON *status_pool(const gw_admin_source_t *src, size_t u, uint64_t now_m
     for (size_t k = 0; k < snap->n; k++) {
         const gw_prequal_entry_info_t *e = &snap->entries[k];
         cJSON *eo = cJSON_CreateObject();
-        cJSON_AddStringToObject(eo, "backend", e->backend < uc->nbackends ? uc->backends[e->backend].url : "?");
+        cJSON_AddStringToObject(eo, "backend", e->backend < gw_upstream_nslots(uc)
+                                                   ? src->backends[gw_upstream_slot_gindex(uc, (uint32_t)e->backend)]->cfg->url
+                                                   : "?");
         cJSON_AddNumberToObject(eo, "rif", e->rif);
         cJSON_AddNumberToObject(eo, "latency_ms", (double)e->latency_us / 1000.0);
         cJSON_AddNumberToObject(eo, "age_ms", (double)e->age_ms);
@@ -71,8 +82,9 @@ char *gw_status_render(const gw_admin_source_t *src, uint64_t now_ms, size_t *le
         cJSON_AddStringToObject(uo, "name", uc->name);
         cJSON_AddStringToObject(uo, "strategy", uc->strategy);
         cJSON *bs = cJSON_AddArrayToObject(uo, "backends");
-        for (size_t i = 0; i < uc->nbackends; i++)
-            cJSON_AddItemToArray(bs, status_backend(src, uc, i, prequal));
+        for (uint32_t k = 0; k < gw_upstream_nslots(uc); k++)
+            if (gw_backend_listed(src->backends[gw_upstream_slot_gindex(uc, k)]))
+                cJSON_AddItemToArray(bs, status_backend(src, uc, k, prequal, now_ms));
         if (prequal && src->nshards > 0)
             cJSON_AddItemToObject(uo, "prequal", status_pool(src, u, now_ms));
         cJSON_AddItemToArray(ups, uo);

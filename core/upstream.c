@@ -172,7 +172,8 @@ void gw_pool_release(gw_upconn_t *u)
     gw_pool_t *pool = u->pool;
     u->conn = NULL;
     if (!u->reusable || u->state != GW_US_ACTIVE || pool->nidle >= pool->ucfg->keepalive_max_idle ||
-        u->w->draining || u->in_len != u->parsed) {
+        u->w->draining || u->in_len != u->parsed ||
+        !__atomic_load_n(&pool->backend->member, __ATOMIC_ACQUIRE)) {
         gw_upconn_close(u);
         return;
     }

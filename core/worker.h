@@ -69,6 +69,11 @@ typedef struct gw_worker_upstream {
     size_t n;
     const gw_lb_ops_t *lb;
     void *lb_state;
+    /* Slots not in the upstream as this worker last saw it (registration, on_register). They
+     * join every pick's tried set, so no strategy ever returns one. */
+    uint64_t absent[GW_MAX_UPSTREAM_BACKENDS / 64];
+    bool has_absent;
+    uint32_t nmembers;
 } gw_worker_upstream_t;
 
 typedef struct gw_server gw_server_t;
@@ -100,6 +105,8 @@ struct gw_worker {
     gw_arena_cache_t arena_cache; /* request arena blocks of idle connections */
     struct gw_probe_conn **probe_conns; /* [cfg->nbackends_total]: Prequal probe connections */
     uint32_t probes_in_flight;
+    uint64_t membership_acked; /* the membership generation this worker applied (atomic) */
+    bool loop_done;        /* the loop ended (atomic): it holds no backend any more */
     char **free_bufs;      /* recycled connection input buffers */
     uint32_t nfree_bufs;
 };
@@ -159,7 +166,7 @@ typedef struct gw_request {
     uint64_t bytes_out;
     gw_backend_t *backend; /* last backend tried, NULL if none */
     gw_buf_t up_head;      /* the serialised head sent upstream */
-    uint64_t tried[4];     /* tried backends bit set (first 256 backends) */
+    uint64_t tried[GW_MAX_UPSTREAM_BACKENDS / 64]; /* tried backends (and absent slots) by slot */
     uint32_t attempts;
     uint32_t stale_retries;
     int last_error;        /* enum gw_upstream_error of the last failure */

@@ -356,6 +356,7 @@ local backend_getters = {
 local backend_ptr = ffi.typeof("gw_ffi_backend_t *")
 local raw_of = setmetatable({}, { __mode = "k" })
 local views = setmetatable({}, { __mode = "k" }) -- view -> its backends, to repair a tampered view
+local view_ids = setmetatable({}, { __mode = "k" }) -- view -> its backends by id
 
 local backend_mt = {
     __index = function(b, k)
@@ -368,29 +369,48 @@ local backend_mt = {
     __newindex = readonly,
 }
 
---- Builds the read-only view of an upstream's backends over the C array `ptr` (n entries), and
---- the strategy's state table; runs strategy.init(upstream, view). Returns view, state.
-function gw._make_view(ptr, n, urls, metas, strategy, upstream)
+--- Builds the read-only view of an upstream's members over the C array `ptr` (one entry per
+--- slot): `ids` lists the members' ids (slot + 1), `urls` and `metas` are keyed by id (a meta is
+--- a table, or the JSON text of a registered backend's meta). Without `state` (the first time)
+--- it creates the state and runs strategy.init(upstream, view, state). Returns view, state.
+function gw._make_view(ptr, ids, urls, metas, strategy, upstream, state)
     local raw = ffi.cast(backend_ptr, ptr)
-    local items = {}
-    for i = 1, n do
-        local b = setmetatable({ id = i, url = urls[i], meta = metas[i] or {} }, backend_mt)
-        raw_of[b] = raw + (i - 1)
+    local items, by_id = {}, {}
+    for i = 1, #ids do
+        local id = ids[i]
+        local meta = metas[id]
+        if type(meta) == "string" then
+            local ok, t = pcall(cjson.decode, meta)
+            meta = ok and type(t) == "table" and t or nil
+        end
+        local b = setmetatable({ id = id, url = urls[id], meta = meta or {} }, backend_mt)
+        raw_of[b] = raw + (id - 1)
         items[i] = b
+        by_id[id] = b
     end
     -- A plain array, so that # and ipairs work (LuaJIT ignores __len on tables); new keys are
     -- refused, and the runner puts back what a strategy removed (see _strategy_pick).
     local view = {}
-    for i = 1, n do
+    for i = 1, #items do
         view[i] = items[i]
     end
     setmetatable(view, { __newindex = readonly })
     views[view] = items
-    local state = {}
-    if strategy.init then
-        strategy.init(upstream, view, state)
+    view_ids[view] = by_id
+    if state == nil then
+        state = {}
+        if strategy.init then
+            strategy.init(upstream, view, state)
+        end
     end
     return view, state
+end
+
+--- Membership changed: strategy.on_backends_changed(view, state) with the new view.
+function gw._backends_changed(strategy, view, state)
+    if strategy.on_backends_changed then
+        strategy.on_backends_changed(view, state)
+    end
 end
 
 local ids = ffi.new("uint32_t[?]", 4096)
@@ -450,8 +470,9 @@ end
 
 --- Runs strategy.on_result(backend, result, state) when the strategy has one.
 function gw._strategy_result(strategy, view, idx, status, latency_ms, ok, state)
-    if strategy.on_result then
-        strategy.on_result(view[idx + 1], { status = status, latency_ms = latency_ms, ok = ok }, state)
+    local b = view_ids[view][idx + 1]
+    if strategy.on_result and b then -- b is nil when the backend left since the pick
+        strategy.on_result(b, { status = status, latency_ms = latency_ms, ok = ok }, state)
     end
 end
 

@@ -667,9 +667,9 @@ static void test_required(void **state)
     (void)state;
     check_err(
         "return {\n upstreams = {\n   api = {\n strategy = 'round_robin' } },\n" MINIMAL_ROUTES "}",
-        "gw.lua:3: upstreams.api.backends: required");
+        "gw.lua:3: upstreams.api.backends: required (or turn on `registration` to add backends at run time)");
     check_err("return {\n upstreams = { api = {\n backends = {} } },\n" MINIMAL_ROUTES "}",
-              "gw.lua:3: upstreams.api.backends: must not be empty");
+              "gw.lua:3: upstreams.api.backends: must not be empty (or turn on `registration` to add backends at run time)");
     check_err(
         "return {\n upstreams = { api = { backends = {\n { weight = 2 } } } },\n" MINIMAL_ROUTES
         "}",

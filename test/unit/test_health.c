@@ -17,7 +17,7 @@ static int reset(void **state)
 {
     memset(b, 0, sizeof b);
     for (int i = 0; i < 4; i++)
-        b[i].healthy = 1;
+        b[i].healthy = b[i].member = 1;
     return 0;
 }
 

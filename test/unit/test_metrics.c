@@ -46,7 +46,7 @@ static int setup(void **state)
     for (size_t i = 0; i < 3; i++) {
         const gw_backend_cfg_t *bc = i < 2 ? &f->api_backends[i] : &f->static_backends[0];
         f->backend_state[i] = (gw_backend_t){
-            .cfg = bc, .upstream = i < 2 ? 0 : 1, .index = i < 2 ? (uint32_t)i : 0, .healthy = 1};
+            .cfg = bc, .upstream = i < 2 ? 0 : 1, .index = i < 2 ? (uint32_t)i : 0, .healthy = 1, .member = 1};
         f->backends[i] = &f->backend_state[i];
     }
     f->shards[0] = gw_metrics_shard_new(&f->cfg);
@@ -89,7 +89,7 @@ static void assert_no_line_prefix(const char *text, const char *prefix)
 static char *render(fixture_t *f, gw_backend_t *const *backends)
 {
     size_t len = 0;
-    char *text = gw_metrics_render(&f->cfg, f->shards, 2, backends, &len);
+    char *text = gw_metrics_render(&f->cfg, f->shards, 2, backends, NULL, &len);
     assert_non_null(text);
     assert_int_equal(len, strlen(text));
     assert_true(len > 0 && text[len - 1] == '\n');
@@ -305,7 +305,7 @@ static void test_render_families(void **state)
         assert_true(family[0] != '\0');
         assert_memory_equal(line, family, strlen(family));
     }
-    assert_int_equal(types, 12);
+    assert_int_equal(types, 13); /* gw_upstream_backends included */
     free(text);
 }
 

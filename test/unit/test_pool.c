@@ -79,6 +79,7 @@ static int setup(void **state)
     gw_list_init(&e->w.conns);
     gw_list_init(&e->w.upconns);
     e->pool.backend = &e->backend;
+    e->backend.member = 1;
     e->pool.ucfg = &e->ucfg;
     gw_list_init(&e->pool.idle);
     *state = e;

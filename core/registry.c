@@ -1,0 +1,669 @@
+/*
+ * registry: see registry.h.
+ *
+ * Slots. Upstream u has gw_upstream_nslots(u) slots; slot k has gindex gindex0 + k (static ones
+ * keep their config's gindex). A registration slot's gw_backend_cfg_t lives here, at a fixed
+ * address, with its URL text in fixed buffers, so b->cfg never changes and never dangles.
+ *
+ * A registration that comes back (after an unregister or an expiry) gets its old slot again, so
+ * its id, metrics and health history survive re-registration. A new URL takes a slot that was
+ * never used, else the slot that has been free the longest, but only once it is safe to rewrite:
+ * every worker has acknowledged the leave (its pools and probe connection to it are closed) and
+ * no request is in flight to it. Until then the upstream is "full" for new URLs.
+ *
+ * Meta. A registered backend's `meta` is kept as JSON text that workers decode into their Lua
+ * views. A renewal may change it: the new text is published and the old one is retired, freed
+ * once every worker acknowledged the change that replaced it.
+ */
+#include "registry.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "lua_bridge.h"
+#include "server.h"
+
+#define GW_REG_MAX_TTL_MS (24u * 3600u * 1000u)
+#define GW_REG_TICK_MS 100
+
+typedef struct gw_reg_slot {
+    gw_backend_cfg_t cfg;
+    char url[GW_SLOT_URL_MAX];
+    char authority[GW_SLOT_URL_MAX];
+    bool has_url;        /* holds a URL (a member now, or one that left) */
+    uint32_t ttl_ms;     /* 0: never expires */
+    uint64_t expires_ms;
+    uint64_t left_ms;    /* when it last left (the oldest free slot is reused first) */
+    uint64_t left_gen;   /* the membership generation that announced the leave */
+} gw_reg_slot_t;
+
+typedef struct gw_reg_retired {
+    char *p;
+    uint64_t gen;
+    struct gw_reg_retired *next;
+} gw_reg_retired_t;
+
+struct gw_registry {
+    const gw_config_t *cfg;
+    gw_backend_t *store;
+    gw_backend_t **backends;
+    gw_reg_slot_t *slots;   /* [nbackends_total] by gindex; only registration slots are used */
+    uint64_t *events;       /* [nupstreams * GW_REG_EVENT_COUNT] */
+    gw_lua_ctl_t *lua;      /* hooks.on_register / on_unregister, or NULL */
+    gw_server_t *server;
+    uv_timer_t timer;
+    bool timer_on;
+    gw_reg_retired_t *retired;
+};
+
+static const char *const reg_event_names[GW_REG_EVENT_COUNT] = {"registered", "renewed",
+                                                                  "unregistered", "expired",
+                                                                  "rejected"};
+
+const char *gw_registry_event_name(enum gw_reg_event ev)
+{
+    return reg_event_names[ev];
+}
+
+gw_backend_t *const *gw_registry_backends(const gw_registry_t *r)
+{
+    return r->backends;
+}
+
+uint64_t gw_registry_events(const gw_registry_t *r, size_t u, enum gw_reg_event ev)
+{
+    return r->events[u * GW_REG_EVENT_COUNT + ev];
+}
+
+int64_t gw_registry_expires_in(const gw_registry_t *r, uint32_t g, uint64_t now_ms)
+{
+    const gw_reg_slot_t *s = &r->slots[g];
+    if (!r->backends[g]->registered || s->ttl_ms == 0)
+        return -1;
+    return s->expires_ms > now_ms ? (int64_t)(s->expires_ms - now_ms) : 0;
+}
+
+static void reg_count(gw_registry_t *r, size_t u, enum gw_reg_event ev)
+{
+    r->events[u * GW_REG_EVENT_COUNT + ev]++;
+}
+
+/* Tells the workers; returns the generation that carries the change (0 before start). */
+static uint64_t reg_announce(gw_registry_t *r)
+{
+    return r->server ? gw_server_membership_changed(r->server) : 0;
+}
+
+static gw_lua_backend_info_t reg_info(const gw_registry_t *r, const gw_upstream_cfg_t *uc, uint32_t k)
+{
+    uint32_t g = gw_upstream_slot_gindex(uc, k);
+    const gw_backend_t *b = r->backends[g];
+    return (gw_lua_backend_info_t){.id = k + 1,
+                                   .url = b->cfg->url,
+                                   .weight = GW_RELAXED_LOAD(b->cfg->weight),
+                                   .meta_json = b->registered ? r->slots[g].cfg.meta_json : NULL,
+                                   .static_index = b->registered ? -1 : (int)k};
+}
+
+static void reg_unregister_hook(gw_registry_t *r, size_t u, uint32_t k, const char *reason)
+{
+    if (!r->lua || !(r->cfg->membership_hooks & GW_MHOOK_ON_UNREGISTER))
+        return;
+    const gw_upstream_cfg_t *uc = &r->cfg->upstreams[u];
+    gw_lua_backend_info_t info = reg_info(r, uc, k);
+    gw_lua_ctl_on_unregister(r->lua, u, &info, reason);
+}
+
+/* ---- construction ---- */
+
+int gw_registry_new(const gw_config_t *cfg, gw_registry_t **out, char **err)
+{
+    *err = NULL;
+    gw_registry_t *r = calloc(1, sizeof *r);
+    size_t nb = cfg->nbackends_total ? cfg->nbackends_total : 1;
+    if (!r || !(r->store = calloc(nb, sizeof *r->store)) || !(r->backends = calloc(nb, sizeof *r->backends)) ||
+        !(r->slots = calloc(nb, sizeof *r->slots)) ||
+        !(r->events = calloc((cfg->nupstreams ? cfg->nupstreams : 1) * GW_REG_EVENT_COUNT, sizeof *r->events)))
+        abort();
+    r->cfg = cfg;
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
+        uint32_t n = gw_upstream_nslots(uc);
+        for (uint32_t k = 0; k < n; k++) {
+            uint32_t g = gw_upstream_slot_gindex(uc, k);
+            gw_backend_t *b = &r->store[g];
+            b->upstream = (uint32_t)u;
+            b->index = k;
+            b->healthy = 1;
+            if (k < uc->nbackends) {
+                b->cfg = &uc->backends[k];
+                b->member = 1;
+            } else {
+                gw_reg_slot_t *s = &r->slots[g];
+                s->cfg.url = s->url;
+                s->cfg.authority = s->authority;
+                s->cfg.weight = 1;
+                s->cfg.gindex = g;
+                b->cfg = &s->cfg;
+                b->registered = 1;
+            }
+            r->backends[g] = b;
+        }
+    }
+    if (cfg->membership_hooks && gw_lua_ctl_new(cfg, &r->lua, err) != 0) {
+        gw_registry_free(r);
+        return -1;
+    }
+    /* Static backends join at load: on_register may keep one out. */
+    for (size_t u = 0; r->lua && (cfg->membership_hooks & GW_MHOOK_ON_REGISTER) && u < cfg->nupstreams; u++) {
+        const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
+        for (uint32_t k = 0; k < uc->nbackends; k++) {
+            gw_lua_backend_info_t info = reg_info(r, uc, k);
+            char *herr = NULL;
+            int rc = gw_lua_ctl_on_register(r->lua, u, &info, &herr);
+            if (rc < 0) {
+                *err = gw_asprintf("%s: hooks.on_register failed for upstreams.%s.backends[%u] (%s): %s",
+                                   cfg->path, uc->name, k + 1, uc->backends[k].url, herr ? herr : "?");
+                free(herr);
+                gw_registry_free(r);
+                return -1;
+            }
+            if (rc == 0) {
+                r->backends[uc->backends[k].gindex]->member = 0;
+                reg_count(r, u, GW_REG_REJECTED);
+                gw_log_warn("upstream %s: hooks.on_register rejected static backend %s", uc->name,
+                            uc->backends[k].url);
+            }
+        }
+    }
+    *out = r;
+    return 0;
+}
+
+/* ---- expiry ---- */
+
+static void reg_gc_retired(gw_registry_t *r)
+{
+    gw_reg_retired_t **pp = &r->retired;
+    while (*pp) {
+        gw_reg_retired_t *x = *pp;
+        if (!r->server || gw_server_membership_acked(r->server, x->gen)) {
+            *pp = x->next;
+            free(x->p);
+            free(x);
+        } else {
+            pp = &x->next;
+        }
+    }
+}
+
+static void reg_leave(gw_registry_t *r, size_t u, uint32_t k, uint64_t now_ms, enum gw_reg_event ev)
+{
+    const gw_upstream_cfg_t *uc = &r->cfg->upstreams[u];
+    uint32_t g = gw_upstream_slot_gindex(uc, k);
+    gw_reg_slot_t *s = &r->slots[g];
+    __atomic_store_n(&r->backends[g]->member, 0, __ATOMIC_RELEASE);
+    s->left_ms = now_ms;
+    s->left_gen = reg_announce(r);
+    reg_count(r, u, ev);
+    gw_log_info("upstream %s: backend %s %s", uc->name, s->url, reg_event_names[ev]);
+    reg_unregister_hook(r, u, k, ev == GW_REG_EXPIRED ? "expired" : "unregister");
+}
+
+static void reg_on_tick(uv_timer_t *t)
+{
+    gw_registry_t *r = t->data;
+    uint64_t now = uv_now(t->loop);
+    const gw_config_t *cfg = r->cfg;
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
+        uint32_t n = gw_upstream_nslots(uc);
+        for (uint32_t k = (uint32_t)uc->nbackends; k < n; k++) {
+            uint32_t g = gw_upstream_slot_gindex(uc, k);
+            gw_reg_slot_t *s = &r->slots[g];
+            if (s->ttl_ms && s->expires_ms <= now && __atomic_load_n(&r->backends[g]->member, __ATOMIC_ACQUIRE))
+                reg_leave(r, u, k, now, GW_REG_EXPIRED);
+        }
+    }
+    reg_gc_retired(r);
+}
+
+void gw_registry_start(gw_registry_t *r, uv_loop_t *loop, gw_server_t *server)
+{
+    r->server = server;
+    if (!r->cfg->registration.enabled)
+        return;
+    uv_timer_init(loop, &r->timer);
+    r->timer.data = r;
+    uv_timer_start(&r->timer, reg_on_tick, GW_REG_TICK_MS, GW_REG_TICK_MS);
+    uv_unref((uv_handle_t *)&r->timer);
+    r->timer_on = true;
+}
+
+void gw_registry_stop(gw_registry_t *r)
+{
+    if (r->timer_on) {
+        r->timer_on = false;
+        uv_close((uv_handle_t *)&r->timer, NULL);
+    }
+    r->server = NULL; /* the workers are going away: nothing more to announce */
+}
+
+void gw_registry_free(gw_registry_t *r)
+{
+    if (!r)
+        return;
+    gw_lua_ctl_free(r->lua);
+    r->server = NULL;
+    reg_gc_retired(r);
+    for (size_t g = 0; g < r->cfg->nbackends_total; g++)
+        free(r->slots[g].cfg.meta_json);
+    free(r->slots);
+    free(r->store);
+    free(r->backends);
+    free(r->events);
+    free(r);
+}
+
+/* ---- the admin API ---- */
+
+static int reg_reply(char **json, int status, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int reg_reply(char **json, int status, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "error", code);
+    cJSON_AddStringToObject(o, "message", msg);
+    *json = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return status;
+}
+
+static bool reg_same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+/* Parses "http://IP:PORT[/]" (an address literal: registration never resolves names, so a
+ * registrant cannot aim the gateway at a name that resolves elsewhere later). Fills the
+ * address and the canonical URL and authority. Returns NULL or what is wrong. */
+static const char *reg_parse_url(const char *url, struct sockaddr_storage *sa, socklen_t *salen,
+                                 char canon[GW_SLOT_URL_MAX], char auth[GW_SLOT_URL_MAX])
+{
+    if (strncasecmp(url, "http://", 7) != 0)
+        return "expected http://ADDRESS:PORT (https upstreams are not supported)";
+    const char *a = url + 7;
+    size_t alen = strcspn(a, "/?#");
+    if (a[alen] != '\0' && strcmp(a + alen, "/") != 0)
+        return "a backend URL has no path, query or fragment";
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *port = NULL;
+    size_t hlen;
+    bool v6 = alen > 0 && a[0] == '[';
+    if (v6) {
+        const char *close = memchr(a, ']', alen);
+        if (!close || (close + 1 < a + alen && close[1] != ':'))
+            return "invalid IPv6 address";
+        hlen = (size_t)(close - a - 1);
+        if (hlen >= sizeof host)
+            return "invalid IPv6 address";
+        memcpy(host, a + 1, hlen);
+        if (close + 1 < a + alen)
+            port = close + 2;
+    } else {
+        const char *colon = memchr(a, ':', alen);
+        hlen = colon ? (size_t)(colon - a) : alen;
+        if (hlen >= sizeof host)
+            return "the host must be an IP address";
+        memcpy(host, a, hlen);
+        if (colon)
+            port = colon + 1;
+    }
+    host[hlen] = '\0';
+    if (!port)
+        return "the port is required (http://ADDRESS:PORT)";
+    size_t plen = (size_t)(a + alen - port);
+    if (plen == 0 || plen > 5 || strspn(port, "0123456789") < plen)
+        return "the port must be a number from 1 to 65535";
+    long p = strtol(port, NULL, 10);
+    if (p < 1 || p > 65535)
+        return "the port must be a number from 1 to 65535";
+    memset(sa, 0, sizeof *sa);
+    char text[INET6_ADDRSTRLEN];
+    if (!v6) {
+        struct sockaddr_in *in = (struct sockaddr_in *)sa;
+        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
+            return "the host must be an IP address (registration does not resolve names)";
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)p);
+        *salen = sizeof *in;
+        inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
+        snprintf(auth, GW_SLOT_URL_MAX, "%s:%ld", text, p);
+    } else {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            return "invalid IPv6 address";
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)p);
+        *salen = sizeof *in6;
+        inet_ntop(AF_INET6, &in6->sin6_addr, text, sizeof text);
+        snprintf(auth, GW_SLOT_URL_MAX, "[%s]:%ld", text, p);
+    }
+    snprintf(canon, GW_SLOT_URL_MAX, "http://%.60s", auth); /* auth is at most 53 bytes */
+    return NULL;
+}
+
+typedef struct reg_req {
+    int u;
+    const char *url_in;
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char url[GW_SLOT_URL_MAX];
+    char authority[GW_SLOT_URL_MAX];
+    uint32_t weight;
+    bool has_weight;
+    char *meta_json; /* malloc'd, or NULL */
+    bool has_meta;   /* the body has "meta" (a renewal without it keeps the old one) */
+    uint32_t ttl_ms;
+} reg_req_t;
+
+/* Reads and checks the body. Returns 0 or an HTTP status with *json set. */
+static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, reg_req_t *q, char **json)
+{
+    const gw_config_t *cfg = r->cfg;
+    cJSON *doc = cJSON_ParseWithLength(body, len);
+    int st = 0;
+    if (!doc || !cJSON_IsObject(doc)) {
+        st = reg_reply(json, 400, "bad_request", "the body must be a JSON object such as "
+                                                 "{\"url\": \"http://10.0.0.5:8080\", \"upstream\": \"api\"}");
+        goto done;
+    }
+    const cJSON *url = cJSON_GetObjectItemCaseSensitive(doc, "url");
+    const cJSON *up = cJSON_GetObjectItemCaseSensitive(doc, "upstream");
+    const cJSON *weight = cJSON_GetObjectItemCaseSensitive(doc, "weight");
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(doc, "meta");
+    const cJSON *ttl = cJSON_GetObjectItemCaseSensitive(doc, "ttl_ms");
+    if (!cJSON_IsString(url)) {
+        st = reg_reply(json, 400, "bad_request", "\"url\" is required (a string)");
+        goto done;
+    }
+    const char *why = reg_parse_url(url->valuestring, &q->sa, &q->salen, q->url, q->authority);
+    if (why) {
+        st = reg_reply(json, 400, "bad_request", "url \"%.200s\": %s", url->valuestring, why);
+        goto done;
+    }
+    if (up && !cJSON_IsNull(up)) {
+        if (!cJSON_IsString(up)) {
+            st = reg_reply(json, 400, "bad_request", "\"upstream\" must be a string");
+            goto done;
+        }
+        q->u = gw_config_upstream_index(cfg, up->valuestring);
+        if (q->u < 0) {
+            st = reg_reply(json, 404, "unknown_upstream", "no upstream is called \"%.200s\"", up->valuestring);
+            goto done;
+        }
+    } else {
+        q->u = cfg->registration.upstream;
+        if (q->u < 0) {
+            st = reg_reply(json, 400, "bad_request", "\"upstream\" is required (there are %zu upstreams "
+                                                     "and no registration.upstream)", cfg->nupstreams);
+            goto done;
+        }
+    }
+    q->ttl_ms = cfg->registration.ttl_ms;
+    if (reg) {
+        if (weight && !cJSON_IsNull(weight)) {
+            double d = cJSON_IsNumber(weight) ? weight->valuedouble : -1;
+            if (d != (double)(long)d || d < 1 || d > 1000) {
+                st = reg_reply(json, 400, "bad_request", "\"weight\" must be an integer from 1 to 1000");
+                goto done;
+            }
+            q->weight = (uint32_t)d;
+            q->has_weight = true;
+        }
+        q->has_meta = meta != NULL;
+        if (meta && !cJSON_IsNull(meta)) {
+            if (!cJSON_IsObject(meta)) {
+                st = reg_reply(json, 400, "bad_request", "\"meta\" must be an object");
+                goto done;
+            }
+            q->meta_json = cJSON_PrintUnformatted(meta);
+        }
+        if (ttl && !cJSON_IsNull(ttl)) {
+            double d = cJSON_IsNumber(ttl) ? ttl->valuedouble : -1;
+            if (d != (double)(long)d || d < 0 || d > GW_REG_MAX_TTL_MS) {
+                st = reg_reply(json, 400, "bad_request", "\"ttl_ms\" must be an integer from 0 (never "
+                                                         "expires) to %u", GW_REG_MAX_TTL_MS);
+                goto done;
+            }
+            q->ttl_ms = (uint32_t)d;
+        }
+    }
+    bool allowed = false;
+    for (size_t i = 0; i < cfg->registration.nallow && !allowed; i++)
+        allowed = gw_cidr_match(&cfg->registration.allow[i], (const struct sockaddr *)&q->sa);
+    if (!allowed) {
+        st = reg_reply(json, 403, "not_allowed", "%s is outside registration.allow", q->url);
+        goto done;
+    }
+    const gw_upstream_cfg_t *uc = &cfg->upstreams[q->u];
+    for (size_t k = 0; k < uc->nbackends; k++)
+        if (reg_same_addr(&uc->backends[k].sa, &q->sa)) {
+            st = reg_reply(json, 409, "static_backend", "%s is static backend %s of upstream %s "
+                                                       "(change gateway.lua instead)",
+                           q->url, uc->backends[k].url, uc->name);
+            goto done;
+        }
+done:
+    cJSON_Delete(doc);
+    return st;
+}
+
+static char *reg_ok(const char *status, const gw_upstream_cfg_t *uc, const gw_reg_slot_t *s, uint32_t k)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", status);
+    cJSON_AddStringToObject(o, "upstream", uc->name);
+    cJSON_AddStringToObject(o, "url", s->url);
+    cJSON_AddNumberToObject(o, "id", k + 1);
+    cJSON_AddNumberToObject(o, "ttl_ms", s->ttl_ms);
+    char *text = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    return text;
+}
+
+/* The slot of `sa` in upstream u: a member (*member set), or one that held it before; -1. */
+static int reg_find(gw_registry_t *r, const gw_upstream_cfg_t *uc, const struct sockaddr_storage *sa,
+                    bool *member)
+{
+    uint32_t n = gw_upstream_nslots(uc);
+    for (uint32_t k = (uint32_t)uc->nbackends; k < n; k++) {
+        uint32_t g = gw_upstream_slot_gindex(uc, k);
+        if (r->slots[g].has_url && reg_same_addr(&r->slots[g].cfg.sa, sa)) {
+            *member = __atomic_load_n(&r->backends[g]->member, __ATOMIC_ACQUIRE) != 0;
+            return (int)k;
+        }
+    }
+    return -1;
+}
+
+/* A slot for a new URL: never used, else the one free the longest that is safe to rewrite. */
+static int reg_free_slot(gw_registry_t *r, const gw_upstream_cfg_t *uc)
+{
+    uint32_t n = gw_upstream_nslots(uc);
+    int best = -1;
+    uint64_t best_ms = UINT64_MAX;
+    for (uint32_t k = (uint32_t)uc->nbackends; k < n; k++) {
+        uint32_t g = gw_upstream_slot_gindex(uc, k);
+        gw_reg_slot_t *s = &r->slots[g];
+        gw_backend_t *b = r->backends[g];
+        if (!s->has_url)
+            return (int)k;
+        if (__atomic_load_n(&b->member, __ATOMIC_ACQUIRE) || GW_RELAXED_LOAD(b->inflight) != 0 ||
+            (r->server && !gw_server_membership_acked(r->server, s->left_gen)))
+            continue;
+        if (s->left_ms < best_ms) {
+            best_ms = s->left_ms;
+            best = (int)k;
+        }
+    }
+    return best;
+}
+
+static void reg_set_meta(gw_registry_t *r, gw_reg_slot_t *s, char *meta_json, uint64_t gen_hint)
+{
+    if (s->cfg.meta_json) {
+        gw_reg_retired_t *x = malloc(sizeof *x);
+        if (!x)
+            abort();
+        x->p = s->cfg.meta_json;
+        x->gen = gen_hint;
+        x->next = r->retired;
+        r->retired = x;
+    }
+    __atomic_store_n(&s->cfg.meta_json, meta_json, __ATOMIC_RELEASE);
+}
+
+static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **json)
+{
+    const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
+    bool member = false;
+    int k = reg_find(r, uc, &q->sa, &member);
+    if (k >= 0 && member) {
+        /* A heartbeat: the TTL starts again; weight and meta may change. */
+        uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)k);
+        gw_reg_slot_t *s = &r->slots[g];
+        s->ttl_ms = q->ttl_ms;
+        s->expires_ms = now_ms + q->ttl_ms;
+        bool changed = false;
+        if (q->has_weight && q->weight != s->cfg.weight) {
+            GW_RELAXED_STORE(s->cfg.weight, q->weight);
+            changed = true;
+        }
+        bool meta_changed = q->has_meta && ((q->meta_json == NULL) != (s->cfg.meta_json == NULL) ||
+                            (q->meta_json && strcmp(q->meta_json, s->cfg.meta_json) != 0));
+        if (meta_changed) {
+            /* Retired with the generation of the announcement below (the next one). */
+            uint64_t next = r->server ? gw_server_membership_gen(r->server) + 1 : 0;
+            reg_set_meta(r, s, q->meta_json, next);
+            q->meta_json = NULL;
+            changed = true;
+        }
+        if (changed)
+            reg_announce(r);
+        reg_count(r, (size_t)q->u, GW_REG_RENEWED);
+        *json = reg_ok("renewed", uc, s, (uint32_t)k);
+        return 200;
+    }
+    bool reuse_same = k >= 0;
+    if (!reuse_same)
+        k = reg_free_slot(r, uc);
+    if (k < 0)
+        return reg_reply(json, 503, "full", "upstream %s has no free registration slot "
+                                            "(registration.max_backends = %u)", uc->name,
+                         r->cfg->registration.max_backends);
+    uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)k);
+    gw_reg_slot_t *s = &r->slots[g];
+    gw_backend_t *b = r->backends[g];
+    if (r->lua && (r->cfg->membership_hooks & GW_MHOOK_ON_REGISTER)) {
+        gw_lua_backend_info_t info = {.id = (uint32_t)k + 1,
+                                      .url = q->url,
+                                      .weight = q->has_weight ? q->weight : 1,
+                                      .meta_json = q->meta_json,
+                                      .static_index = -1};
+        char *herr = NULL;
+        int rc = gw_lua_ctl_on_register(r->lua, (size_t)q->u, &info, &herr);
+        if (rc < 0) {
+            gw_log_err("lua: hooks.on_register failed for %s (upstream %s): %s", q->url, uc->name,
+                       herr ? herr : "?");
+            free(herr);
+            return reg_reply(json, 500, "hook_error", "hooks.on_register failed (see the gateway's log)");
+        }
+        if (rc == 0) {
+            reg_count(r, (size_t)q->u, GW_REG_REJECTED);
+            return reg_reply(json, 403, "rejected", "hooks.on_register rejected %s", q->url);
+        }
+    }
+    if (!reuse_same) {
+        /* A new URL in this slot: no worker uses it now (reg_free_slot), so it is rewritten in
+         * place and starts with clean statistics. */
+        if (s->has_url && r->server)
+            gw_server_reset_backend(r->server, g);
+        memcpy(s->url, q->url, sizeof s->url);
+        memcpy(s->authority, q->authority, sizeof s->authority);
+        s->cfg.sa = q->sa;
+        s->cfg.salen = q->salen;
+        free(s->cfg.meta_json);
+        s->cfg.meta_json = NULL;
+        s->has_url = true;
+        GW_RELAXED_STORE(b->healthy, 1);
+        GW_RELAXED_STORE(b->fails, 0);
+        GW_RELAXED_STORE(b->ejected, 0);
+        GW_RELAXED_STORE(b->ejections, 0);
+        GW_RELAXED_STORE(b->latency_ewma_us, 0);
+    }
+    GW_RELAXED_STORE(s->cfg.weight, q->has_weight ? q->weight : 1);
+    if (reuse_same) {
+        uint64_t next = r->server ? gw_server_membership_gen(r->server) + 1 : 0;
+        reg_set_meta(r, s, q->meta_json, next);
+    } else {
+        s->cfg.meta_json = q->meta_json;
+    }
+    q->meta_json = NULL;
+    s->ttl_ms = q->ttl_ms;
+    s->expires_ms = now_ms + q->ttl_ms;
+    __atomic_store_n(&b->member, 1, __ATOMIC_RELEASE);
+    reg_announce(r);
+    reg_count(r, (size_t)q->u, GW_REG_REGISTERED);
+    gw_log_info("upstream %s: backend %s registered (id %d)", uc->name, s->url, k + 1);
+    *json = reg_ok("registered", uc, s, (uint32_t)k);
+    return 201;
+}
+
+static int reg_unregister(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **json)
+{
+    const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
+    bool member = false;
+    int k = reg_find(r, uc, &q->sa, &member);
+    if (k < 0 || !member)
+        return reg_reply(json, 404, "not_registered", "%s is not registered in upstream %s", q->url,
+                         uc->name);
+    reg_leave(r, (size_t)q->u, (uint32_t)k, now_ms, GW_REG_UNREGISTERED);
+    *json = reg_ok("unregistered", uc, &r->slots[gw_upstream_slot_gindex(uc, (uint32_t)k)], (uint32_t)k);
+    return 200;
+}
+
+int gw_registry_handle(gw_registry_t *r, bool reg, const char *body, size_t len, uint64_t now_ms,
+                       char **json)
+{
+    *json = NULL;
+    if (!r->cfg->registration.enabled)
+        return reg_reply(json, 403, "registration_disabled",
+                         "registration is off (add a `registration` table to gateway.lua)");
+    reg_req_t q = {0};
+    int st = reg_parse(r, reg, body, len, &q, json);
+    if (st == 0)
+        st = reg ? reg_register(r, &q, now_ms, json) : reg_unregister(r, &q, now_ms, json);
+    free(q.meta_json);
+    if (!*json)
+        abort(); /* cJSON out of memory: a control path, treated like any small allocation */
+    return st;
+}
