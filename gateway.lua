@@ -4,7 +4,14 @@
 return {
   listen  = "0.0.0.0:8080",
   workers = "auto",                        -- one worker thread per CPU
-  admin   = { listen = "127.0.0.1:9901" }, -- GET /metrics, /status, /healthz
+  -- GET /metrics, /status, /healthz; POST /register, /unregister (set `token` to require
+  -- `Authorization: Bearer <token>` on those, e.g. token = os.getenv("PGW_ADMIN_TOKEN")).
+  admin   = { listen = "127.0.0.1:9901" },
+  -- Backends may join at run time. Try it with a fifth example backend:
+  --   build/pgw-backend --port 9005 &
+  --   curl -s localhost:9901/register -d '{"url": "http://127.0.0.1:9005"}'
+  -- A registration lasts ttl_ms unless renewed by the same call (a heartbeat).
+  registration = { allow = { "127.0.0.0/8", "::1" }, ttl_ms = 30000 },
   access_log = "stdout",                   -- JSON lines; a file path works too (SIGUSR1 reopens)
   log_level  = "info",
 

@@ -2206,6 +2206,11 @@ static int gw_cfg_registration_upstream(gw_cfg_ctx_t *c, int t)
     if (!cfg->registration.enabled)
         return 0;
     size_t old = gw_cfg_field(c, t, "registration");
+    if (!cfg->admin_enabled) {
+        int rc = gw_cfg_fail(c, "needs the admin listener (admin = false turns it off)");
+        gw_cfg_field_done(c, old);
+        return rc;
+    }
     size_t o2 = gw_cfg_field(c, lua_gettop(c->L), "upstream");
     const char *name = NULL;
     int rc = gw_cfg_plain_string(c, &name);

@@ -326,6 +326,10 @@ static void test_config(void **state)
     check_err(ONE_UPSTREAM("{ allow = { '10.0.0.0/8' }, ttl = 5 }"),
               "gw.lua:1: registration.ttl: unknown key");
     check_err(ONE_UPSTREAM("true"), "gw.lua:1: registration: expected table, got boolean");
+    check_err("return { listen = '127.0.0.1:18080', admin = false,\n"
+              "  registration = { allow = { '10.0.0.0/8' } },\n"
+              "  upstreams = { api = { backends = {} } }, routes = { { match = {}, upstream = 'api' } } }",
+              "gw.lua:2: registration: needs the admin listener (admin = false turns it off)");
     check_err("return { listen = '127.0.0.1:18080', upstreams = { api = { backends = { 'http://127.0.0.1:1' } } },\n"
               "  routes = { { match = {}, upstream = 'api' } }, hooks = { on_register = 1 } }",
               "gw.lua:2: hooks.on_register: expected function, got number");
