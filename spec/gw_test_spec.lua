@@ -483,4 +483,38 @@ describe("gw.test", function()
             assert.has_error(function() e:pick() end)
         end)
     end)
+
+    describe("membership hooks", function()
+        it("builds the backend table hooks receive", function()
+            local b = gwt.member{ url = "http://10.0.0.7:8080", id = 3, meta = { zone = "b" } }
+            assert.are.same({ id = 3, url = "http://10.0.0.7:8080", weight = 1,
+                              meta = { zone = "b" }, static = false }, b)
+            assert.are.same({ id = 1, url = "http://x:1", weight = 1, meta = {}, static = false },
+                gwt.member("http://x:1"))
+            assert.has_error(function() gwt.member{ url = "http://x:1", zone = "a" } end,
+                "gw.test.member: unknown field 'zone'")
+            assert.has_error(function() gwt.member{ url = "http://x:1", weight = "2" } end,
+                "gw.test.member: weight must be a number")
+        end)
+
+        it("refuses only when on_register returns false", function()
+            local only_zone_a = function(b) if b.meta.zone ~= "a" then return false end end
+            assert.is_true(gwt.run_on_register(only_zone_a, gwt.member{ url = "http://x:1", meta = { zone = "a" } }))
+            assert.is_false(gwt.run_on_register(only_zone_a, gwt.member("http://x:2")))
+            assert.is_true(gwt.run_on_register(function() return nil end, gwt.member("http://x:3")))
+            assert.is_true(gwt.run_on_register(function() return 0 end, gwt.member("http://x:3")))
+            assert.has_error(function()
+                gwt.run_on_register(function() error("boom", 0) end, gwt.member("http://x:4"))
+            end, "boom")
+        end)
+
+        it("passes upstream and reason to on_unregister", function()
+            local seen = {}
+            local hook = function(b, u, reason) seen[#seen + 1] = b.url .. " " .. u .. " " .. reason end
+            gwt.run_on_unregister(hook, gwt.member("http://x:1"), "api")
+            gwt.run_on_unregister(hook, gwt.member("http://x:2"), "api", "expired")
+            assert.are.same({ "http://x:1 api unregister", "http://x:2 api expired" }, seen)
+            assert.has_error(function() gwt.run_on_unregister(hook, gwt.member("http://x:3"), "api", "gone") end)
+        end)
+    end)
 end)

@@ -17,6 +17,8 @@
 --    must start with "/" and hold no whitespace or control characters. Like the runtime's,
 --    the editing methods (set_header, add_header, clear_header, set_path, set_status) return
 --    true, or nil and a message; an invalid hook result or req:respond() raises.
+--  * Membership hooks get plain `{ id, url, weight, meta, static }` tables (`member`), and
+--    `run_on_register` applies the runtime's rule: only `false` refuses.
 --  * `req:respond()` ends the request at once and returns `gw.RESPONDED`; `init` gets the
 --    per-worker state as its third argument; `gw.log` joins its arguments with spaces. All
 --    three follow lua/gw/init.lua.
@@ -879,6 +881,51 @@ function M.strategy_runner(strategy, backends, upstream)
         check_view(runner)
     end
     return runner
+end
+
+---------------------------------------------------------------------------------------------
+-- Membership hooks
+
+local MEMBER_FIELDS = { id = "number", url = "string", weight = "number", meta = "table",
+    static = "boolean" }
+
+--- A backend as hooks.on_register / on_unregister receive it: a plain table
+-- `{ id, url, weight, meta, static }` (id 1, weight 1, meta {}, static false unless given).
+function M.member(opts)
+    if type(opts) == "string" then
+        opts = { url = opts }
+    end
+    if type(opts) ~= "table" or type(opts.url) ~= "string" then
+        error("gw.test.member: expects a url or a table with url", 2)
+    end
+    local b = { id = 1, weight = 1, meta = {}, static = false }
+    for k, v in pairs(opts) do
+        if MEMBER_FIELDS[k] == nil then
+            error(format("gw.test.member: unknown field '%s'", tostring(k)), 2)
+        end
+        if type(v) ~= MEMBER_FIELDS[k] then
+            error(format("gw.test.member: %s must be a %s", k, MEMBER_FIELDS[k]), 2)
+        end
+        b[k] = v
+    end
+    return b
+end
+
+--- Runs hooks.on_register(backend, upstream) as the runtime does: returns false when the hook
+-- returned false (the backend is refused), true otherwise. A hook error propagates (the runtime
+-- answers the registration with 500 hook_error, or refuses to start for a static backend).
+function M.run_on_register(hook, backend, upstream)
+    return hook(backend, upstream or "app") ~= false
+end
+
+--- Runs hooks.on_unregister(backend, upstream, reason); reason is "unregister" (default) or
+-- "expired".
+function M.run_on_unregister(hook, backend, upstream, reason)
+    reason = reason or "unregister"
+    if reason ~= "unregister" and reason ~= "expired" then
+        error("gw.test.run_on_unregister: reason is \"unregister\" or \"expired\"", 2)
+    end
+    hook(backend, upstream or "app", reason)
 end
 
 ---------------------------------------------------------------------------------------------
