@@ -2,7 +2,8 @@
 -- (Validation by the binary itself, `prequal-gw -t`, comes with the C side of hooks.)
 local gwt = require("gw.test")
 
-local HOOK_KEYS = { on_request = true, rewrite_path = true, on_response = true, on_log = true }
+local HOOK_KEYS = { on_request = true, rewrite_path = true, on_response = true, on_log = true,
+    on_register = true, on_unregister = true }
 
 local function load_config(path)
     local chunk = assert(loadfile(path))
@@ -137,5 +138,55 @@ describe("examples/gateway-strategies.lua", function()
         local c = gwt.strategy_runner(cfg.upstreams.canary.strategy, view_of(cfg.upstreams.canary))
         local b = c:pick(gwt.request{ headers = { ["X-Canary"] = "always" } })
         assert.are.equal("http://127.0.0.1:9004", b.url)
+    end)
+end)
+
+describe("examples/gateway-registration.lua", function()
+    local cfg
+    before_each(function()
+        gwt.install_gw()
+        cfg = load_config("examples/gateway-registration.lua")
+    end)
+    after_each(function() gwt.uninstall_gw() end)
+
+    it("starts empty and takes registrations from loopback and 10/8", function()
+        assert.are.same({}, cfg.upstreams.app.backends)
+        assert.are.same({ "127.0.0.0/8", "10.0.0.0/8" }, cfg.registration.allow)
+        assert.are.equal("app", cfg.registration.upstream)
+        assert.is_string(cfg.admin.token)
+    end)
+
+    it("admits only app servers that name their zone", function()
+        local on_register = cfg.hooks.on_register
+        assert.is_true(gwt.run_on_register(on_register,
+            gwt.member{ url = "http://10.0.0.7:8080", meta = { zone = "b", service = "app" } }, "app"))
+        assert.is_false(gwt.run_on_register(on_register,
+            gwt.member{ url = "http://10.0.0.8:8080", meta = { zone = "z", service = "app" } }, "app"))
+        assert.is_false(gwt.run_on_register(on_register, gwt.member("http://10.0.0.9:8080"), "app"))
+        assert.is_true(gwt.logged("warn", "refusing http://10.0.0.9:8080 in app"))
+        gwt.run_on_unregister(cfg.hooks.on_unregister, gwt.member("http://10.0.0.7:8080"), "app", "expired")
+        assert.is_true(gwt.logged("info", "http://10.0.0.7:8080 left app %(expired%)"))
+    end)
+
+    it("keeps traffic in its zone as members come and go", function()
+        local view = gwt.backends{
+            { url = "http://10.0.0.1:80", id = 1, meta = { zone = "a" } },
+            { url = "http://10.0.0.2:80", id = 2, meta = { zone = "a" } },
+            { url = "http://10.0.0.3:80", id = 3, meta = { zone = "b" } },
+        }
+        local r = gwt.strategy_runner(cfg.upstreams.app.strategy, view, "app")
+        for _ = 1, 20 do
+            assert.are.equal("a", r:pick().meta.zone)
+        end
+        -- One zone-a backend left: below min_healthy, the whole upstream is used.
+        r:set_backends(gwt.backends{
+            { url = "http://10.0.0.1:80", id = 1, meta = { zone = "a" } },
+            { url = "http://10.0.0.3:80", id = 3, meta = { zone = "b" } },
+        })
+        local zones = {}
+        for _ = 1, 60 do
+            zones[r:pick().meta.zone] = true
+        end
+        assert.are.same({ a = true, b = true }, zones)
     end)
 end)
