@@ -52,7 +52,10 @@ static fixture_t *fx_new(const gw_lb_ops_t *ops, size_t n, const uint32_t *weigh
     f->rng = 0x2545F4914F6CDD1Dull;
     f->ctx = (gw_lb_ctx_t){
         .backends = f->ptrs, .n = n, .tried = f->tried, .rng = &f->rng, .now_ms = 1000000};
-    assert_int_equal(ops->create(NULL, n, &f->state), 0);
+    /* Prequal reads its parameters from the upstream; the others need none. */
+    static gw_upstream_cfg_t pq_upstream;
+    gw_prequal_params_default(&pq_upstream.prequal);
+    assert_int_equal(ops->create(ops == &gw_lb_prequal ? &pq_upstream : NULL, n, &f->state), 0);
     return f;
 }
 
@@ -690,6 +693,53 @@ static void test_contract_list_changes(void **state)
     }
 }
 
+/* Registration slots (core/registry.h): an upstream has 64 slots of which 3 are members; the
+ * worker passes the other 61 in ctx->tried, as it does for every pick. No strategy may return
+ * one, every member must be reachable, and after a membership change the new members are. */
+static void test_absent_slots(void **state)
+{
+    GW_UNUSED(state);
+    const gw_lb_ops_t *ops[GW_ARRAY_LEN(all_ops) + 2] = {&gw_lb_round_robin, &gw_lb_prequal};
+    for (size_t s = 0; s < GW_ARRAY_LEN(all_ops); s++)
+        ops[s + 2] = all_ops[s];
+    for (size_t s = 0; s < GW_ARRAY_LEN(ops); s++) {
+        fixture_t *f = fx_new(ops[s], 64, NULL);
+        uint64_t absent[1];
+        for (int round = 0; round < 2; round++) {
+            const size_t members[2][3] = {{5, 40, 63}, {0, 5, 17}};
+            absent[0] = ~(uint64_t)0;
+            for (size_t i = 0; i < 64; i++)
+                f->b[i].member = 0;
+            for (size_t k = 0; k < 3; k++) {
+                absent[0] &= ~((uint64_t)1 << members[round][k]);
+                f->b[members[round][k]].member = 1;
+            }
+            f->ctx.tried = absent;
+            if (f->ops->on_backends_changed != NULL)
+                f->ops->on_backends_changed(f->state, &f->ctx);
+            size_t seen[64] = {0};
+            for (int k = 0; k < 300; k++) {
+                memcpy(f->tried, absent, sizeof absent);
+                f->ctx.tried = f->tried;
+                int i = pick(f);
+                if (i < 0 || ((absent[0] >> i) & 1))
+                    fail_msg("%s picked %d, not a member", f->ops->name, i);
+                seen[i]++;
+                /* Spread in-flight counts so least_conn and p2c rotate too. */
+                f->b[i].inflight++;
+                if (f->ops->on_result != NULL)
+                    result(f, (size_t)i, GW_LB_OK, 5.0);
+            }
+            for (size_t k = 0; k < 3; k++)
+                if (seen[members[round][k]] == 0)
+                    fail_msg("%s never picked member %zu", f->ops->name, members[round][k]);
+            for (size_t i = 0; i < 64; i++)
+                f->b[i].inflight = 0;
+        }
+        fx_free(f);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -713,6 +763,7 @@ int main(void)
         cmocka_unit_test(test_contract_small),
         cmocka_unit_test(test_contract_many_backends),
         cmocka_unit_test(test_contract_list_changes),
+        cmocka_unit_test(test_absent_slots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
