@@ -542,37 +542,71 @@ static void reg_set_meta(gw_registry_t *r, gw_reg_slot_t *s, char *meta_json, ui
     __atomic_store_n(&s->cfg.meta_json, meta_json, __ATOMIC_RELEASE);
 }
 
+/* Runs hooks.on_register for `q` in slot k (the values it would have once admitted). Returns 0
+ * (admitted, or no hook) or an HTTP status with *json set. */
+static int reg_admit(gw_registry_t *r, const reg_req_t *q, uint32_t k, uint32_t weight,
+                     const char *meta_json, char **json)
+{
+    if (!r->lua || !(r->cfg->membership_hooks & GW_MHOOK_ON_REGISTER))
+        return 0;
+    const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
+    gw_lua_backend_info_t info = {.id = k + 1, .url = q->url, .weight = weight,
+                                  .meta_json = meta_json, .static_index = -1};
+    char *herr = NULL;
+    int rc = gw_lua_ctl_on_register(r->lua, (size_t)q->u, &info, &herr);
+    if (rc < 0) {
+        gw_log_err("lua: hooks.on_register failed for %s (upstream %s): %s", q->url, uc->name,
+                   herr ? herr : "?");
+        free(herr);
+        return reg_reply(json, 500, "hook_error", "hooks.on_register failed (see the gateway's log)");
+    }
+    if (rc == 0) {
+        reg_count(r, (size_t)q->u, GW_REG_REJECTED);
+        return reg_reply(json, 403, "rejected", "hooks.on_register rejected %s", q->url);
+    }
+    return 0;
+}
+
+/* A heartbeat from a member: the TTL starts again, and weight and meta may change. A change
+ * goes through on_register again (an admission policy cannot be dodged by renewing with other
+ * values); if the hook refuses it, nothing changes, the TTL included. */
+static int reg_renew(gw_registry_t *r, reg_req_t *q, uint32_t k, uint64_t now_ms, char **json)
+{
+    const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
+    gw_reg_slot_t *s = &r->slots[gw_upstream_slot_gindex(uc, k)];
+    bool weight_changed = q->has_weight && q->weight != s->cfg.weight;
+    bool meta_changed = q->has_meta && ((q->meta_json == NULL) != (s->cfg.meta_json == NULL) ||
+                                        (q->meta_json && strcmp(q->meta_json, s->cfg.meta_json) != 0));
+    if (weight_changed || meta_changed) {
+        int st = reg_admit(r, q, k, weight_changed ? q->weight : s->cfg.weight,
+                           meta_changed ? q->meta_json : s->cfg.meta_json, json);
+        if (st)
+            return st;
+    }
+    s->ttl_ms = q->ttl_ms;
+    s->expires_ms = now_ms + q->ttl_ms;
+    if (weight_changed)
+        GW_RELAXED_STORE(s->cfg.weight, q->weight);
+    if (meta_changed) {
+        /* Retired with the generation of the announcement below (the next one). */
+        uint64_t next = r->server ? gw_server_membership_gen(r->server) + 1 : 0;
+        reg_set_meta(r, s, q->meta_json, next);
+        q->meta_json = NULL;
+    }
+    if (weight_changed || meta_changed)
+        reg_announce(r);
+    reg_count(r, (size_t)q->u, GW_REG_RENEWED);
+    *json = reg_ok("renewed", uc, s, k);
+    return 200;
+}
+
 static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **json)
 {
     const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
     bool member = false;
     int k = reg_find(r, uc, &q->sa, &member);
-    if (k >= 0 && member) {
-        /* A heartbeat: the TTL starts again; weight and meta may change. */
-        uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)k);
-        gw_reg_slot_t *s = &r->slots[g];
-        s->ttl_ms = q->ttl_ms;
-        s->expires_ms = now_ms + q->ttl_ms;
-        bool changed = false;
-        if (q->has_weight && q->weight != s->cfg.weight) {
-            GW_RELAXED_STORE(s->cfg.weight, q->weight);
-            changed = true;
-        }
-        bool meta_changed = q->has_meta && ((q->meta_json == NULL) != (s->cfg.meta_json == NULL) ||
-                            (q->meta_json && strcmp(q->meta_json, s->cfg.meta_json) != 0));
-        if (meta_changed) {
-            /* Retired with the generation of the announcement below (the next one). */
-            uint64_t next = r->server ? gw_server_membership_gen(r->server) + 1 : 0;
-            reg_set_meta(r, s, q->meta_json, next);
-            q->meta_json = NULL;
-            changed = true;
-        }
-        if (changed)
-            reg_announce(r);
-        reg_count(r, (size_t)q->u, GW_REG_RENEWED);
-        *json = reg_ok("renewed", uc, s, (uint32_t)k);
-        return 200;
-    }
+    if (k >= 0 && member)
+        return reg_renew(r, q, (uint32_t)k, now_ms, json);
     bool reuse_same = k >= 0;
     if (!reuse_same)
         k = reg_free_slot(r, uc);
@@ -583,25 +617,9 @@ static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **
     uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)k);
     gw_reg_slot_t *s = &r->slots[g];
     gw_backend_t *b = r->backends[g];
-    if (r->lua && (r->cfg->membership_hooks & GW_MHOOK_ON_REGISTER)) {
-        gw_lua_backend_info_t info = {.id = (uint32_t)k + 1,
-                                      .url = q->url,
-                                      .weight = q->has_weight ? q->weight : 1,
-                                      .meta_json = q->meta_json,
-                                      .static_index = -1};
-        char *herr = NULL;
-        int rc = gw_lua_ctl_on_register(r->lua, (size_t)q->u, &info, &herr);
-        if (rc < 0) {
-            gw_log_err("lua: hooks.on_register failed for %s (upstream %s): %s", q->url, uc->name,
-                       herr ? herr : "?");
-            free(herr);
-            return reg_reply(json, 500, "hook_error", "hooks.on_register failed (see the gateway's log)");
-        }
-        if (rc == 0) {
-            reg_count(r, (size_t)q->u, GW_REG_REJECTED);
-            return reg_reply(json, 403, "rejected", "hooks.on_register rejected %s", q->url);
-        }
-    }
+    int st = reg_admit(r, q, (uint32_t)k, q->has_weight ? q->weight : 1, q->meta_json, json);
+    if (st)
+        return st;
     if (!reuse_same) {
         /* A new URL in this slot: no worker uses it now (reg_free_slot), so it is rewritten in
          * place and starts with clean statistics. */
