@@ -87,7 +87,8 @@ static int lb_lua_native_index(const char *name)
 /* Refreshes the view's fields from the shared backend table (and a delegated Prequal's pool). */
 static void lb_lua_refresh(lb_lua_t *s, const gw_lb_ctx_t *ctx)
 {
-    for (size_t i = 0; i < s->n; i++) {
+    size_t n = GW_MIN(s->n, ctx->n); /* the view holds no slot past ctx->n */
+    for (size_t i = 0; i < n; i++) {
         const gw_backend_t *b = ctx->backends[i];
         gw_ffi_backend_t *r = &s->raw[i];
         r->weight = GW_RELAXED_LOAD(b->cfg->weight);
@@ -101,7 +102,7 @@ static void lb_lua_refresh(lb_lua_t *s, const gw_lb_ctx_t *ctx)
     if (pq >= 0 && s->native_state[pq]) {
         size_t m = gw_lb_prequal_pool(s->native_state[pq], ctx->now_ms, s->pool, GW_PQ_SNAPSHOT_MAX);
         for (size_t k = 0; k < m; k++) {
-            if (s->pool[k].backend >= s->n)
+            if (s->pool[k].backend >= n)
                 continue;
             gw_ffi_backend_t *r = &s->raw[s->pool[k].backend];
             r->probe_rif = (int32_t)s->pool[k].rif;

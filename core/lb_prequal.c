@@ -33,6 +33,7 @@ typedef struct lb_pq {
     bool timer_on;
     bool stopping;
     size_t n_healthy;           /* counted at the last pick (Eq. 1's n), used until the next */
+    size_t n_active;            /* ctx->n of the last pick: slots past it are not members */
     bool *eligible;             /* [n] scratch */
     uint32_t *targets;          /* [n] scratch */
     uint64_t *excluded;         /* [(n+63)/64] scratch: tried or unhealthy */
@@ -45,6 +46,7 @@ static int lb_pq_create(const gw_upstream_cfg_t *u, size_t n, void **state)
         return -1;
     s->ucfg = u;
     s->n = n;
+    s->n_active = n;
     s->n_healthy = n;
     s->pq = gw_prequal_new(&u->prequal, n);
     s->eligible = calloc(n ? n : 1, sizeof *s->eligible);
@@ -89,7 +91,8 @@ static void lb_pq_on_probe(void *arg, gw_backend_t *b, const gw_probe_result_t *
     case GW_PROBE_OK:
         gw_histogram_observe(&s->w->metrics->prequal_probe_rtt[s->upstream], r->rtt_ns / 1000);
         gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_OK_WITH_SIGNALS, now);
-        if (GW_RELAXED_LOAD(b->healthy))
+        /* A reply from a backend that left since the probe went out adds no entry. */
+        if (GW_RELAXED_LOAD(b->healthy) && GW_RELAXED_LOAD(b->member))
             gw_prequal_on_probe(s->pq, i, r->sig.rif, r->sig.latency_us, now, s->n_healthy,
                                 &s->w->rng);
         break;
@@ -117,8 +120,8 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
     gw_worker_t *w = s->w;
     if (k == 0 || s->stopping)
         return;
-    size_t neligible = 0;
-    for (size_t i = 0; i < s->n; i++) {
+    size_t neligible = 0, n = s->n_active;
+    for (size_t i = 0; i < n; i++) {
         gw_backend_t *b = s->backends[i];
         s->eligible[i] = GW_RELAXED_LOAD(b->healthy) && GW_RELAXED_LOAD(b->member) &&
                          !gw_probe_busy(w, b);
@@ -126,7 +129,7 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
     }
     if (neligible == 0)
         return;
-    size_t m = gw_prequal_choose_probe_targets(s->pq, s->eligible, s->n, k, &w->rng, s->targets);
+    size_t m = gw_prequal_choose_probe_targets(s->pq, s->eligible, n, k, &w->rng, s->targets);
     size_t n_healthy = s->n_healthy;
     for (size_t j = 0; j < m; j++) {
         uint32_t i = s->targets[j];
@@ -185,16 +188,17 @@ static void lb_pq_bind(lb_pq_t *s, const gw_lb_ctx_t *ctx)
 static int lb_pq_fallback(lb_pq_t *s, const gw_lb_ctx_t *ctx)
 {
     uint32_t count = 0;
-    for (size_t i = 0; i < s->n; i++)
+    size_t n = s->n_active;
+    for (size_t i = 0; i < n; i++)
         count += !((s->excluded[i / 64] >> (i % 64)) & 1);
     if (count) {
         uint32_t r = gw_rand_below(ctx->rng, count);
-        for (size_t i = 0; i < s->n; i++)
+        for (size_t i = 0; i < n; i++)
             if (!((s->excluded[i / 64] >> (i % 64)) & 1) && r-- == 0)
                 return (int)i;
     }
-    for (size_t i = 0; i < s->n; i++)
-        if (!gw_lb_tried(ctx, i))
+    for (size_t i = 0; i < n; i++)
+        if (!gw_lb_tried(ctx, i) && GW_RELAXED_LOAD(ctx->backends[i]->member))
             return (int)i;
     return -1;
 }
@@ -204,19 +208,19 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     lb_pq_t *s = state;
     if (!s->w && ctx->worker)
         lb_pq_bind(s, ctx);
-    if (s->n == 0)
+    s->n_active = GW_MIN(ctx->n, s->n);
+    if (s->n_active == 0)
         return -1;
     /* Entries of ejected backends stay in the pool (other workers eject them); they are
-     * excluded here like the backends this request already tried. */
+     * excluded here like the backends this request already tried, and so are slots that are
+     * not members (the worker passes them in ctx->tried too). */
     size_t words = (s->n + 63) / 64;
     for (size_t i = 0; i < words; i++)
         s->excluded[i] = ctx->tried ? ctx->tried[i] : 0;
     size_t healthy = 0;
-    for (size_t i = 0; i < s->n; i++) {
+    for (size_t i = 0; i < s->n_active; i++) {
         const gw_backend_t *b = ctx->backends[i];
-        if (!GW_RELAXED_LOAD(b->member))
-            continue; /* not in the upstream: excluded through ctx->tried */
-        if (GW_RELAXED_LOAD(b->healthy))
+        if (GW_RELAXED_LOAD(b->member) && GW_RELAXED_LOAD(b->healthy))
             healthy++;
         else
             s->excluded[i / 64] |= (uint64_t)1 << (i % 64);
@@ -224,7 +228,7 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     s->n_healthy = healthy;
     gw_prequal_branch_t branch;
     int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, &branch);
-    if (idx < 0)
+    if (idx < 0 || (size_t)idx >= s->n_active)
         idx = lb_pq_fallback(s, ctx);
     if (s->w)
         lb_pq_probe(s, gw_prequal_probes_for_request(s->pq), ctx->now_ms);

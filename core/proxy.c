@@ -218,7 +218,7 @@ static gw_lb_ctx_t proxy_lb_ctx(gw_conn_t *c)
     gw_request_t *r = &c->req;
     gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
     return (gw_lb_ctx_t){.backends = wu->backends,
-                         .n = wu->n,
+                         .n = wu->n_active,
                          .tried = r->tried,
                          .rng = &c->w->rng,
                          .now_ms = uv_now(&c->w->loop),

@@ -134,11 +134,14 @@ static bool worker_upstream_membership(gw_worker_t *w, gw_worker_upstream_t *wu)
 {
     bool changed = false;
     uint32_t members = 0;
+    wu->n_active = 0;
     for (size_t k = 0; k < wu->n; k++) {
         gw_backend_t *b = wu->backends[k];
         bool member = __atomic_load_n(&b->member, __ATOMIC_ACQUIRE) != 0;
         bool was = !((wu->absent[k / 64] >> (k % 64)) & 1);
         members += member;
+        if (member)
+            wu->n_active = k + 1;
         if (member == was)
             continue;
         changed = true;

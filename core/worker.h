@@ -74,6 +74,10 @@ typedef struct gw_worker_upstream {
     uint64_t absent[GW_MAX_UPSTREAM_BACKENDS / 64];
     bool has_absent;
     uint32_t nmembers;
+    /* 1 + the highest member slot: picks look at backends[0, n_active) only, so the unused
+     * registration slots at the end cost nothing per request (free slots are taken lowest
+     * first). */
+    size_t n_active;
 } gw_worker_upstream_t;
 
 typedef struct gw_server gw_server_t;
