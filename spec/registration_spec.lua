@@ -438,6 +438,10 @@ return {
     hooks = {
         -- Only API servers may join.
         on_register = function(backend, upstream)
+            local keys = {}
+            for k, v in pairs(backend) do keys[#keys + 1] = k .. ":" .. type(v) end
+            table.sort(keys)
+            gw.log.info("membership: keys " .. table.concat(keys, ","))
             local role = backend.meta and backend.meta.role
             if role ~= "api" then
                 gw.log.warn("membership: rejecting " .. backend.url .. " (role " .. tostring(role) .. ")")
@@ -470,6 +474,15 @@ return {
             assert.are.equal(1, #log_lines(gwp, "membership: rejecting " .. b.r4.url:gsub("%p", "%%%0")))
             local r = get(gwp, "/h")
             assert.are.equal(503, r.status)
+        end)
+
+        it("passes hooks the backend table gw.test.member builds", function()
+            local keys = {}
+            for k, v in pairs(gwt.member("http://x:1")) do keys[#keys + 1] = k .. ":" .. type(v) end
+            table.sort(keys)
+            local lines = log_lines(gwp, "membership: keys ")
+            assert.is_true(#lines >= 1)
+            assert.matches("membership: keys " .. table.concat(keys, ","):gsub("%p", "%%%0") .. "$", lines[1])
         end)
 
         it("admits a backend with meta.role == \"api\"", function()

@@ -16,6 +16,9 @@ import base64
 import json
 import os
 import re
+import shutil
+import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -487,6 +490,48 @@ end''')
         self.assertTrue(wait_until(settled, 1.0), run)
         self.assertEqual([who(gw) for _ in range(6)], [(200, "s1")] * 6)
         self.assertEqual({b["url"] for b in status_backends(gw)}, {s1.url, s2.url})
+
+    def test_hook_errors(self):
+        """on_unregister and on_backends_changed raising: logged (and, for the strategy, counted);
+        the leave and the new view happen anyway. on_register raising for a static backend at
+        load stops the start, with -t too, naming the backend."""
+        s1, r1, r2 = self.backend("s1"), self.backend("r1"), self.backend("r2")
+        strategy = Lua(r'''{
+    name = "last",
+    pick = function(backends) return backends[#backends] end,
+    on_backends_changed = function(backends) error("boom from on_backends_changed") end,
+}''')
+        on_unregister = Lua('function(b, u, reason) error("boom from on_unregister") end')
+        gw = self.start(static=[s1.url], strategy=strategy, hooks={"on_unregister": on_unregister})
+        self.assertRegistered(register(gw, r1.url), r1.url)
+        # The view was rebuilt although on_backends_changed raised: pick sees r1.
+        self.assertTrue(wait_until(lambda: who(gw) == (200, "r1"), 1.0), gw.stderr()[-3000:])
+        self.assertTrue(self.wait_log(gw, "boom from on_backends_changed", 1.0))
+        self.assertGreaterEqual(gw.metric("gw_lua_strategy_errors_total", upstream="api"), 1)
+        self.assertEqual(unregister(gw, r1.url).status, 200)
+        self.assertTrue(self.wait_log(gw, "boom from on_unregister", 1.0), gw.stderr()[-3000:])
+        self.assertTrue(wait_until(lambda: who(gw) == (200, "s1"), 1.0), gw.stderr()[-3000:])
+        self.assertIsNone(status_entry(gw, r1.url))
+        self.assertRegistered(register(gw, r2.url), r2.url)
+        self.assertTrue(wait_until(lambda: who(gw) == (200, "r2"), 1.0))
+
+        cfg = basic_config(
+            upstreams={"api": {"strategy": "round_robin", "backends": [s1.url]}},
+            routes=[{"match": {"path_prefix": "/"}, "upstream": "api"}],
+            registration={"allow": list(ALLOW)},
+            hooks={"on_register": Lua('function(b) error("boom from on_register at load") end')})
+        tmp = tempfile.mkdtemp(prefix="pgw-reg-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        path = os.path.join(tmp, "bad-hook.lua")
+        with open(path, "w") as f:
+            f.write("return " + to_lua(cfg) + "\n")
+        for args in ([PGW_BIN, "-t", path], [PGW_BIN, path]):
+            p = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, timeout=15)
+            err = p.stderr.decode(errors="replace")
+            self.assertEqual(p.returncode, 1, err)
+            self.assertIn("hooks.on_register failed for upstreams.api.backends[1] (%s)" % s1.url, err)
+            self.assertIn("boom from on_register at load", err)
 
     # 9 ------------------------------------------------------------------------------------------
 
