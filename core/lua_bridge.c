@@ -377,9 +377,12 @@ int gw_lua_strategy_pick(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref,
         lua_pushliteral(L, "(it returned nil)");
         lua_strategy_error(lua, u, "pick returned no backend");
     }
-    if (gw_now_ns() - t0 > GW_LUA_SLOW_NS)
+    uint64_t dt = gw_now_ns() - t0;
+    if (dt > GW_LUA_SLOW_NS) {
+        GW_COUNTER_INC(lua->w->metrics->lua_strategy_slow[u]);
         gw_log_warn("lua: slow pick in the strategy of upstream %s: %.1f ms",
-                    lua->w->cfg->upstreams[u].name, (double)(gw_now_ns() - t0) / 1e6);
+                    lua->w->cfg->upstreams[u].name, (double)dt / 1e6);
+    }
     lua_settop(L, base);
     return idx;
 }

@@ -77,6 +77,7 @@ gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg)
     s->lua_errors = gw_metrics_xcalloc((s->nroutes + 1) * GW_HOOK_COUNT, sizeof(*s->lua_errors));
     s->lua_slow = gw_metrics_xcalloc((s->nroutes + 1) * GW_HOOK_COUNT, sizeof(*s->lua_slow));
     s->lua_strategy_errors = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->lua_strategy_errors));
+    s->lua_strategy_slow = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->lua_strategy_slow));
     for (size_t u = 0; u < s->nupstreams; u++)
         if (uv_mutex_init(&s->prequal_snap[u].lock) != 0)
             abort();
@@ -117,6 +118,7 @@ void gw_metrics_shard_free(gw_metrics_shard_t *s)
     free(s->lua_errors);
     free(s->lua_slow);
     free(s->lua_strategy_errors);
+    free(s->lua_strategy_slow);
     free(s);
 }
 
@@ -664,18 +666,23 @@ static void gw_render_lua(const gw_render_ctx_t *x)
             }
         }
     }
-    gw_mbuf_family(x->b, "gw_lua_strategy_errors_total", "counter",
-                   "Lua strategy errors and invalid picks (answered by fallback_strategy).");
-    for (size_t u = 0; u < cfg->nupstreams; u++) {
-        if (!cfg->upstreams[u].lua_strategy)
-            continue;
-        uint64_t v = 0;
-        for (size_t k = 0; k < x->nshards; k++)
-            if (u < x->shards[k]->nupstreams)
-                v += GW_RELAXED_LOAD(x->shards[k]->lua_strategy_errors[u]);
-        gw_mbuf_puts(x->b, "gw_lua_strategy_errors_total{");
-        gw_mbuf_label(x->b, true, "upstream", cfg->upstreams[u].name);
-        gw_mbuf_printf(x->b, "} %" PRIu64 "\n", v);
+    for (int f = 0; f < 2; f++) {
+        const char *name = f == 0 ? "gw_lua_strategy_errors_total" : "gw_lua_strategy_slow_total";
+        gw_mbuf_family(x->b, name, "counter",
+                       f == 0 ? "Lua strategy errors and invalid picks (answered by fallback_strategy)."
+                              : "Lua strategy picks slower than 10 ms (logged with their duration).");
+        for (size_t u = 0; u < cfg->nupstreams; u++) {
+            if (!cfg->upstreams[u].lua_strategy)
+                continue;
+            uint64_t v = 0;
+            for (size_t k = 0; k < x->nshards; k++)
+                if (u < x->shards[k]->nupstreams)
+                    v += GW_RELAXED_LOAD((f == 0 ? x->shards[k]->lua_strategy_errors
+                                                 : x->shards[k]->lua_strategy_slow)[u]);
+            gw_mbuf_printf(x->b, "%s{", name);
+            gw_mbuf_label(x->b, true, "upstream", cfg->upstreams[u].name);
+            gw_mbuf_printf(x->b, "} %" PRIu64 "\n", v);
+        }
     }
 }
 

@@ -55,11 +55,17 @@ function M.streaming(res)
     res:set_header("X-Body", tostring(body) .. " / " .. tostring(err))
 end
 function M.sandbox() os.execute("true") end
+local function spin(ms)  -- busy for `ms` milliseconds (a hook cannot sleep)
+    local t = gw.now() + ms / 1000
+    while gw.now() < t do end
+end
+function M.slow() spin(15) end
 M.strategy = {
     name = "zone_b",
     init = function(upstream, backends, state) state.inits = (state.inits or 0) + 1 end,
     pick = function(backends, req, state)
         if req:header("x-strategy-fail") then error("strategy exploded") end
+        if req:header("x-strategy-slow") then spin(15) end
         if req:header("x-delegate") then
             return gw.strategy.prequal({ backends[1], backends[2] }, req)
         end
@@ -90,6 +96,8 @@ class LuaTest(GwTestCase):
             {"name": "sandbox", "match": {"path_prefix": "/sandbox"}, "upstream": "u",
              "on_request": Lua("h.sandbox")},
             {"name": "zone", "match": {"path_prefix": "/zone"}, "upstream": "z"},
+            {"name": "slow", "match": {"path_prefix": "/slow"}, "upstream": "u",
+             "on_request": Lua("h.slow")},
             {"name": "buf", "match": {"path_prefix": "/buf/"}, "upstream": "u", "strip_prefix": True,
              "buffer_response": {"max_bytes": 200000}, "on_response": Lua("h.upper")},
             {"name": "stream", "match": {"path_prefix": "/stream/"}, "upstream": "u",
@@ -205,6 +213,21 @@ class LuaTest(GwTestCase):
         text = gw.metrics()
         self.assertEqual(metric_value(text, "gw_lua_strategy_errors_total", upstream="z"), 6, text)
         self.assertGreater(metric_value(text, "prequal_picks_total", upstream="z"), 0, text)
+
+    def test_slow_hooks_are_logged_and_counted(self):
+        gw = self.start()
+        for _ in range(2):
+            self.assertEqual(http_request(gw.port, "GET", "/slow")[0], 200)
+        st, _, body = http_request(gw.port, "GET", "/zone", headers={"X-Strategy-Slow": "1"})
+        self.assertEqual((st, json.loads(body)["backend"]), (200, "b2"))  # slow, not failed
+        text = gw.metrics()
+        self.assertEqual(metric_value(text, "gw_lua_slow_total", route="slow", hook="on_request"), 2, text)
+        self.assertEqual(metric_value(text, "gw_lua_slow_total", route="main", hook="on_request"), 0, text)
+        self.assertEqual(metric_value(text, "gw_lua_strategy_slow_total", upstream="z"), 1, text)
+        self.assertEqual(metric_value(text, "gw_lua_strategy_errors_total", upstream="z"), 0, text)
+        err = gw.stderr()
+        self.assertRegex(err, r"slow on_request hook on route slow: \d+\.\d ms")
+        self.assertRegex(err, r"slow pick in the strategy of upstream z: \d+\.\d ms")
 
     def test_buffer_response(self):
         gw = self.start()
