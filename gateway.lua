@@ -36,7 +36,8 @@ return {
       },
       timeouts = { connect_ms = 1000, read_ms = 30000 },
       retries  = { max = 2 },
-      health   = { max_fails = 3, eject_ms = 1000 },  -- passive ejection
+      -- Passive ejection after 3 transport failures in a row, and active checks of /health.
+      health   = { max_fails = 3, eject_ms = 1000, path = "/health", interval_ms = 2000 },
     },
   },
 

@@ -487,7 +487,7 @@ static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
         return;
     }
     char *text = gw_metrics_render(src->cfg, src->shards, src->nshards, src->backends, src->registry,
-                                   &len);
+                                   src->hcheck, &len);
     if (text == NULL) {
         gw_admin_conn_send_error(c, 500, "internal", "out of memory rendering metrics", "", head,
                                  true);

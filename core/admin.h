@@ -21,6 +21,7 @@ typedef struct gw_admin_source {
     size_t nshards;
     gw_backend_t *const *backends; /* cfg->nbackends_total, by gindex */
     struct gw_registry *registry;  /* POST /register, /unregister; NULL: registration is off */
+    const struct gw_hcheck *hcheck; /* active health checks (metrics), or NULL */
 } gw_admin_source_t;
 
 /**

@@ -26,7 +26,9 @@ typedef struct gw_backend {
     uint32_t upstream; /* index of its upstream in the config */
     uint32_t index;    /* index within its upstream */
     uint32_t inflight; /* requests in flight from all workers (GW_ATOMIC_ADD) */
-    uint32_t healthy;  /* 1 = may be picked (health checks and ejection set it) */
+    uint32_t healthy;  /* 1 = may be picked: not ejected and not down (health.c keeps it so) */
+    uint32_t down;     /* 1 while active health checks fail it (hcheck.c, main thread) */
+    uint32_t epoch;    /* bumped by the registry whenever the slot gets a (new) registration */
     uint32_t fails;    /* consecutive transport failures seen by any worker (health.c) */
     uint32_t ejected;  /* 1 while ejected by the passive health check */
     uint32_t ejections; /* ejections in a row: the backoff exponent */

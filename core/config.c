@@ -1574,12 +1574,55 @@ done:
     return rc;
 }
 
+/* The active-check keys of an upstream's `health` table (at ht). */
+static int gw_cfg_health_checks(gw_cfg_ctx_t *c, int ht, gw_health_cfg_t *h)
+{
+    size_t old = gw_cfg_field(c, ht, "path");
+    const char *path = NULL;
+    int rc = gw_cfg_plain_string(c, &path);
+    if (rc == 0 && path != NULL && path[0] != '/')
+        rc = gw_cfg_fail(c, "must start with \"/\"");
+    for (size_t i = 0; rc == 0 && path != NULL && path[i]; i++)
+        if (path[i] == ' ' || path[i] == '#')
+            rc = gw_cfg_fail(c, "must not contain spaces or '#'");
+    if (rc == 0 && path != NULL)
+        h->path = gw_cfg_xstrdup(path);
+    gw_cfg_field_done(c, old);
+    if (rc == 0)
+        rc = gw_cfg_u32_field(c, ht, "interval_ms", 10, &h->interval_ms);
+    if (rc == 0)
+        rc = gw_cfg_u32_field(c, ht, "timeout_ms", 1, &h->timeout_ms);
+    if (rc == 0)
+        rc = gw_cfg_u32_field(c, ht, "healthy_threshold", 1, &h->healthy_threshold);
+    if (rc == 0)
+        rc = gw_cfg_u32_field(c, ht, "unhealthy_threshold", 1, &h->unhealthy_threshold);
+    if (rc == 0 && h->timeout_ms > h->interval_ms) {
+        old = gw_cfg_field(c, ht, "timeout_ms");
+        rc = gw_cfg_fail(c, "must not be more than interval_ms (%u)", h->interval_ms);
+        gw_cfg_field_done(c, old);
+    }
+    if (rc == 0 && h->path == NULL) {
+        /* The check keys mean nothing without a path: say so rather than ignore them. */
+        static const char *const needs_path[] = {"interval_ms", "timeout_ms", "healthy_threshold",
+                                                 "unhealthy_threshold"};
+        for (size_t i = 0; rc == 0 && i < GW_ARRAY_LEN(needs_path); i++) {
+            old = gw_cfg_field(c, ht, needs_path[i]);
+            if (lua_type(c->L, -1) != LUA_TNIL)
+                rc = gw_cfg_fail(c, "active checks need health.path");
+            gw_cfg_field_done(c, old);
+        }
+    }
+    return rc;
+}
+
 static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
     static const char *const keys[] = {"backends", "strategy", "fallback_strategy", "timeouts",
                                        "retries",  "keepalive", "health", "prequal", NULL};
-    static const char *const hkeys[] = {"max_fails", "eject_ms", "max_eject_ms",
-                                        "max_ejected_percent", NULL};
+    static const char *const hkeys[] = {"max_fails",   "eject_ms",          "max_eject_ms",
+                                        "max_ejected_percent", "path",  "interval_ms",
+                                        "timeout_ms",  "healthy_threshold", "unhealthy_threshold",
+                                        NULL};
     static const char *const tkeys[] = {"connect_ms", "read_ms", "send_ms", NULL};
     static const char *const rkeys[] = {"max", "backoff_ms", NULL};
     static const char *const kkeys[] = {"max_idle", "idle_timeout_ms", NULL};
@@ -1599,6 +1642,10 @@ static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     u->health.eject_ms = 1000;
     u->health.max_eject_ms = 30000;
     u->health.max_ejected_percent = 50;
+    u->health.interval_ms = 2000;
+    u->health.timeout_ms = 500;
+    u->health.healthy_threshold = 2;
+    u->health.unhealthy_threshold = 3;
     if (gw_cfg_backends(c, ut, u) < 0 || gw_cfg_strategy(c, ut, u) < 0 ||
         gw_cfg_prequal(c, ut, u) < 0)
         return -1;
@@ -1666,6 +1713,8 @@ static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
             rc = gw_cfg_fail(c, "must not be less than eject_ms (%u)", u->health.eject_ms);
             gw_cfg_field_done(c, o2);
         }
+        if (rc == 0)
+            rc = gw_cfg_health_checks(c, ht, &u->health);
     }
     gw_cfg_field_done(c, old);
     return rc < 0 ? -1 : 0;
@@ -2442,6 +2491,7 @@ void gw_config_free(gw_config_t *cfg)
         free(u->name);
         free(u->strategy);
         free(u->probe_path);
+        free(u->health.path);
         free(u->fallback_strategy);
         for (size_t b = 0; b < u->nbackends; b++) {
             free(u->backends[b].url);

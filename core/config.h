@@ -67,12 +67,17 @@ typedef struct gw_backend_cfg {
     char *meta_json; /* a registered backend's `meta` as JSON (registry.c), else NULL */
 } gw_backend_cfg_t;
 
-/* Passive health checking (health.h). */
+/* Health checking: passive ejection (health.h) and active checks (hcheck.h). */
 typedef struct gw_health_cfg {
     uint32_t max_fails;           /* health.max_fails, default 3; 0 disables ejection */
     uint32_t eject_ms;            /* health.eject_ms, default 1000; doubles per ejection in a row */
     uint32_t max_eject_ms;        /* health.max_eject_ms, default 30000 */
     uint32_t max_ejected_percent; /* health.max_ejected_percent, default 50 */
+    char *path;                   /* health.path: active checks GET it; NULL: passive only */
+    uint32_t interval_ms;         /* health.interval_ms, default 2000 */
+    uint32_t timeout_ms;          /* health.timeout_ms, default 500 */
+    uint32_t healthy_threshold;   /* health.healthy_threshold, default 2: passes to come back */
+    uint32_t unhealthy_threshold; /* health.unhealthy_threshold, default 3: failures to go down */
 } gw_health_cfg_t;
 
 typedef struct gw_upstream_cfg {

@@ -79,9 +79,25 @@ size_t gw_health_tick(gw_backend_t *const *all, size_t n, uint64_t now_ms)
         if (!__atomic_load_n(&b->ejected, __ATOMIC_ACQUIRE) ||
             __atomic_load_n(&b->ejected_until_ms, __ATOMIC_ACQUIRE) > now_ms)
             continue;
-        __atomic_store_n(&b->healthy, 1, __ATOMIC_RELEASE);
-        __atomic_store_n(&b->ejected, 0, __ATOMIC_RELEASE);
+        __atomic_store_n(&b->ejected, 0, __ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&b->down, __ATOMIC_SEQ_CST))
+            __atomic_store_n(&b->healthy, 1, __ATOMIC_SEQ_CST);
         k++;
     }
     return k;
+}
+
+bool gw_health_set_down(gw_backend_t *b, bool down)
+{
+    uint32_t was = __atomic_exchange_n(&b->down, down ? 1u : 0u, __ATOMIC_SEQ_CST);
+    if (down) {
+        __atomic_store_n(&b->healthy, 0, __ATOMIC_SEQ_CST);
+    } else if (!__atomic_load_n(&b->ejected, __ATOMIC_SEQ_CST)) {
+        __atomic_store_n(&b->healthy, 1, __ATOMIC_SEQ_CST);
+        /* A worker may have ejected it between the load and the store: it stores healthy = 0
+         * after setting ejected, but if its store came first, undo ours. */
+        if (__atomic_load_n(&b->ejected, __ATOMIC_SEQ_CST))
+            __atomic_store_n(&b->healthy, 0, __ATOMIC_SEQ_CST);
+    }
+    return was != (down ? 1u : 0u);
 }

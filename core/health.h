@@ -27,7 +27,12 @@ bool gw_health_on_failure(gw_backend_t *b, gw_backend_t *const *peers, size_t np
 /** A request to `b` got a response: its failure streak (and backoff) start over. */
 void gw_health_on_success(gw_backend_t *b);
 
-/** Re-admits every ejected backend whose time is up. Returns how many it re-admitted. */
+/** Active checks (hcheck.c) found `b` down (true) or up again (false). `healthy` becomes
+ * "not down and not ejected". Returns true when `down` changed. Main thread. */
+bool gw_health_set_down(gw_backend_t *b, bool down);
+
+/** Re-admits every ejected backend whose time is up (it stays unhealthy while active checks
+ * hold it down). Returns how many it re-admitted. */
 size_t gw_health_tick(gw_backend_t *const *all, size_t n, uint64_t now_ms);
 
 #endif

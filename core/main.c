@@ -13,6 +13,7 @@
 
 #include "admin.h"
 #include "config.h"
+#include "hcheck.h"
 #include "log.h"
 #include "registry.h"
 #include "server.h"
@@ -21,6 +22,7 @@ typedef struct gw_main {
     uv_loop_t *loop;
     gw_config_t *cfg;
     gw_registry_t *registry;
+    gw_hcheck_t *hcheck;
     gw_server_t *server;
     gw_admin_t *admin;
     gw_admin_source_t admin_src;
@@ -48,6 +50,9 @@ static void main_on_stopped(void *arg)
 {
     gw_main_t *m = arg;
     gw_registry_stop(m->registry);
+    gw_hcheck_stop(m->hcheck);
+    m->hcheck = NULL;
+    m->admin_src.hcheck = NULL;
     if (m->admin) {
         gw_admin_close(m->admin, NULL, NULL);
         m->admin = NULL;
@@ -152,6 +157,7 @@ int main(int argc, char **argv)
         return 1;
     }
     gw_registry_start(registry, m.loop, m.server);
+    gw_hcheck_start(m.loop, cfg, gw_registry_backends(registry), &m.hcheck);
     uv_signal_init(m.loop, &m.sigterm);
     uv_signal_init(m.loop, &m.sigint);
     uv_signal_init(m.loop, &m.sigusr1);
@@ -168,6 +174,7 @@ int main(int argc, char **argv)
         m.admin_src.nshards = nshards;
         m.admin_src.backends = gw_registry_backends(registry);
         m.admin_src.registry = cfg->registration.enabled ? registry : NULL;
+        m.admin_src.hcheck = m.hcheck;
         rc = gw_admin_start(m.loop, &m.admin_src, &m.admin);
         if (rc != 0) {
             gw_log_err("admin listen %s: %s", cfg->admin_listen.text, uv_strerror(rc));

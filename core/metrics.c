@@ -19,6 +19,7 @@
 
 #include "common.h"
 #include "metrics.h"
+#include "hcheck.h"
 #include "registry.h"
 
 #ifndef PGW_VERSION
@@ -330,6 +331,7 @@ typedef struct gw_render_ctx {
     size_t nshards;
     gw_backend_t *const *backends; /* may be NULL: the gauges are left out */
     const gw_registry_t *registry; /* may be NULL: the registration series are left out */
+    const gw_hcheck_t *hcheck;     /* may be NULL: no active checks */
 } gw_render_ctx_t;
 
 /* The backend config of slot k of `up`, or NULL when the slot is not listed (a registration slot
@@ -704,6 +706,20 @@ static void gw_render_membership(const gw_render_ctx_t *x)
         gw_mbuf_label(x->b, true, "upstream", uc->name);
         gw_mbuf_printf(x->b, "} %" PRIu32 "\n", members);
     }
+    if (x->hcheck != NULL) {
+        gw_mbuf_family(x->b, "gw_health_checks_total", "counter",
+                       "Active health checks by result (health.path).");
+        for (size_t u = 0; u < cfg->nupstreams; u++) {
+            if (cfg->upstreams[u].health.path == NULL)
+                continue;
+            for (int passed = 1; passed >= 0; passed--) {
+                gw_mbuf_puts(x->b, "gw_health_checks_total{");
+                gw_mbuf_label(x->b, true, "upstream", cfg->upstreams[u].name);
+                gw_mbuf_label(x->b, false, "result", passed ? "pass" : "fail");
+                gw_mbuf_printf(x->b, "} %" PRIu64 "\n", gw_hcheck_count(x->hcheck, u, passed));
+            }
+        }
+    }
     if (x->registry == NULL || !cfg->registration.enabled)
         return;
     gw_mbuf_family(x->b, "gw_registrations_total", "counter",
@@ -719,11 +735,12 @@ static void gw_render_membership(const gw_render_ctx_t *x)
 }
 
 char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shards, size_t nshards,
-                        gw_backend_t *const *backends, const gw_registry_t *registry, size_t *len)
+                        gw_backend_t *const *backends, const gw_registry_t *registry,
+                        const gw_hcheck_t *hcheck, size_t *len)
 {
     gw_mbuf_t b = {0}, tmp = {0};
 
-    gw_render_ctx_t x = {&b, &tmp, cfg, shards, nshards, backends, registry};
+    gw_render_ctx_t x = {&b, &tmp, cfg, shards, nshards, backends, registry, hcheck};
     gw_render_requests(&x);
     gw_render_upstreams(&x);
     gw_render_membership(&x);

@@ -86,11 +86,13 @@ static inline int gw_status_class(int status)
 /**
  * Renders every metric in Prometheus text format: the shards summed, plus per-backend gauges read
  * from `backends` (indexed by gindex, cfg->nbackends_total entries) and the registration events
- * of `registry` (may be NULL). Returns a malloc'd buffer
+ * of `registry` and the active checks of `hcheck` (either may be NULL). Returns a malloc'd buffer
  * (caller frees) and its length in *len, or NULL on OOM.
  */
 typedef struct gw_registry gw_registry_t;
+typedef struct gw_hcheck gw_hcheck_t;
 char *gw_metrics_render(const gw_config_t *cfg, gw_metrics_shard_t *const *shards, size_t nshards,
-                        gw_backend_t *const *backends, const gw_registry_t *registry, size_t *len);
+                        gw_backend_t *const *backends, const gw_registry_t *registry,
+                        const gw_hcheck_t *hcheck, size_t *len);
 
 #endif

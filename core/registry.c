@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "health.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "server.h"
@@ -633,11 +634,16 @@ static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **
         s->cfg.meta_json = NULL;
         s->has_url = true;
         GW_RELAXED_STORE(b->healthy, 1);
+        GW_RELAXED_STORE(b->down, 0);
         GW_RELAXED_STORE(b->fails, 0);
         GW_RELAXED_STORE(b->ejected, 0);
         GW_RELAXED_STORE(b->ejections, 0);
         GW_RELAXED_STORE(b->latency_ewma_us, 0);
     }
+    /* Active checks start over for every registration (hcheck.c compares epochs), from "up":
+     * the backend has just said it is ready. */
+    GW_RELAXED_STORE(b->epoch, b->epoch + 1);
+    gw_health_set_down(b, false);
     GW_RELAXED_STORE(s->cfg.weight, q->has_weight ? q->weight : 1);
     if (reuse_same) {
         uint64_t next = r->server ? gw_server_membership_gen(r->server) + 1 : 0;

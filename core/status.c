@@ -27,6 +27,7 @@ static cJSON *status_backend(const gw_admin_source_t *src, const gw_upstream_cfg
     cJSON_AddNumberToObject(o, "weight", GW_RELAXED_LOAD(bc->weight));
     cJSON_AddBoolToObject(o, "healthy", GW_RELAXED_LOAD(b->healthy) != 0);
     cJSON_AddBoolToObject(o, "ejected", GW_RELAXED_LOAD(b->ejected) != 0);
+    cJSON_AddBoolToObject(o, "down", GW_RELAXED_LOAD(b->down) != 0);
     cJSON_AddNumberToObject(o, "in_flight", GW_RELAXED_LOAD(b->inflight));
     cJSON_AddNumberToObject(o, "latency_ewma_ms", (double)GW_RELAXED_LOAD(b->latency_ewma_us) / 1000.0);
     cJSON_AddNumberToObject(o, "consecutive_failures", GW_RELAXED_LOAD(b->fails));

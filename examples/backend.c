@@ -9,7 +9,7 @@
  * Usage:
  *   pgw-backend [--listen HOST:PORT] [--port N] [--name NAME] [--service-ms MEAN]
  *               [--dist fixed|exp] [--slowdown F] [--stall-ms MS --stall-every-ms MS]
- *               [--piggyback] [--seed N] [--quiet]
+ *               [--piggyback] [--health-file PATH] [--seed N] [--quiet]
  *
  *   --listen HOST:PORT   address to bind (default 127.0.0.1:9001; port 0 picks an ephemeral port;
  *                        IPv6 as [::1]:PORT). Once bound, exactly one line
@@ -25,6 +25,7 @@
  *                        request that would finish inside [k*EVERY, k*EVERY+MS) finishes at the
  *                        window's end. Probes are still answered during a stall.
  *   --piggyback          every response also carries X-Prequal-RIF and X-Prequal-Latency-Us.
+ *   --health-file PATH   /health answers 503 {"status":"failing"} while PATH exists.
  *   --seed N             seed of the service-time RNG (default: from the clock and pid).
  *   --quiet              no log lines on stderr.
  *
@@ -69,6 +70,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 #include <string.h>
 
 #include <llhttp.h>
@@ -101,6 +103,7 @@ static struct {
     double slowdown;
     uint64_t stall_ms, stall_every_ms;
     int piggyback;
+    const char *health_file; /* /health answers 503 while this file exists */
     uint64_t seed;
     int seeded;
     int quiet;
@@ -953,8 +956,11 @@ static void req_respond(be_req_t *r)
         }
         break;
     case R_HEALTH: {
-        static const char ok[] = "{\"status\":\"ok\"}\n";
-        respond(r, 200, "application/json", ok, sizeof ok - 1, NULL);
+        static const char ok[] = "{\"status\":\"ok\"}\n", failing[] = "{\"status\":\"failing\"}\n";
+        if (cfg.health_file && access(cfg.health_file, F_OK) == 0)
+            respond(r, 503, "application/json", failing, sizeof failing - 1, NULL);
+        else
+            respond(r, 200, "application/json", ok, sizeof ok - 1, NULL);
         break;
     }
     case R_METRICS:
@@ -1509,7 +1515,7 @@ static void on_signal(uv_signal_t *s, int signum)
 static const char usage[] =
     "usage: pgw-backend [--listen HOST:PORT] [--port N] [--name NAME] [--service-ms MEAN]\n"
     "                   [--dist fixed|exp] [--slowdown F] [--stall-ms MS --stall-every-ms MS]\n"
-    "                   [--piggyback] [--seed N] [--quiet]\n"
+    "                   [--piggyback] [--health-file PATH] [--seed N] [--quiet]\n"
     "\n"
     "An example HTTP/1.1 backend for prequal-gw that simulates service time and reports Prequal\n"
     "load signals. Prints \"listening on HOST:PORT\" on stdout once bound.\n"
@@ -1523,6 +1529,7 @@ static const char usage[] =
     "  --stall-ms MS        with --stall-every-ms EVERY: a timed request that would finish in\n"
     "  --stall-every-ms MS    [k*EVERY, k*EVERY+MS) after start-up finishes at the window's end\n"
     "  --piggyback          add X-Prequal-RIF / X-Prequal-Latency-Us to every response\n"
+    "  --health-file PATH   /health answers 503 while PATH exists (to try health checks)\n"
     "  --seed N             RNG seed for service times (default: clock and pid)\n"
     "  --quiet              no log lines on stderr\n"
     "  --help               this text\n"
@@ -1643,6 +1650,8 @@ static void parse_args(int argc, char **argv)
         } else if ((v = opt(argc, argv, &i, "--seed"))) {
             cfg.seed = arg_u64(v, UINT64_MAX, "--seed");
             cfg.seeded = 1;
+        } else if ((v = opt(argc, argv, &i, "--health-file"))) {
+            cfg.health_file = v;
         } else if (!strcmp(argv[i], "--piggyback")) {
             cfg.piggyback = 1;
         } else if (!strcmp(argv[i], "--quiet")) {

@@ -660,6 +660,42 @@ static void test_health(void **state)
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  health = { eject_ms = 500,\n max_eject_ms = 100 } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:4: upstreams.api.health.max_eject_ms: must not be less than eject_ms (500)");
+
+    /* Active checks. */
+    cfg = load_ok("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+                  "  health = { path = '/healthz?deep=1', interval_ms = 1000, timeout_ms = 300,\n"
+                  "             healthy_threshold = 1, unhealthy_threshold = 5 } } },\n" MINIMAL_ROUTES "}");
+    assert_string_equal(cfg->upstreams[0].health.path, "/healthz?deep=1");
+    assert_int_equal(cfg->upstreams[0].health.interval_ms, 1000);
+    assert_int_equal(cfg->upstreams[0].health.timeout_ms, 300);
+    assert_int_equal(cfg->upstreams[0].health.healthy_threshold, 1);
+    assert_int_equal(cfg->upstreams[0].health.unhealthy_threshold, 5);
+    gw_config_free(cfg);
+    cfg = load_ok("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+                  "  health = { path = '/health' } } },\n" MINIMAL_ROUTES "}");
+    assert_int_equal(cfg->upstreams[0].health.interval_ms, 2000);
+    assert_int_equal(cfg->upstreams[0].health.timeout_ms, 500);
+    assert_int_equal(cfg->upstreams[0].health.healthy_threshold, 2);
+    assert_int_equal(cfg->upstreams[0].health.unhealthy_threshold, 3);
+    gw_config_free(cfg);
+    cfg = load_ok("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}\n");
+    assert_null(cfg->upstreams[0].health.path);
+    gw_config_free(cfg);
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  health = { path = 'health' } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.health.path: must start with \"/\"");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  health = { path = '/a b' } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.health.path: must not contain spaces or '#'");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  health = { path = '/h', interval_ms = 100,\n timeout_ms = 200 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:4: upstreams.api.health.timeout_ms: must not be more than interval_ms (100)");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  health = { path = '/h', unhealthy_threshold = 0 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.health.unhealthy_threshold: expected a positive integer, got 0");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  health = { interval_ms = 1000 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.health.interval_ms: active checks need health.path");
 }
 
 static void test_required(void **state)

@@ -1,4 +1,5 @@
-/* Unit tests for passive health checking (core/health.c): pure, with explicit times. */
+/* Unit tests for health checking: passive ejection (core/health.c), its interplay with active
+ * checks, and the active checks' streak rule (core/hcheck.c). Pure, with explicit times. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -6,6 +7,7 @@
 
 #include <cmocka.h>
 
+#include "hcheck.h"
 #include "health.h"
 
 static gw_backend_t b[4];
@@ -81,6 +83,72 @@ static void test_disabled(void **state)
     assert_int_equal(b[0].healthy, 1);
 }
 
+/* Non-members (free registration slots) count for neither side of the ejection cap. */
+static void test_cap_counts_members_only(void **state)
+{
+    b[2].member = b[3].member = 0;
+    for (int i = 0; i < 3; i++)
+        gw_health_on_failure(&b[0], peers, 4, &h, 0);
+    assert_int_equal(b[0].ejected, 1); /* 1 of 2 members: at the cap */
+    for (int i = 0; i < 3; i++)
+        gw_health_on_failure(&b[1], peers, 4, &h, 0);
+    assert_int_equal(b[1].ejected, 0); /* 2 of 2 would be over it */
+    assert_int_equal(b[1].healthy, 1);
+}
+
+/* Active checks and ejection together: healthy is "not down and not ejected", whichever ends
+ * last. */
+static void test_down_and_ejected(void **state)
+{
+    assert_true(gw_health_set_down(&b[0], true));
+    assert_false(gw_health_set_down(&b[0], true)); /* no change */
+    assert_int_equal(b[0].healthy, 0);
+    for (int i = 0; i < 3; i++)
+        gw_health_on_failure(&b[0], peers, 4, &h, 0);
+    assert_int_equal(b[0].ejected, 1);
+    /* The ejection ends while the checks still fail: it stays out. */
+    assert_int_equal(gw_health_tick(peers, 4, 100), 1);
+    assert_int_equal(b[0].ejected, 0);
+    assert_int_equal(b[0].healthy, 0);
+    assert_true(gw_health_set_down(&b[0], false));
+    assert_int_equal(b[0].healthy, 1);
+
+    /* The checks pass while it is ejected: it stays out until the ejection ends. */
+    for (int i = 0; i < 3; i++)
+        gw_health_on_failure(&b[1], peers, 4, &h, 1000);
+    assert_true(gw_health_set_down(&b[1], true));
+    assert_true(gw_health_set_down(&b[1], false));
+    assert_int_equal(b[1].healthy, 0);
+    assert_int_equal(gw_health_tick(peers, 4, 1100), 1);
+    assert_int_equal(b[1].healthy, 1);
+}
+
+/* The streak rule of active checks (hcheck.c). */
+static void test_check_thresholds(void **state)
+{
+    const gw_health_cfg_t hc = {.healthy_threshold = 2, .unhealthy_threshold = 3};
+    gw_hcheck_streak_t st = {0};
+    assert_int_equal(gw_hcheck_record(&st, &hc, false, false), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, false, false), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, false, true), GW_HCHECK_SAME); /* streak broken */
+    assert_int_equal(gw_hcheck_record(&st, &hc, false, false), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, false, false), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, false, false), GW_HCHECK_GO_DOWN);
+    assert_int_equal(st.fails, 3);
+    /* Down: more failures change nothing; two passes in a row bring it up. */
+    assert_int_equal(gw_hcheck_record(&st, &hc, true, false), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, true, true), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, true, false), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, true, true), GW_HCHECK_SAME);
+    assert_int_equal(gw_hcheck_record(&st, &hc, true, true), GW_HCHECK_GO_UP);
+    /* Up: passes change nothing. */
+    assert_int_equal(gw_hcheck_record(&st, &hc, false, true), GW_HCHECK_SAME);
+    const gw_health_cfg_t one = {.healthy_threshold = 1, .unhealthy_threshold = 1};
+    st = (gw_hcheck_streak_t){0};
+    assert_int_equal(gw_hcheck_record(&st, &one, false, false), GW_HCHECK_GO_DOWN);
+    assert_int_equal(gw_hcheck_record(&st, &one, true, true), GW_HCHECK_GO_UP);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -89,6 +157,9 @@ int main(void)
         cmocka_unit_test_setup(test_backoff_doubles_up_to_max, reset),
         cmocka_unit_test_setup(test_never_more_than_half, reset),
         cmocka_unit_test_setup(test_disabled, reset),
+        cmocka_unit_test_setup(test_cap_counts_members_only, reset),
+        cmocka_unit_test_setup(test_down_and_ejected, reset),
+        cmocka_unit_test_setup(test_check_thresholds, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -89,7 +89,7 @@ static void assert_no_line_prefix(const char *text, const char *prefix)
 static char *render(fixture_t *f, gw_backend_t *const *backends)
 {
     size_t len = 0;
-    char *text = gw_metrics_render(&f->cfg, f->shards, 2, backends, NULL, &len);
+    char *text = gw_metrics_render(&f->cfg, f->shards, 2, backends, NULL, NULL, &len);
     assert_non_null(text);
     assert_int_equal(len, strlen(text));
     assert_true(len > 0 && text[len - 1] == '\n');
