@@ -4,8 +4,9 @@
 return {
   listen  = "0.0.0.0:8080",
   workers = "auto",                        -- one worker thread per CPU
-  -- GET /metrics, /status, /healthz; POST /register, /unregister (set `token` to require
-  -- `Authorization: Bearer <token>` on those, e.g. token = os.getenv("PGW_ADMIN_TOKEN")).
+  -- GET /metrics, /status, /healthz; POST /register, /unregister, /reload (set `token` to
+  -- require `Authorization: Bearer <token>` on those, e.g. token = os.getenv("PGW_ADMIN_TOKEN")).
+  -- Edit this file and `kill -HUP` the gateway (or POST /reload) to apply it without a restart.
   admin   = { listen = "127.0.0.1:9901" },
   -- Backends may join at run time. Try it with a fifth example backend:
   --   build/pgw-backend --port 9005 &

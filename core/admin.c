@@ -1,7 +1,8 @@
 /*
  * admin: a small HTTP/1.1 server on the main thread's loop, serving GET|HEAD /metrics, /status
- * and /healthz, and POST /register and /unregister (DESIGN §8; the registry does the work).
- * The POSTs need `Authorization: Bearer <admin.token>` when a token is configured.
+ * and /healthz, POST /register and /unregister (DESIGN §8; the registry does the work), and
+ * POST /reload (main.c does it). The POSTs need `Authorization: Bearer <admin.token>` when a
+ * token is configured.
  *
  * Ownership. The gw_admin_t embeds its listening uv_tcp_t and owns a list of connections. Each
  * gw_admin_conn_t embeds its uv_tcp_t and uv_timer_t; it is freed only in the close callback that
@@ -420,21 +421,42 @@ static bool gw_admin_authorized(const gw_admin_conn_t *c, const char *token)
     return diff == 0;
 }
 
-/* POST /register and /unregister. */
-static void gw_admin_conn_membership(gw_admin_conn_t *c, bool reg, bool keep_alive)
+/* A mutating endpoint: POST, with the token when one is configured. Answers and returns false
+ * when the request may not go on. */
+static bool gw_admin_may_mutate(gw_admin_conn_t *c, bool keep_alive)
 {
     const gw_admin_source_t *src = c->admin->src;
     if (llhttp_get_method(&c->parser) != HTTP_POST) {
         gw_admin_conn_send_error(c, 405, "method_not_allowed", "use POST", "Allow: POST\r\n", false,
                                  !keep_alive);
-        return;
+        return false;
     }
     if (src->cfg->admin_token && !gw_admin_authorized(c, src->cfg->admin_token)) {
         gw_admin_conn_send_error(c, 401, "unauthorized", "send Authorization: Bearer <admin.token>",
                                  "WWW-Authenticate: Bearer realm=\"prequal-gw\"\r\n", false,
                                  !keep_alive);
-        return;
+        return false;
     }
+    return true;
+}
+
+/* POST /reload. */
+static void gw_admin_conn_reload(gw_admin_conn_t *c, bool keep_alive)
+{
+    const gw_admin_source_t *src = c->admin->src;
+    if (!gw_admin_may_mutate(c, keep_alive))
+        return;
+    char *json = NULL;
+    int st = src->reload(src->reload_arg, &json);
+    gw_admin_conn_send(c, st, "application/json", "", json, strlen(json), true, false, !keep_alive);
+}
+
+/* POST /register and /unregister. */
+static void gw_admin_conn_membership(gw_admin_conn_t *c, bool reg, bool keep_alive)
+{
+    const gw_admin_source_t *src = c->admin->src;
+    if (!gw_admin_may_mutate(c, keep_alive))
+        return;
     if (src->registry == NULL) {
         gw_admin_conn_send_error(c, 403, "registration_disabled", "registration is off", "", false,
                                  !keep_alive);
@@ -456,6 +478,10 @@ static void gw_admin_conn_route(gw_admin_conn_t *c, bool keep_alive)
 
     if (gw_admin_path_is(c, "/register") || gw_admin_path_is(c, "/unregister")) {
         gw_admin_conn_membership(c, gw_admin_path_is(c, "/register"), keep_alive);
+        return;
+    }
+    if (gw_admin_path_is(c, "/reload") && c->admin->src->reload) {
+        gw_admin_conn_reload(c, keep_alive);
         return;
     }
     if (!metrics && !healthz && !status) {

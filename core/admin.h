@@ -22,6 +22,10 @@ typedef struct gw_admin_source {
     gw_backend_t *const *backends; /* cfg->nbackends_total, by gindex */
     struct gw_registry *registry;  /* POST /register, /unregister; NULL: registration is off */
     const struct gw_hcheck *hcheck; /* active health checks (metrics), or NULL */
+    /* POST /reload: reloads gateway.lua (it may change every field above); returns the status
+     * and a malloc'd JSON answer. NULL: no reloads. */
+    int (*reload)(void *arg, char **json);
+    void *reload_arg;
 } gw_admin_source_t;
 
 /**

@@ -1590,6 +1590,8 @@ static int gw_cfg_health_checks(gw_cfg_ctx_t *c, int ht, gw_health_cfg_t *h)
     gw_cfg_field_done(c, old);
     if (rc == 0)
         rc = gw_cfg_u32_field(c, ht, "interval_ms", 10, &h->interval_ms);
+    if (rc == 0 && h->timeout_ms > h->interval_ms)
+        h->timeout_ms = h->interval_ms; /* the default follows a short interval */
     if (rc == 0)
         rc = gw_cfg_u32_field(c, ht, "timeout_ms", 1, &h->timeout_ms);
     if (rc == 0)

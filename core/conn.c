@@ -243,6 +243,8 @@ void gw_conn_arm_timer(gw_conn_t *c)
     switch (c->state) {
     case GW_CS_IDLE:
         deadline = c->state_since_ms + to->keepalive_ms;
+        if (c->w->draining && c->served)
+            deadline = GW_MIN(deadline, c->w->drain_since_ms + GW_DRAIN_IDLE_GRACE_MS);
         break;
     case GW_CS_HEAD:
         deadline = c->state_since_ms + to->header_ms;
@@ -638,6 +640,7 @@ void gw_conn_request_done(gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
     conn_log_and_count(c);
+    c->served = true;
     bool reusable = !r->close_after && r->keep_alive && r->body_done && !r->is_upgrade &&
                     !c->w->draining && c->up == NULL;
     if (!reusable) {
@@ -1136,16 +1139,21 @@ void gw_conn_accept(gw_worker_t *w, uv_stream_t *server)
     conn_set_state(c, GW_CS_IDLE);
 }
 
+/* A draining worker answers what is already on its way with Connection: close and then closes
+ * the connection. An idle keep-alive connection gets GW_DRAIN_IDLE_GRACE_MS for a request the
+ * client may have sent before it could know (closing a socket with unread data resets it, and a
+ * reload would then cost requests); one whose request is already in the socket, or that has not
+ * had its first request yet, is served as usual. Every response on a draining worker says
+ * Connection: close, so a busy keep-alive client moves to the new workers after one more. */
 void gw_conn_drain_all(gw_worker_t *w)
 {
     gw_link_t *l = w->conns.next;
     while (l != &w->conns) {
         gw_link_t *next = l->next;
         gw_conn_t *c = GW_CONTAINER_OF(l, gw_conn_t, link);
+        c->req.close_after = true;
         if (c->state == GW_CS_IDLE)
-            gw_conn_close(c);
-        else
-            c->req.close_after = true;
+            gw_conn_arm_timer(c);
         l = next;
     }
 }

@@ -61,6 +61,8 @@ struct gw_registry {
     uv_timer_t timer;
     bool timer_on;
     gw_reg_retired_t *retired;
+    void (*closed)(void *);
+    void *closed_arg;
 };
 
 static const char *const reg_event_names[GW_REG_EVENT_COUNT] = {"registered", "renewed",
@@ -247,13 +249,24 @@ void gw_registry_start(gw_registry_t *r, uv_loop_t *loop, gw_server_t *server)
     r->timer_on = true;
 }
 
-void gw_registry_stop(gw_registry_t *r)
+static void reg_on_timer_closed(uv_handle_t *h)
 {
+    gw_registry_t *r = h->data;
+    if (r->closed)
+        r->closed(r->closed_arg);
+}
+
+void gw_registry_stop(gw_registry_t *r, void (*closed)(void *), void *arg)
+{
+    r->server = NULL; /* the workers are going away: nothing more to announce */
+    r->closed = closed;
+    r->closed_arg = arg;
     if (r->timer_on) {
         r->timer_on = false;
-        uv_close((uv_handle_t *)&r->timer, NULL);
+        uv_close((uv_handle_t *)&r->timer, reg_on_timer_closed);
+    } else if (closed) {
+        closed(arg);
     }
-    r->server = NULL; /* the workers are going away: nothing more to announce */
 }
 
 void gw_registry_free(gw_registry_t *r)
@@ -506,6 +519,20 @@ static int reg_find(gw_registry_t *r, const gw_upstream_cfg_t *uc, const struct 
     return -1;
 }
 
+/* The slot of upstream `uc` (in registry `r`) that holds address `sa` now: a static backend or a
+ * registered member; -1. */
+static int reg_slot_of(const gw_registry_t *r, const gw_upstream_cfg_t *uc, const struct sockaddr_storage *sa)
+{
+    for (uint32_t k = 0; k < gw_upstream_nslots(uc); k++) {
+        const gw_backend_t *b = r->backends[gw_upstream_slot_gindex(uc, k)];
+        if (b->registered && !__atomic_load_n(&b->member, __ATOMIC_ACQUIRE))
+            continue;
+        if (reg_same_addr(&b->cfg->sa, sa))
+            return (int)k;
+    }
+    return -1;
+}
+
 /* A slot for a new URL: never used, else the one free the longest that is safe to rewrite. */
 static int reg_free_slot(gw_registry_t *r, const gw_upstream_cfg_t *uc)
 {
@@ -690,4 +717,87 @@ int gw_registry_handle(gw_registry_t *r, bool reg, const char *body, size_t len,
     if (!*json)
         abort(); /* cJSON out of memory: a control path, treated like any small allocation */
     return st;
+}
+
+/* ---- reload ---- */
+
+size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
+{
+    const gw_config_t *cfg = r->cfg, *ocfg = old->cfg;
+    size_t kept = 0;
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
+        const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
+        int ou = gw_config_upstream_index(ocfg, uc->name);
+        if (ou < 0)
+            continue;
+        const gw_upstream_cfg_t *ouc = &ocfg->upstreams[ou];
+        for (int e = 0; e < GW_REG_EVENT_COUNT; e++)
+            r->events[u * GW_REG_EVENT_COUNT + (size_t)e] = old->events[(size_t)ou * GW_REG_EVENT_COUNT + (size_t)e];
+        /* Backends in both configs keep what the gateway learned about them. */
+        for (uint32_t k = 0; k < uc->nbackends; k++) {
+            int ok = reg_slot_of(old, ouc, &uc->backends[k].sa);
+            if (ok < 0)
+                continue;
+            const gw_backend_t *ob = old->backends[gw_upstream_slot_gindex(ouc, (uint32_t)ok)];
+            gw_backend_t *b = r->backends[uc->backends[k].gindex];
+            b->latency_ewma_us = GW_RELAXED_LOAD(ob->latency_ewma_us);
+            b->ejections = GW_RELAXED_LOAD(ob->ejections);
+            b->ejected_until_ms = GW_RELAXED_LOAD(ob->ejected_until_ms);
+            b->ejected = GW_RELAXED_LOAD(ob->ejected);
+            if (b->ejected)
+                b->healthy = 0;
+        }
+        if (!cfg->registration.enabled)
+            continue;
+        for (uint32_t k = (uint32_t)ouc->nbackends; k < gw_upstream_nslots(ouc); k++) {
+            uint32_t og = gw_upstream_slot_gindex(ouc, k);
+            const gw_backend_t *ob = old->backends[og];
+            const gw_reg_slot_t *os = &old->slots[og];
+            if (!__atomic_load_n(&ob->member, __ATOMIC_ACQUIRE))
+                continue;
+            bool is_static = false;
+            for (size_t j = 0; j < uc->nbackends && !is_static; j++)
+                is_static = reg_same_addr(&uc->backends[j].sa, &os->cfg.sa);
+            if (is_static)
+                continue; /* gateway.lua lists it now */
+            int nk = reg_free_slot(r, uc);
+            if (nk < 0) {
+                gw_log_warn("reload: upstream %s has no free registration slot for %s: dropped",
+                            uc->name, os->url);
+                continue;
+            }
+            if (r->lua && (cfg->membership_hooks & GW_MHOOK_ON_REGISTER)) {
+                gw_lua_backend_info_t info = {.id = (uint32_t)nk + 1, .url = os->url,
+                                              .weight = os->cfg.weight, .meta_json = os->cfg.meta_json,
+                                              .static_index = -1};
+                char *herr = NULL;
+                int rc = gw_lua_ctl_on_register(r->lua, u, &info, &herr);
+                if (rc <= 0) {
+                    gw_log_warn("reload: hooks.on_register %s %s: dropped", rc < 0 ? "failed for" : "refused",
+                                os->url);
+                    if (rc < 0)
+                        gw_log_err("lua: %s", herr ? herr : "?");
+                    free(herr);
+                    continue;
+                }
+            }
+            uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)nk);
+            gw_reg_slot_t *s = &r->slots[g];
+            gw_backend_t *b = r->backends[g];
+            memcpy(s->url, os->url, sizeof s->url);
+            memcpy(s->authority, os->authority, sizeof s->authority);
+            s->cfg.sa = os->cfg.sa;
+            s->cfg.salen = os->cfg.salen;
+            s->cfg.weight = os->cfg.weight;
+            s->cfg.meta_json = os->cfg.meta_json ? strdup(os->cfg.meta_json) : NULL;
+            s->has_url = true;
+            s->ttl_ms = os->ttl_ms;
+            s->expires_ms = os->expires_ms;
+            b->latency_ewma_us = GW_RELAXED_LOAD(ob->latency_ewma_us);
+            b->epoch++;
+            b->member = 1;
+            kept++;
+        }
+    }
+    return kept;
 }

@@ -40,11 +40,21 @@ enum gw_reg_event {
  */
 int gw_registry_new(const gw_config_t *cfg, gw_registry_t **out, char **err);
 
+/**
+ * A reload: `r` (new, not started) takes over from `old` what the new config allows. Registered
+ * members of an upstream that still exists, with registration still on, keep their URL, weight,
+ * meta and expiry (the new hooks.on_register may refuse them); backends that exist in both keep
+ * their latency estimate and passive ejection; the event counters carry over. Returns how many
+ * registrations were kept.
+ */
+size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old);
+
 /** Starts TTL expiry on `loop` and announces changes to `server` from now on. */
 void gw_registry_start(gw_registry_t *r, uv_loop_t *loop, gw_server_t *server);
 
-/** Stops announcing and closes the expiry timer (the loop must run for it to close). */
-void gw_registry_stop(gw_registry_t *r);
+/** Stops announcing and closes the expiry timer; `closed(arg)` runs once it is closed (at once
+ * when there is none), after which gw_registry_free may run. `closed` may be NULL. */
+void gw_registry_stop(gw_registry_t *r, void (*closed)(void *), void *arg);
 
 void gw_registry_free(gw_registry_t *r);
 

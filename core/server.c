@@ -13,6 +13,8 @@
 #include "server.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <string.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -32,6 +34,7 @@ enum { GW_CMD_NONE = 0, GW_CMD_DRAIN = 1, GW_CMD_STOP = 2 };
 
 struct gw_server {
     const gw_config_t *cfg;
+    const gw_server_t *inherit; /* during start only: the running server of a reload */
     uv_loop_t *main_loop;
     uv_async_t done;
     uv_timer_t health_timer; /* re-admits ejected backends */
@@ -46,6 +49,7 @@ struct gw_server {
     int command;
     int finished; /* workers whose loop ended */
     bool stopped_reported;
+    int pending_closes; /* main-loop handles still closing after the workers finished */
 };
 
 uint64_t gw_now_ns(void)
@@ -196,6 +200,7 @@ static void worker_on_wakeup(uv_async_t *a)
         return;
     if (!w->draining) {
         w->draining = true;
+        w->drain_since_ms = uv_now(&w->loop);
         worker_close_listeners(w);
         gw_conn_drain_all(w);
         uv_timer_start(&w->drain_timer, worker_on_drain_timeout, w->cfg->timeouts.drain_ms, 0);
@@ -242,6 +247,14 @@ static void server_on_health_tick(uv_timer_t *t)
         gw_log_info("%zu ejected backend(s) re-admitted", k);
 }
 
+/* The server's handles on the main loop are closed: it may be freed from on_stopped. */
+static void server_on_closed(uv_handle_t *h)
+{
+    gw_server_t *s = h->data;
+    if (--s->pending_closes == 0 && s->on_stopped)
+        s->on_stopped(s->arg);
+}
+
 static void server_on_done(uv_async_t *a)
 {
     gw_server_t *s = a->data;
@@ -249,10 +262,9 @@ static void server_on_done(uv_async_t *a)
         (size_t)__atomic_load_n(&s->finished, __ATOMIC_ACQUIRE) < s->nstarted)
         return;
     s->stopped_reported = true;
-    uv_close((uv_handle_t *)&s->done, NULL);
-    uv_close((uv_handle_t *)&s->health_timer, NULL);
-    if (s->on_stopped)
-        s->on_stopped(s->arg);
+    s->pending_closes = 2;
+    uv_close((uv_handle_t *)&s->done, server_on_closed);
+    uv_close((uv_handle_t *)&s->health_timer, server_on_closed);
 }
 
 /* Creates a listening socket with SO_REUSEPORT so every worker gets its own accept queue and the
@@ -276,6 +288,56 @@ static int server_bind(const gw_addr_t *a, int *fd_out)
     return 0;
 }
 
+static bool server_same_addr(const gw_addr_t *a, const gw_addr_t *b)
+{
+    return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
+}
+
+/* Duplicates of the listening sockets for `addr` that worker `id` of a server with `n` workers
+ * takes over from `old`: those of old workers id, id + n, id + 2n, ... so that every old socket
+ * of an address the new config still serves stays open (closing one would reset the connections
+ * waiting in its accept queue). With fds NULL, only counts them. Read on the main thread while
+ * those workers run: a handle's fd does not change until it is closed, and `old` is told to
+ * drain only after the new server started. */
+static size_t server_inherit(const gw_server_t *old, size_t id, size_t n, const gw_addr_t *addr,
+                             int *fds)
+{
+    size_t k = 0;
+    for (size_t j = id; old && j < old->nworkers; j += n) {
+        const gw_worker_t *ow = &old->workers[j];
+        if (!ow->thread_started)
+            continue;
+        for (size_t l = 0; l < ow->nlisteners; l++) {
+            uv_os_fd_t ofd;
+            if (!server_same_addr(&old->cfg->listen[ow->listener_addr[l]], addr) ||
+                uv_fileno((const uv_handle_t *)&ow->listeners[l], &ofd) != 0)
+                continue;
+            if (fds) {
+                fds[k] = fcntl(ofd, F_DUPFD_CLOEXEC, 0);
+                if (fds[k] < 0)
+                    continue;
+            }
+            k++;
+        }
+    }
+    return k;
+}
+
+/* Opens fd as worker w's next listener for cfg->listen[i]. Returns 0 or a libuv error. */
+static int worker_listen(gw_worker_t *w, size_t i, int fd)
+{
+    uv_tcp_t *l = &w->listeners[w->nlisteners];
+    uv_tcp_init(&w->loop, l);
+    l->data = w;
+    w->listener_addr[w->nlisteners++] = (uint32_t)i;
+    int rc = uv_tcp_open(l, fd);
+    if (rc != 0)
+        close(fd); /* the handle does not own it yet */
+    else
+        rc = uv_listen((uv_stream_t *)l, 511, worker_on_connection);
+    return rc;
+}
+
 static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
 {
     const gw_config_t *cfg = s->cfg;
@@ -290,9 +352,8 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
     w->arena_cache.max = GW_FREE_BUFS_MAX * 4;
     w->pools = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof(gw_pool_t));
     w->ups = calloc(cfg->nupstreams ? cfg->nupstreams : 1, sizeof(gw_worker_upstream_t));
-    w->listeners = calloc(cfg->nlisten, sizeof(uv_tcp_t));
     w->probe_conns = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof *w->probe_conns);
-    if (!w->free_bufs || !w->pools || !w->ups || !w->listeners || !w->probe_conns)
+    if (!w->free_bufs || !w->pools || !w->ups || !w->probe_conns)
         abort();
     for (size_t i = 0; i < cfg->nbackends_total; i++) {
         gw_pool_t *p = &w->pools[i];
@@ -330,27 +391,33 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    size_t cap = 0;
     for (size_t i = 0; i < cfg->nlisten; i++) {
-        int fd = -1;
-        rc = server_bind(&cfg->listen[i], &fd);
-        if (rc != 0) {
-            *err = gw_asprintf("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
-            return rc;
-        }
-        uv_tcp_init(&w->loop, &w->listeners[i]);
-        w->listeners[i].data = w;
-        w->nlisteners++;
-        rc = uv_tcp_open(&w->listeners[i], fd);
-        if (rc != 0)
-            close(fd); /* the handle does not own it yet */
-        else
-            rc = uv_listen((uv_stream_t *)&w->listeners[i], 511, worker_on_connection);
-        if (rc != 0) {
-            *err = gw_asprintf("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
-            return rc;
-        }
+        size_t k = server_inherit(s->inherit, (size_t)id, s->nworkers, &cfg->listen[i], NULL);
+        cap += k ? k : 1;
     }
-    return 0;
+    w->listeners = calloc(cap ? cap : 1, sizeof(uv_tcp_t));
+    w->listener_addr = calloc(cap ? cap : 1, sizeof *w->listener_addr);
+    int *fds = calloc(cap ? cap : 1, sizeof *fds);
+    if (!w->listeners || !w->listener_addr || !fds)
+        abort();
+    for (size_t i = 0; i < cfg->nlisten && rc == 0; i++) {
+        size_t k = server_inherit(s->inherit, (size_t)id, s->nworkers, &cfg->listen[i], fds);
+        if (k == 0) {
+            rc = server_bind(&cfg->listen[i], &fds[0]);
+            k = rc == 0 ? 1 : 0;
+        }
+        for (size_t j = 0; j < k; j++) {
+            if (rc == 0)
+                rc = worker_listen(w, i, fds[j]);
+            else
+                close(fds[j]);
+        }
+        if (rc != 0)
+            *err = gw_asprintf("listen %s: %s", cfg->listen[i].text, uv_strerror(rc));
+    }
+    free(fds);
+    return rc;
 }
 
 /* Releases what worker_init built; the loop must have no running handle left. */
@@ -376,12 +443,20 @@ static void worker_free(gw_worker_t *w)
     free(w->ups);
     free(w->pools);
     free(w->listeners);
+    free(w->listener_addr);
     free(w->probe_conns);
     gw_lua_free(w->lua);
 }
 
 int gw_server_start(const gw_config_t *cfg, gw_backend_t *const *backends, uv_loop_t *main_loop,
                     void (*on_stopped)(void *), void *arg, gw_server_t **out, char **err)
+{
+    return gw_server_start_from(cfg, backends, main_loop, on_stopped, arg, NULL, out, err);
+}
+
+int gw_server_start_from(const gw_config_t *cfg, gw_backend_t *const *backends, uv_loop_t *main_loop,
+                         void (*on_stopped)(void *), void *arg, const gw_server_t *running,
+                         gw_server_t **out, char **err)
 {
     *err = NULL;
     gw_server_t *s = calloc(1, sizeof *s);
@@ -393,6 +468,7 @@ int gw_server_start(const gw_config_t *cfg, gw_backend_t *const *backends, uv_lo
     s->arg = arg;
     s->nworkers = cfg->workers;
     s->backends = backends;
+    s->inherit = running;
     s->shards = calloc(s->nworkers, sizeof(gw_metrics_shard_t *));
     s->workers = calloc(s->nworkers, sizeof(gw_worker_t));
     if (!s->shards || !s->workers)
@@ -402,6 +478,7 @@ int gw_server_start(const gw_config_t *cfg, gw_backend_t *const *backends, uv_lo
     int rc = 0;
     for (size_t i = 0; i < s->nworkers && rc == 0; i++)
         rc = worker_init(s, &s->workers[i], (int)i, err);
+    s->inherit = NULL;
     if (rc != 0) {
         gw_server_free(s); /* no thread started: it only releases what worker_init built */
         return rc;

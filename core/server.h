@@ -17,12 +17,23 @@ typedef struct gw_server gw_server_t;
 
 /**
  * Binds the listeners and starts cfg->workers threads. `main_loop` is the main thread's loop:
- * `on_stopped(arg)` runs there once every worker has finished after gw_server_drain/stop.
+ * `on_stopped(arg)` runs there once every worker has finished after gw_server_drain/stop and the
+ * server's own handles are closed (it may call gw_server_free).
  * Returns 0, or a negative error with *err set to a malloc'd message (nothing is left running).
  * `cfg` and `backends` (the registry's table, by gindex) must outlive the server.
  */
 int gw_server_start(const gw_config_t *cfg, gw_backend_t *const *backends, uv_loop_t *main_loop,
                     void (*on_stopped)(void *), void *arg, gw_server_t **out, char **err);
+
+/**
+ * The same, for a reload: worker i of the new server takes over (a duplicate of) the listening
+ * socket of worker i of `running` for every address both configs listen on, so connections
+ * waiting in that socket's accept queue are not lost when `running` drains; other addresses and
+ * workers bind sockets of their own. `running` must keep running until this returns.
+ */
+int gw_server_start_from(const gw_config_t *cfg, gw_backend_t *const *backends, uv_loop_t *main_loop,
+                         void (*on_stopped)(void *), void *arg, const gw_server_t *running,
+                         gw_server_t **out, char **err);
 
 /** Graceful stop: listeners close, in-flight requests finish (up to timeouts.drain_ms). */
 void gw_server_drain(gw_server_t *s);

@@ -92,8 +92,10 @@ struct gw_worker {
     uv_async_t wakeup;     /* the main thread asks for a drain or a stop */
     uv_timer_t drain_timer;
     uv_tcp_t *listeners;
-    size_t nlisteners;
+    uint32_t *listener_addr; /* [i]: the cfg->listen index listeners[i] serves */
+    size_t nlisteners;       /* after a reload a worker may hold several sockets of one address */
     bool draining;
+    uint64_t drain_since_ms; /* loop time when draining began */
     bool finishing;        /* closing its last handles */
     bool loop_ready;
     bool thread_started;
@@ -114,6 +116,10 @@ struct gw_worker {
     char **free_bufs;      /* recycled connection input buffers */
     uint32_t nfree_bufs;
 };
+
+/* How long a draining worker keeps an idle keep-alive connection open for a request already on
+ * its way (see gw_conn_drain_all). */
+#define GW_DRAIN_IDLE_GRACE_MS 250
 
 /* The size of the input buffer of downstream and upstream connections. A request head must fit
  * into it together with a first piece of body, so it is at least header_bytes + 16 KiB. */
@@ -221,6 +227,7 @@ struct gw_conn {
     bool body_flowing;     /* the upstream is ready for body bytes */
     bool body_wait;        /* a body (or tunnel) write to the backend is pending */
     bool peer_eof;
+    bool served;           /* a response was completed on this connection */
     int parse_error_status; /* a status our callbacks decided (414, 431, 400) */
     const char *parse_error_msg;
     gw_request_t req;

@@ -678,6 +678,10 @@ static void test_health(void **state)
     assert_int_equal(cfg->upstreams[0].health.healthy_threshold, 2);
     assert_int_equal(cfg->upstreams[0].health.unhealthy_threshold, 3);
     gw_config_free(cfg);
+    cfg = load_ok("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+                  "  health = { path = '/health', interval_ms = 200 } } },\n" MINIMAL_ROUTES "}");
+    assert_int_equal(cfg->upstreams[0].health.timeout_ms, 200);
+    gw_config_free(cfg);
     cfg = load_ok("return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}\n");
     assert_null(cfg->upstreams[0].health.path);
     gw_config_free(cfg);
