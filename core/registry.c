@@ -556,6 +556,17 @@ static int reg_free_slot(gw_registry_t *r, const gw_upstream_cfg_t *uc)
     return best;
 }
 
+/* Points a slot at a URL (only while no worker can be using it: see the top of this file). */
+static void reg_slot_set_address(gw_reg_slot_t *s, const char *url, const char *authority,
+                                 const struct sockaddr_storage *sa, socklen_t salen)
+{
+    snprintf(s->url, sizeof s->url, "%s", url);
+    snprintf(s->authority, sizeof s->authority, "%s", authority);
+    s->cfg.sa = *sa;
+    s->cfg.salen = salen;
+    s->has_url = true;
+}
+
 static void reg_set_meta(gw_registry_t *r, gw_reg_slot_t *s, char *meta_json, uint64_t gen_hint)
 {
     if (s->cfg.meta_json) {
@@ -653,13 +664,9 @@ static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **
          * place and starts with clean statistics. */
         if (s->has_url && r->server)
             gw_server_reset_backend(r->server, g);
-        memcpy(s->url, q->url, sizeof s->url);
-        memcpy(s->authority, q->authority, sizeof s->authority);
-        s->cfg.sa = q->sa;
-        s->cfg.salen = q->salen;
+        reg_slot_set_address(s, q->url, q->authority, &q->sa, q->salen);
         free(s->cfg.meta_json);
         s->cfg.meta_json = NULL;
-        s->has_url = true;
         GW_RELAXED_STORE(b->healthy, 1);
         GW_RELAXED_STORE(b->down, 0);
         GW_RELAXED_STORE(b->fails, 0);
@@ -784,13 +791,9 @@ size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
             uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)nk);
             gw_reg_slot_t *s = &r->slots[g];
             gw_backend_t *b = r->backends[g];
-            memcpy(s->url, os->url, sizeof s->url);
-            memcpy(s->authority, os->authority, sizeof s->authority);
-            s->cfg.sa = os->cfg.sa;
-            s->cfg.salen = os->cfg.salen;
+            reg_slot_set_address(s, os->url, os->authority, &os->cfg.sa, os->cfg.salen);
             s->cfg.weight = os->cfg.weight;
             s->cfg.meta_json = os->cfg.meta_json ? strdup(os->cfg.meta_json) : NULL;
-            s->has_url = true;
             s->ttl_ms = os->ttl_ms;
             s->expires_ms = os->expires_ms;
             b->latency_ewma_us = GW_RELAXED_LOAD(ob->latency_ewma_us);

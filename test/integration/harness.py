@@ -773,6 +773,17 @@ def get(port, path="/", headers=None, timeout=10.0):
     return http_request(port, "GET", path, headers, None, timeout)
 
 
+def wait_until(pred, timeout, step=0.02):
+    """Polls pred() until it returns something true or `timeout` seconds pass; returns its last
+    value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() >= deadline:
+            return v
+        time.sleep(step)
+
+
 def get_json(port, path="/", headers=None):
     status, hs, body = get(port, path, headers)
     return status, hs, json.loads(body)

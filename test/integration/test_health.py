@@ -17,14 +17,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import *  # noqa: E402,F401,F403
 
 
-def wait_until(pred, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
-
 
 def who(gw):
     status, _, body = get(gw.port, "/")

@@ -73,15 +73,6 @@ def unregister(gw, url, token=None, **fields):
     return admin(gw, "POST", "/unregister", body, token=token)
 
 
-def wait_until(pred, timeout, step=0.02):
-    """Poll pred() until it returns something true or `timeout` seconds pass; returns its last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
-
 
 def who(gw, path="/"):
     """(status, backend name or None) of one request on a fresh connection."""

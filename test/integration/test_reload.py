@@ -15,14 +15,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from harness import *  # noqa: E402,F401,F403
 
 
-def wait_until(pred, timeout, step=0.02):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() >= deadline:
-            return v
-        time.sleep(step)
-
 
 def post(port, path, body=None, headers=None):
     return http_request(port, "POST", path, headers=headers,
