@@ -176,7 +176,7 @@ static void proxy_attach(gw_conn_t *c, gw_upconn_t *u)
     c->up = u;
     u->conn = c;
     u->head_done = u->message_done = u->got_bytes = false;
-    u->interim = u->dechunk = u->close_delimited = false;
+    u->interim = u->dechunk = u->close_delimited = u->rechunk = false;
     u->buffering = u->too_large = false;
     u->nbody_bufs = 0;
     u->headers = NULL;
@@ -635,8 +635,13 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
                 r->close_after = true;
             }
         } else if (!(p->flags & F_CONTENT_LENGTH)) {
+            /* The backend ends the body by closing. An HTTP/1.1 client gets it chunked and keeps
+             * its connection (as nginx does); an HTTP/1.0 client gets it as it came. */
             u->close_delimited = true;
-            r->close_after = true;
+            if (r->http_minor == 0)
+                r->close_after = true;
+            else
+                u->rechunk = true;
         }
     }
     if (c->w->draining || !r->keep_alive)
@@ -662,7 +667,7 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
         gw_buf_append_str(b, "Content-Length: ");
         gw_buf_append_u64(b, p->content_length);
         gw_buf_append(b, "\r\n", 2);
-    } else if (!bodyless && !upgrade && (p->flags & F_CHUNKED) && !u->dechunk) {
+    } else if (!bodyless && !upgrade && (((p->flags & F_CHUNKED) && !u->dechunk) || u->rechunk)) {
         gw_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
     }
     gw_buf_append_header(b, GW_SLICE_LIT("X-Request-Id"), r->request_id);
@@ -869,7 +874,7 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         }
     }
 
-    uv_buf_t bufs[2];
+    uv_buf_t bufs[4];
     unsigned nb = 0;
     if (send_head)
         bufs[nb++] = uv_buf_init(head.p, (unsigned)head.len);
@@ -911,7 +916,12 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
             return;
         }
         u->parsed = end;
-        if (!u->dechunk && end > start) {
+        if (u->rechunk && end > start) {
+            int n = snprintf(u->chunk_line, sizeof u->chunk_line, "%zx\r\n", end - start);
+            bufs[nb++] = uv_buf_init(u->chunk_line, (unsigned)n);
+            bufs[nb++] = uv_buf_init(u->in + start, (unsigned)(end - start));
+            bufs[nb++] = uv_buf_init((char *)"\r\n", 2);
+        } else if (!u->dechunk && end > start) {
             bufs[nb++] = uv_buf_init(u->in + start, (unsigned)(end - start));
         }
     }
@@ -963,6 +973,27 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
     }
 }
 
+static void proxy_on_last_chunk_written(gw_conn_t *c, int status)
+{
+    GW_UNUSED(status);
+    if (c->up)
+        proxy_finish(c, c->up);
+}
+
+/* A re-chunked body ended (the backend closed): the last chunk, then the request is done. No
+ * other client write is in flight: the backend is read only when the client has drained. */
+static void proxy_last_chunk(gw_conn_t *c, gw_upconn_t *u)
+{
+    uv_buf_t last = uv_buf_init((char *)"0\r\n\r\n", 5);
+    int rc = gw_conn_write(c, &last, 1, proxy_on_last_chunk_written);
+    if (rc == 1) {
+        proxy_finish(c, u);
+    } else if (rc < 0) {
+        proxy_drop_upstream(c);
+        gw_conn_close(c);
+    }
+}
+
 void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread)
 {
     gw_conn_t *c = u->conn;
@@ -997,6 +1028,8 @@ void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread)
             u->message_done = true;
             if (u->buffering)
                 proxy_buffered_send(c, u);
+            else if (u->rechunk)
+                proxy_last_chunk(c, u);
             else
                 proxy_finish(c, u);
             return;

@@ -330,6 +330,8 @@ struct gw_upconn {
     bool interim;        /* parsing a 1xx interim response */
     bool dechunk;        /* chunked from the backend, de-chunked for an HTTP/1.0 client */
     bool close_delimited;
+    bool rechunk;        /* close-delimited from the backend, chunked to an HTTP/1.1 client */
+    char chunk_line[20]; /* the chunk-size line of the one client write in flight (rechunk) */
     bool in_field;
     bool buffering;      /* collecting the body for a buffer_response route */
     bool too_large;      /* the body went over buffer_response's limit */

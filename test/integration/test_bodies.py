@@ -163,15 +163,25 @@ class BodiesTest(GwTestCase):
             self.assertEqual(c.read_response().body, pattern_bytes(10))
 
     def test_close_delimited_response_reframed(self):
+        # An HTTP/1.1 client gets the close-delimited body chunked and keeps its connection.
         with self.gw.client() as c:
-            c.request("GET", "/close/150000")
+            for _ in range(2):
+                c.request("GET", "/close/150000")
+                r = c.read_response()
+                self.assertEqual(r.status, 200, r)
+                self.assertEqual(r.framing, "chunked", r)
+                self.assertEqual(r.body, pattern_bytes(150000))
+            c.request("GET", "/close/0")  # an empty body: just the last chunk
             r = c.read_response()
-            self.assertEqual(r.status, 200, r)
-            self.assertEqual(r.body, pattern_bytes(150000))
-            if r.framing != "close":
-                # Re-framed: the client connection stays usable.
-                c.request("GET", "/bytes/10")
-                self.assertEqual(c.read_response().body, pattern_bytes(10))
+            self.assertEqual((r.status, r.framing, r.body), (200, "chunked", b""), r)
+            c.request("GET", "/bytes/10")
+            self.assertEqual(c.read_response().body, pattern_bytes(10))
+        # An HTTP/1.0 client cannot take chunks: it gets the body delimited by the close.
+        with self.gw.client() as c:
+            c.request("GET", "/close/5000", version="HTTP/1.0")
+            r = c.read_response()
+            self.assertEqual((r.status, r.framing), (200, "close"), r)
+            self.assertEqual(r.body, pattern_bytes(5000))
 
     def test_close_delimited_python_backend(self):
         for path, n in (("/py/close-body", 100000), ("/py/close-body-10", 5000)):
