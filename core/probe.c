@@ -37,7 +37,7 @@ typedef struct gw_probe_conn {
     bool send_on_connect;
     bool message_done;
     bool in_field;
-    bool reusable;
+    bool write_pending; /* wreq is with libuv until probe_on_write runs */
     uint32_t pending_closes;
     gw_probe_cb cb;
     void *arg;
@@ -282,6 +282,7 @@ static void probe_on_timer(uv_timer_t *t)
 static void probe_on_write(uv_write_t *req, int status)
 {
     gw_probe_conn_t *pc = req->data;
+    pc->write_pending = false;
     if (status < 0 && pc->state == PC_BUSY)
         probe_finish(pc, GW_PROBE_FAILED, false);
 }
@@ -299,7 +300,9 @@ static int probe_write(gw_probe_conn_t *pc)
     llhttp_init(&pc->parser, HTTP_RESPONSE, &probe_settings);
     pc->parser.data = pc;
     uv_buf_t b = uv_buf_init(pc->req, (unsigned)pc->req_len);
-    return uv_write(&pc->wreq, (uv_stream_t *)&pc->tcp, &b, 1, probe_on_write);
+    int rc = uv_write(&pc->wreq, (uv_stream_t *)&pc->tcp, &b, 1, probe_on_write);
+    pc->write_pending = rc == 0;
+    return rc;
 }
 
 static void probe_on_connect(uv_connect_t *req, int status)
@@ -324,7 +327,11 @@ static void probe_on_connect(uv_connect_t *req, int status)
 bool gw_probe_busy(const gw_worker_t *w, const gw_backend_t *b)
 {
     const gw_probe_conn_t *pc = w->probe_conns[b->cfg->gindex];
-    return pc && (pc->state == PC_BUSY || pc->state == PC_CONNECTING);
+    /* The reply may be read before libuv ran the write callback of its request: under load
+     * uv__io_poll drains several epoll batches in one loop iteration, and write callbacks only
+     * run in the next one. Reusing the uv_write_t then would corrupt libuv's queue of completed
+     * writes, so such a connection stays busy until its callback ran. */
+    return pc && (pc->state == PC_BUSY || pc->state == PC_CONNECTING || pc->write_pending);
 }
 
 int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t timeout_ms,
@@ -332,7 +339,7 @@ int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t ti
 {
     uv_once(&probe_once, probe_settings_init);
     gw_probe_conn_t *pc = w->probe_conns[b->cfg->gindex];
-    if (pc && pc->state != PC_IDLE)
+    if (pc && (pc->state != PC_IDLE || pc->write_pending))
         return UV_EBUSY;
     bool fresh = pc == NULL;
     if (fresh) {
