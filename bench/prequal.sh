@@ -10,6 +10,11 @@
 # for DURATION/ROUNDS seconds (target order rotated per round), and merge the rounds per target.
 # Targets: prequal-gw with strategy prequal / round_robin / least_conn / p2c (a strategy that
 # `prequal-gw -t` rejects is reported as skipped), nginx least_conn, HAProxy leastconn.
+# A Prequal target may carry parameters, `prequal:key=value,key=value` (e.g.
+# `prequal:max_probes_per_backend=1`), so that variants run interleaved in one run; for every
+# Prequal target the table also gives the share of fallback picks and the ok probes per request
+# (from prequal_picks_total and prequal_probes_total on its admin listener, over the measured
+# segments including their warm-up).
 #
 # Usage: bench/prequal.sh            (about 8 minutes)
 # Environment (all optional):
@@ -23,7 +28,7 @@
 #   TIMEOUT_MS=5000  loadgen request timeout
 #   SERVICE_MS=2     mean backend service time (exponential)
 #   SCENARIOS="equal slow stall"   TARGETS="prequal round_robin least_conn p2c nginx haproxy"
-#   PORT_BASE=19400  ports PORT_BASE+1.. are used on 127.0.0.1
+#   PORT_BASE=19400  ports PORT_BASE+1..PORT_BASE+60 are used on 127.0.0.1
 #   KEEP=1           keep the temp dir (configs, logs, raw results)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -98,7 +103,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 port_free() { ! (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
-for i in $(seq 1 30); do
+for i in $(seq 1 60); do
   port_free $((PORT_BASE + i)) || { log "port $((PORT_BASE + i)) on $HOST is in use (set PORT_BASE)"; exit 1; }
 done
 
@@ -107,22 +112,33 @@ BPORTS=()
 for i in $(seq 1 $NB); do BPORTS+=($((PORT_BASE + i))); done
 NGINX_PORT=$((PORT_BASE + 20))
 HAPROXY_PORT=$((PORT_BASE + 21))
-gw_port() {
-  case $1 in prequal) echo $((PORT_BASE + 10)) ;; round_robin) echo $((PORT_BASE + 11)) ;;
-    least_conn) echo $((PORT_BASE + 12)) ;; p2c) echo $((PORT_BASE + 13)) ;; *) echo $((PORT_BASE + 14)) ;; esac
-}
+# prequal-gw targets get ports by their position in TARGETS: listener 30+i, admin 45+i
+declare -A GW_IDX
+i=0
+for t in $TARGETS; do GW_IDX[$t]=$i; i=$((i + 1)); done
+[ "$i" -le 15 ] || { log "at most 15 targets"; exit 1; }
+gw_port() { echo $((PORT_BASE + 30 + ${GW_IDX[$1]})); }
+admin_port() { echo $((PORT_BASE + 45 + ${GW_IDX[$1]})); }
+strategy_of() { echo "${1%%:*}"; }
+# "prequal:a=1,b=2" -> "a = 1, b = 2"
+params_of() { [[ $1 == *:* ]] && sed 's/=/ = /g; s/,/, /g' <<<"${1#*:}" || true; }
+is_prequal() { [ "$(strategy_of "$1")" = prequal ]; }
 target_port() {
   case $1 in nginx) echo $NGINX_PORT ;; haproxy) echo $HAPROXY_PORT ;; *) gw_port "$1" ;; esac
 }
 
 # ---- configs -------------------------------------------------------------------------------
-write_gw_config() { # strategy file
-  local s=$1 f=$2 list="" p
+write_gw_config() { # target file
+  local t=$1 f=$2 list="" p admin=false pq=""
   for p in "${BPORTS[@]}"; do list+="\"http://$HOST:$p\", "; done
+  if is_prequal "$t"; then
+    admin="{ listen = \"$HOST:$(admin_port "$t")\" }"
+    pq=", prequal = { $(params_of "$t") }"
+  fi
   cat >"$f" <<LUA
 return {
-  listen = "$HOST:$(gw_port "$s")", workers = 1, admin = false,
-  upstreams = { b = { strategy = "$s", backends = { ${list%, } } } },
+  listen = "$HOST:$(gw_port "$t")", workers = 1, admin = $admin,
+  upstreams = { b = { strategy = "$(strategy_of "$t")", backends = { ${list%, } }$pq } },
   routes = { { match = { path_prefix = "/" }, upstream = "b" } },
 }
 LUA
@@ -213,7 +229,7 @@ for t in $TARGETS; do
     *)
       write_gw_config "$t" "$tmp/gw-$t.lua"
       if ! err=$("$GW" -t "$tmp/gw-$t.lua" 2>&1); then
-        SKIP[$t]="skipped: strategy not available"
+        SKIP[$t]="skipped: rejected by prequal-gw -t"
         log "$t: $(echo "$err" | head -1 | sed "s|$tmp/||")"
       fi ;;
   esac
@@ -288,8 +304,19 @@ start_scenario() { # scenario
 # field NAME from a RESULT line
 field() { sed -n "s/.*[[:space:]]$1=\([^[:space:]]*\).*/\1/p" <<<"$2"; }
 
+# Prequal counters of a target: "picks fallback probes_ok probes_timeout probes_skipped"
+pq_scrape() {
+  curl -s -m 2 "http://$HOST:$(admin_port "$1")/metrics" | awk '
+    /^prequal_picks_total\{/ { p += $NF; if ($0 ~ /branch="fallback"/) f += $NF }
+    /^prequal_probes_total\{/ { if ($0 ~ /result="ok"/) o += $NF; if ($0 ~ /result="timeout"/) t += $NF
+                                if ($0 ~ /result="skipped"/) s += $NF }
+    END { printf "%d %d %d %d %d\n", p, f, o, t, s }'
+}
+
 seg=$(awk -v d="$DURATION" -v r="$ROUNDS" 'BEGIN { printf "%.3f", d / r }')
 log "targets: ${avail[*]}; ${DURATION}s per target per scenario in $ROUNDS rounds (+${WARMUP}s warm-up each)"
+TW=12
+for t in $TARGETS; do [ ${#t} -le $TW ] || TW=${#t}; done
 tables=()
 for scn in $SCENARIOS; do
   log ""
@@ -313,10 +340,15 @@ for scn in $SCENARIOS; do
     [ -z "$invalid" ] || break
     for t in "${order[@]}"; do
       [ -z "${FAILED[$scn-$t]:-}" ] || continue
+      is_prequal "$t" && before=$(pq_scrape "$t")
       out=$("$LOADGEN" --url "http://$HOST:$(target_port "$t")/" --rate "$rate" --duration "$seg" \
         --warmup "$WARMUP" --connections "$CONNECTIONS" --timeout-ms "$TIMEOUT_MS" --quiet \
         --save "$tmp/res-$scn-$t-$r" | tail -1)
-      log "  round $r $(printf '%-12s' "$t") p50 $(field p50_ms "$out")  p99 $(field p99_ms "$out")  errors $(field errors "$out")  timeouts $(field timeouts "$out")"
+      if is_prequal "$t"; then
+        echo "$before $(pq_scrape "$t")" | awk '{ for (i = 1; i <= 5; i++) printf "%d ", $(i + 5) - $i; print "" }' \
+          >>"$tmp/pq-$scn-$t"
+      fi
+      log "  round $r $(printf "%-${TW}s" "$t") p50 $(field p50_ms "$out")  p99 $(field p99_ms "$out")  errors $(field errors "$out")  timeouts $(field timeouts "$out")"
       check_procs "$r" >"$tmp/dead"
       if [ -s "$tmp/dead" ]; then
         invalid="INVALID: a backend died during round $r: $(tr '\n' ' ' <"$tmp/dead")(killed from outside?)"
@@ -333,18 +365,19 @@ for scn in $SCENARIOS; do
   table=$(printf '\nscenario %s: %s req/s offered, %s s per target, open loop, timeout %s ms\n' \
     "$scn" "$rate" "$DURATION" "$TIMEOUT_MS")
   [ -z "$invalid" ] || table+=$(printf '\n%s' "$invalid")
-  table+=$(printf '\n%-12s %9s %9s %9s %13s %10s %12s' target p50_ms p99_ms p99.9_ms errors+tmo "$scol" p99_med_rnd)
+  table+=$(printf "\n%-${TW}s %9s %9s %9s %13s %10s %12s %9s %10s" target p50_ms p99_ms p99.9_ms \
+    errors+tmo "$scol" p99_med_rnd fallback probes/req)
   for t in $TARGETS; do
     if [ -n "${SKIP[$t]:-}" ]; then
-      table+=$(printf '\n%-12s %s' "$t" "${SKIP[$t]}")
+      table+=$(printf "\n%-${TW}s %s" "$t" "${SKIP[$t]}")
       continue
     fi
     if [ -n "${FAILED[$scn-$t]:-}" ]; then
-      table+=$(printf '\n%-12s %s' "$t" "${FAILED[$scn-$t]}")
+      table+=$(printf "\n%-${TW}s %s" "$t" "${FAILED[$scn-$t]}")
       continue
     fi
     if ! compgen -G "$tmp/res-$scn-$t-*" >/dev/null; then
-      table+=$(printf '\n%-12s %s' "$t" "not run")
+      table+=$(printf "\n%-${TW}s %s" "$t" "not run")
       continue
     fi
     res=$("$LOADGEN" --merge "$tmp"/res-"$scn"-"$t"-* | tail -1)
@@ -359,8 +392,13 @@ for scn in $SCENARIOS; do
     # median over rounds of each round's p99: robust to one round hit by outside load
     med=$(for f in "$tmp"/res-"$scn"-"$t"-*; do field p99_ms "$("$LOADGEN" --merge "$f" | tail -1)"; done |
       sort -g | awk '{ a[NR] = $1 } END { if (NR % 2) print a[(NR + 1) / 2]; else printf "%.3f\n", (a[NR / 2] + a[NR / 2 + 1]) / 2 }')
-    table+=$(printf '\n%-12s %9s %9s %9s %13s %10s %12s' "$t" "$(field p50_ms "$res")" \
-      "$(field p99_ms "$res")" "$(field p999_ms "$res")" "$et" "$sh" "$med")
+    fb=- ppr=-
+    if [ -s "$tmp/pq-$scn-$t" ]; then
+      fb=$(awk '{ p += $1; f += $2 } END { printf "%.1f%%", p ? 100 * f / p : 0 }' "$tmp/pq-$scn-$t")
+      ppr=$(awk '{ p += $1; o += $3 } END { printf "%.2f", p ? o / p : 0 }' "$tmp/pq-$scn-$t")
+    fi
+    table+=$(printf "\n%-${TW}s %9s %9s %9s %13s %10s %12s %9s %10s" "$t" "$(field p50_ms "$res")" \
+      "$(field p99_ms "$res")" "$(field p999_ms "$res")" "$et" "$sh" "$med" "$fb" "$ppr")
   done
   echo "$table"
   tables+=("$table")
