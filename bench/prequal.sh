@@ -11,7 +11,7 @@
 # Targets: prequal-gw with strategy prequal / round_robin / least_conn / p2c (a strategy that
 # `prequal-gw -t` rejects is reported as skipped), nginx least_conn, HAProxy leastconn.
 # A Prequal target may carry parameters, `prequal:key=value,key=value` (e.g.
-# `prequal:max_probes_per_backend=1`), so that variants run interleaved in one run; for every
+# `prequal:removes_per_request=0.25`), so that variants run interleaved in one run; for every
 # Prequal target the table also gives the share of fallback picks and the ok probes per request
 # (from prequal_picks_total and prequal_probes_total on its admin listener, over the measured
 # segments including their warm-up).
