@@ -171,8 +171,12 @@ void gw_pool_release(gw_upconn_t *u)
 {
     gw_pool_t *pool = u->pool;
     u->conn = NULL;
+    /* A connection whose request write libuv has not called back yet cannot go back to the pool:
+     * the next request would reuse its uv_write_t while libuv still holds it (the response can
+     * be read in the same loop iteration in which the write completed; write callbacks only run
+     * in the next one). The probe connections had this bug; see probe.c. */
     if (!u->reusable || u->state != GW_US_ACTIVE || pool->nidle >= pool->ucfg->keepalive_max_idle ||
-        u->w->draining || u->in_len != u->parsed ||
+        u->w->draining || u->in_len != u->parsed || u->write_pending ||
         !__atomic_load_n(&pool->backend->member, __ATOMIC_ACQUIRE)) {
         gw_upconn_close(u);
         return;

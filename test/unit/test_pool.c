@@ -197,6 +197,18 @@ static void test_unparsed_bytes_make_it_unusable(void **state)
     run_until(e, no_upconns, 2000);
 }
 
+/* The response was read before libuv ran the callback of the request's write: pooling it would
+ * let the next request reuse a uv_write_t libuv still holds. */
+static void test_pending_write_is_not_pooled(void **state)
+{
+    test_env_t *e = *state;
+    gw_upconn_t *u = connect_one(e);
+    u->write_pending = true;
+    gw_pool_release(u);
+    assert_int_equal(e->pool.nidle, 0);
+    run_until(e, no_upconns, 2000);
+}
+
 static void test_max_idle(void **state)
 {
     test_env_t *e = *state;
@@ -268,6 +280,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_release_then_lease_reuses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pending_write_is_not_pooled, setup, teardown),
         cmocka_unit_test_setup_teardown(test_not_reusable_is_closed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unparsed_bytes_make_it_unusable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_max_idle, setup, teardown),
