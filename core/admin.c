@@ -12,8 +12,9 @@
  *
  * Requests. llhttp parses straight out of the connection's fixed input buffer; nothing of a
  * request is kept but a short copy of its path, its Authorization header and, for a POST, its
- * body (malloc'd up to the 64 KiB limit, freed when the request is answered). Every response is produced synchronously when a
- * request completes and queued with uv_write, so pipelined requests are answered in order. If a
+ * body (malloc'd up to the 64 KiB limit, freed when the request is answered). Every response is
+ * produced synchronously when a request completes and queued with uv_write, so pipelined
+ * requests are answered in order. If a
  * client pipelines faster than it reads, the parser is paused (HPE_PAUSED at message end) and
  * reading stops until the write queue drains; the unparsed bytes wait in the input buffer.
  *

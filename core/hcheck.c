@@ -23,8 +23,8 @@ typedef struct gw_hc_probe gw_hc_probe_t;
 
 typedef struct gw_hc_slot {
     gw_hcheck_streak_t streak;
-    uint32_t epoch;        /* the registration the streak belongs to */
-    gw_hc_probe_t *probe;  /* the check running now, or NULL */
+    uint32_t epoch;       /* the registration the streak belongs to */
+    gw_hc_probe_t *probe; /* the check running now, or NULL */
 } gw_hc_slot_t;
 
 typedef struct gw_hc_upstream {
@@ -37,9 +37,9 @@ typedef struct gw_hc_upstream {
 struct gw_hcheck {
     const gw_config_t *cfg;
     gw_backend_t *const *backends;
-    gw_hc_slot_t *slots;      /* [nbackends_total] by gindex */
-    gw_hc_upstream_t *ups;    /* [nupstreams]; timers only where health.path is set */
-    size_t handles;           /* open timers and probes; freed at 0 once stopped */
+    gw_hc_slot_t *slots;   /* [nbackends_total] by gindex */
+    gw_hc_upstream_t *ups; /* [nupstreams]; timers only where health.path is set */
+    size_t handles;        /* open timers and probes; freed at 0 once stopped */
     bool stopping;
 };
 
@@ -49,15 +49,15 @@ struct gw_hc_probe {
     uv_connect_t connect;
     uv_write_t write;
     gw_hc_upstream_t *up;
-    uint32_t g;            /* the backend's gindex */
+    uint32_t g; /* the backend's gindex */
     uint32_t epoch;
     int pending_closes;
     bool done;
     llhttp_t parser;
-    int status;            /* the reply's status, 0 until its head is parsed */
+    int status; /* the reply's status, 0 until its head is parsed */
     char req[GW_HC_REQ_MAX];
     char in[4096];
-    const char *why;       /* what failed, for the log */
+    const char *why; /* what failed, for the log */
     char whybuf[32];
 };
 
@@ -239,7 +239,8 @@ static void hc_check(gw_hc_upstream_t *up, uint32_t g)
     p->epoch = GW_RELAXED_LOAD(b->epoch);
     int n = snprintf(p->req, sizeof p->req,
                      "GET %s HTTP/1.1\r\nHost: %s\r\nUser-Agent: prequal-gw-health\r\n"
-                     "Connection: close\r\n\r\n", uc->health.path, b->cfg->authority);
+                     "Connection: close\r\n\r\n",
+                     uc->health.path, b->cfg->authority);
     if (n < 0 || (size_t)n >= sizeof p->req) {
         free(p);
         return;
@@ -253,7 +254,8 @@ static void hc_check(gw_hc_upstream_t *up, uint32_t g)
     hc->handles++;
     hc->slots[g].probe = p;
     uv_timer_start(&p->timer, hc_on_probe_timeout, uc->health.timeout_ms, 0);
-    int rc = uv_tcp_connect(&p->connect, &p->tcp, (const struct sockaddr *)&b->cfg->sa, hc_on_connect);
+    int rc =
+        uv_tcp_connect(&p->connect, &p->tcp, (const struct sockaddr *)&b->cfg->sa, hc_on_connect);
     if (rc < 0)
         hc_probe_fail(p, uv_strerror(rc));
 }
@@ -280,7 +282,8 @@ int gw_hcheck_start(uv_loop_t *loop, const gw_config_t *cfg, gw_backend_t *const
     if (!any)
         return 0;
     gw_hcheck_t *hc = calloc(1, sizeof *hc);
-    if (!hc || !(hc->slots = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof *hc->slots)) ||
+    if (!hc ||
+        !(hc->slots = calloc(cfg->nbackends_total ? cfg->nbackends_total : 1, sizeof *hc->slots)) ||
         !(hc->ups = calloc(cfg->nupstreams, sizeof *hc->ups)))
         abort();
     hc->cfg = cfg;

@@ -36,7 +36,7 @@ typedef struct gw_gen {
     gw_registry_t *registry;
     gw_server_t *server;
     gw_hcheck_t *hcheck;
-    int pending;     /* retiring: the server and the registry's timer still to stop */
+    int pending; /* retiring: the server and the registry's timer still to stop */
     struct gw_gen *next;
 } gw_gen_t;
 
@@ -163,8 +163,9 @@ static gw_gen_t *gen_start(gw_main_t *m, gw_gen_t *running, char **err)
         if (kept)
             gw_log_info("reload: %zu registered backend(s) kept", kept);
     }
-    int rc = gw_server_start_from(g->cfg, gw_registry_backends(g->registry), m->loop, main_on_stopped,
-                                  g, running ? running->server : NULL, &g->server, err);
+    int rc =
+        gw_server_start_from(g->cfg, gw_registry_backends(g->registry), m->loop, main_on_stopped, g,
+                             running ? running->server : NULL, &g->server, err);
     if (rc != 0) {
         if (!*err)
             *err = gw_asprintf("%s", uv_strerror(rc));
@@ -198,7 +199,8 @@ static int main_reload(void *arg, char **json)
             status = 400;
             gw_log_err("reload failed, configuration %u stays: %s", old->number, err ? err : "?");
             cJSON_AddStringToObject(o, "error", "reload_failed");
-            cJSON_AddStringToObject(o, "message", err ? err : "the new configuration did not start");
+            cJSON_AddStringToObject(o, "message",
+                                    err ? err : "the new configuration did not start");
         } else {
             const gw_config_t *a = old->cfg, *b = g->cfg;
             if (a->admin_enabled != b->admin_enabled ||
@@ -214,8 +216,8 @@ static int main_reload(void *arg, char **json)
                 main_point_admin(m);
             gen_retire(m, old);
             gw_log_info("reloaded %s: configuration %u (%zu upstream(s), %zu route(s)); "
-                        "configuration %u drains", m->path, g->number, b->nupstreams, b->nroutes,
-                        old->number);
+                        "configuration %u drains",
+                        m->path, g->number, b->nupstreams, b->nroutes, old->number);
             status = 200;
             cJSON_AddStringToObject(o, "status", "reloaded");
             cJSON_AddNumberToObject(o, "generation", g->number);

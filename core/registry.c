@@ -37,11 +37,11 @@ typedef struct gw_reg_slot {
     gw_backend_cfg_t cfg;
     char url[GW_SLOT_URL_MAX];
     char authority[GW_SLOT_URL_MAX];
-    bool has_url;        /* holds a URL (a member now, or one that left) */
-    uint32_t ttl_ms;     /* 0: never expires */
+    bool has_url;    /* holds a URL (a member now, or one that left) */
+    uint32_t ttl_ms; /* 0: never expires */
     uint64_t expires_ms;
-    uint64_t left_ms;    /* when it last left (the oldest free slot is reused first) */
-    uint64_t left_gen;   /* the membership generation that announced the leave */
+    uint64_t left_ms;  /* when it last left (the oldest free slot is reused first) */
+    uint64_t left_gen; /* the membership generation that announced the leave */
 } gw_reg_slot_t;
 
 typedef struct gw_reg_retired {
@@ -54,9 +54,9 @@ struct gw_registry {
     const gw_config_t *cfg;
     gw_backend_t *store;
     gw_backend_t **backends;
-    gw_reg_slot_t *slots;   /* [nbackends_total] by gindex; only registration slots are used */
-    uint64_t *events;       /* [nupstreams * GW_REG_EVENT_COUNT] */
-    gw_lua_ctl_t *lua;      /* hooks.on_register / on_unregister, or NULL */
+    gw_reg_slot_t *slots; /* [nbackends_total] by gindex; only registration slots are used */
+    uint64_t *events;     /* [nupstreams * GW_REG_EVENT_COUNT] */
+    gw_lua_ctl_t *lua;    /* hooks.on_register / on_unregister, or NULL */
     gw_server_t *server;
     uv_timer_t timer;
     bool timer_on;
@@ -65,9 +65,8 @@ struct gw_registry {
     void *closed_arg;
 };
 
-static const char *const reg_event_names[GW_REG_EVENT_COUNT] = {"registered", "renewed",
-                                                                  "unregistered", "expired",
-                                                                  "rejected"};
+static const char *const reg_event_names[GW_REG_EVENT_COUNT] = {
+    "registered", "renewed", "unregistered", "expired", "rejected"};
 
 const char *gw_registry_event_name(enum gw_reg_event ev)
 {
@@ -103,7 +102,8 @@ static uint64_t reg_announce(gw_registry_t *r)
     return r->server ? gw_server_membership_changed(r->server) : 0;
 }
 
-static gw_lua_backend_info_t reg_info(const gw_registry_t *r, const gw_upstream_cfg_t *uc, uint32_t k)
+static gw_lua_backend_info_t reg_info(const gw_registry_t *r, const gw_upstream_cfg_t *uc,
+                                      uint32_t k)
 {
     uint32_t g = gw_upstream_slot_gindex(uc, k);
     const gw_backend_t *b = r->backends[g];
@@ -130,9 +130,11 @@ int gw_registry_new(const gw_config_t *cfg, gw_registry_t **out, char **err)
     *err = NULL;
     gw_registry_t *r = calloc(1, sizeof *r);
     size_t nb = cfg->nbackends_total ? cfg->nbackends_total : 1;
-    if (!r || !(r->store = calloc(nb, sizeof *r->store)) || !(r->backends = calloc(nb, sizeof *r->backends)) ||
+    if (!r || !(r->store = calloc(nb, sizeof *r->store)) ||
+        !(r->backends = calloc(nb, sizeof *r->backends)) ||
         !(r->slots = calloc(nb, sizeof *r->slots)) ||
-        !(r->events = calloc((cfg->nupstreams ? cfg->nupstreams : 1) * GW_REG_EVENT_COUNT, sizeof *r->events)))
+        !(r->events = calloc((cfg->nupstreams ? cfg->nupstreams : 1) * GW_REG_EVENT_COUNT,
+                             sizeof *r->events)))
         abort();
     r->cfg = cfg;
     for (size_t u = 0; u < cfg->nupstreams; u++) {
@@ -164,15 +166,17 @@ int gw_registry_new(const gw_config_t *cfg, gw_registry_t **out, char **err)
         return -1;
     }
     /* Static backends join at load: on_register may keep one out. */
-    for (size_t u = 0; r->lua && (cfg->membership_hooks & GW_MHOOK_ON_REGISTER) && u < cfg->nupstreams; u++) {
+    for (size_t u = 0;
+         r->lua && (cfg->membership_hooks & GW_MHOOK_ON_REGISTER) && u < cfg->nupstreams; u++) {
         const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
         for (uint32_t k = 0; k < uc->nbackends; k++) {
             gw_lua_backend_info_t info = reg_info(r, uc, k);
             char *herr = NULL;
             int rc = gw_lua_ctl_on_register(r->lua, u, &info, &herr);
             if (rc < 0) {
-                *err = gw_asprintf("%s: hooks.on_register failed for upstreams.%s.backends[%u] (%s): %s",
-                                   cfg->path, uc->name, k + 1, uc->backends[k].url, herr ? herr : "?");
+                *err = gw_asprintf(
+                    "%s: hooks.on_register failed for upstreams.%s.backends[%u] (%s): %s",
+                    cfg->path, uc->name, k + 1, uc->backends[k].url, herr ? herr : "?");
                 free(herr);
                 gw_registry_free(r);
                 return -1;
@@ -230,7 +234,8 @@ static void reg_on_tick(uv_timer_t *t)
         for (uint32_t k = (uint32_t)uc->nbackends; k < n; k++) {
             uint32_t g = gw_upstream_slot_gindex(uc, k);
             gw_reg_slot_t *s = &r->slots[g];
-            if (s->ttl_ms && s->expires_ms <= now && __atomic_load_n(&r->backends[g]->member, __ATOMIC_ACQUIRE))
+            if (s->ttl_ms && s->expires_ms <= now &&
+                __atomic_load_n(&r->backends[g]->member, __ATOMIC_ACQUIRE))
                 reg_leave(r, u, k, now, GW_REG_EXPIRED);
         }
     }
@@ -400,14 +405,16 @@ typedef struct reg_req {
 } reg_req_t;
 
 /* Reads and checks the body. Returns 0 or an HTTP status with *json set. */
-static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, reg_req_t *q, char **json)
+static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, reg_req_t *q,
+                     char **json)
 {
     const gw_config_t *cfg = r->cfg;
     cJSON *doc = cJSON_ParseWithLength(body, len);
     int st = 0;
     if (!doc || !cJSON_IsObject(doc)) {
-        st = reg_reply(json, 400, "bad_request", "the body must be a JSON object such as "
-                                                 "{\"url\": \"http://10.0.0.5:8080\", \"upstream\": \"api\"}");
+        st = reg_reply(json, 400, "bad_request",
+                       "the body must be a JSON object such as "
+                       "{\"url\": \"http://10.0.0.5:8080\", \"upstream\": \"api\"}");
         goto done;
     }
     const cJSON *url = cJSON_GetObjectItemCaseSensitive(doc, "url");
@@ -431,14 +438,17 @@ static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, r
         }
         q->u = gw_config_upstream_index(cfg, up->valuestring);
         if (q->u < 0) {
-            st = reg_reply(json, 404, "unknown_upstream", "no upstream is called \"%.200s\"", up->valuestring);
+            st = reg_reply(json, 404, "unknown_upstream", "no upstream is called \"%.200s\"",
+                           up->valuestring);
             goto done;
         }
     } else {
         q->u = cfg->registration.upstream;
         if (q->u < 0) {
-            st = reg_reply(json, 400, "bad_request", "\"upstream\" is required (there are %zu upstreams "
-                                                     "and no registration.upstream)", cfg->nupstreams);
+            st = reg_reply(json, 400, "bad_request",
+                           "\"upstream\" is required (there are %zu upstreams "
+                           "and no registration.upstream)",
+                           cfg->nupstreams);
             goto done;
         }
     }
@@ -447,7 +457,8 @@ static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, r
         if (weight && !cJSON_IsNull(weight)) {
             double d = cJSON_IsNumber(weight) ? weight->valuedouble : -1;
             if (d != (double)(long)d || d < 1 || d > 1000) {
-                st = reg_reply(json, 400, "bad_request", "\"weight\" must be an integer from 1 to 1000");
+                st = reg_reply(json, 400, "bad_request",
+                               "\"weight\" must be an integer from 1 to 1000");
                 goto done;
             }
             q->weight = (uint32_t)d;
@@ -464,8 +475,10 @@ static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, r
         if (ttl && !cJSON_IsNull(ttl)) {
             double d = cJSON_IsNumber(ttl) ? ttl->valuedouble : -1;
             if (d != (double)(long)d || d < 0 || d > GW_REG_MAX_TTL_MS) {
-                st = reg_reply(json, 400, "bad_request", "\"ttl_ms\" must be an integer from 0 (never "
-                                                         "expires) to %u", GW_REG_MAX_TTL_MS);
+                st = reg_reply(json, 400, "bad_request",
+                               "\"ttl_ms\" must be an integer from 0 (never "
+                               "expires) to %u",
+                               GW_REG_MAX_TTL_MS);
                 goto done;
             }
             q->ttl_ms = (uint32_t)d;
@@ -481,8 +494,9 @@ static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, r
     const gw_upstream_cfg_t *uc = &cfg->upstreams[q->u];
     for (size_t k = 0; k < uc->nbackends; k++)
         if (reg_same_addr(&uc->backends[k].sa, &q->sa)) {
-            st = reg_reply(json, 409, "static_backend", "%s is static backend %s of upstream %s "
-                                                       "(change gateway.lua instead)",
+            st = reg_reply(json, 409, "static_backend",
+                           "%s is static backend %s of upstream %s "
+                           "(change gateway.lua instead)",
                            q->url, uc->backends[k].url, uc->name);
             goto done;
         }
@@ -491,7 +505,8 @@ done:
     return st;
 }
 
-static char *reg_ok(const char *status, const gw_upstream_cfg_t *uc, const gw_reg_slot_t *s, uint32_t k)
+static char *reg_ok(const char *status, const gw_upstream_cfg_t *uc, const gw_reg_slot_t *s,
+                    uint32_t k)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", status);
@@ -505,8 +520,8 @@ static char *reg_ok(const char *status, const gw_upstream_cfg_t *uc, const gw_re
 }
 
 /* The slot of `sa` in upstream u: a member (*member set), or one that held it before; -1. */
-static int reg_find(gw_registry_t *r, const gw_upstream_cfg_t *uc, const struct sockaddr_storage *sa,
-                    bool *member)
+static int reg_find(gw_registry_t *r, const gw_upstream_cfg_t *uc,
+                    const struct sockaddr_storage *sa, bool *member)
 {
     uint32_t n = gw_upstream_nslots(uc);
     for (uint32_t k = (uint32_t)uc->nbackends; k < n; k++) {
@@ -521,7 +536,8 @@ static int reg_find(gw_registry_t *r, const gw_upstream_cfg_t *uc, const struct 
 
 /* The slot of upstream `uc` (in registry `r`) that holds address `sa` now: a static backend or a
  * registered member; -1. */
-static int reg_slot_of(const gw_registry_t *r, const gw_upstream_cfg_t *uc, const struct sockaddr_storage *sa)
+static int reg_slot_of(const gw_registry_t *r, const gw_upstream_cfg_t *uc,
+                       const struct sockaddr_storage *sa)
 {
     for (uint32_t k = 0; k < gw_upstream_nslots(uc); k++) {
         const gw_backend_t *b = r->backends[gw_upstream_slot_gindex(uc, k)];
@@ -589,15 +605,16 @@ static int reg_admit(gw_registry_t *r, const reg_req_t *q, uint32_t k, uint32_t 
     if (!r->lua || !(r->cfg->membership_hooks & GW_MHOOK_ON_REGISTER))
         return 0;
     const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
-    gw_lua_backend_info_t info = {.id = k + 1, .url = q->url, .weight = weight,
-                                  .meta_json = meta_json, .static_index = -1};
+    gw_lua_backend_info_t info = {
+        .id = k + 1, .url = q->url, .weight = weight, .meta_json = meta_json, .static_index = -1};
     char *herr = NULL;
     int rc = gw_lua_ctl_on_register(r->lua, (size_t)q->u, &info, &herr);
     if (rc < 0) {
         gw_log_err("lua: hooks.on_register failed for %s (upstream %s): %s", q->url, uc->name,
                    herr ? herr : "?");
         free(herr);
-        return reg_reply(json, 500, "hook_error", "hooks.on_register failed (see the gateway's log)");
+        return reg_reply(json, 500, "hook_error",
+                         "hooks.on_register failed (see the gateway's log)");
     }
     if (rc == 0) {
         reg_count(r, (size_t)q->u, GW_REG_REJECTED);
@@ -614,8 +631,9 @@ static int reg_renew(gw_registry_t *r, reg_req_t *q, uint32_t k, uint64_t now_ms
     const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
     gw_reg_slot_t *s = &r->slots[gw_upstream_slot_gindex(uc, k)];
     bool weight_changed = q->has_weight && q->weight != s->cfg.weight;
-    bool meta_changed = q->has_meta && ((q->meta_json == NULL) != (s->cfg.meta_json == NULL) ||
-                                        (q->meta_json && strcmp(q->meta_json, s->cfg.meta_json) != 0));
+    bool meta_changed =
+        q->has_meta && ((q->meta_json == NULL) != (s->cfg.meta_json == NULL) ||
+                        (q->meta_json && strcmp(q->meta_json, s->cfg.meta_json) != 0));
     if (weight_changed || meta_changed) {
         int st = reg_admit(r, q, k, weight_changed ? q->weight : s->cfg.weight,
                            meta_changed ? q->meta_json : s->cfg.meta_json, json);
@@ -650,9 +668,10 @@ static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **
     if (!reuse_same)
         k = reg_free_slot(r, uc);
     if (k < 0)
-        return reg_reply(json, 503, "full", "upstream %s has no free registration slot "
-                                            "(registration.max_backends = %u)", uc->name,
-                         r->cfg->registration.max_backends);
+        return reg_reply(json, 503, "full",
+                         "upstream %s has no free registration slot "
+                         "(registration.max_backends = %u)",
+                         uc->name, r->cfg->registration.max_backends);
     uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)k);
     gw_reg_slot_t *s = &r->slots[g];
     gw_backend_t *b = r->backends[g];
@@ -705,7 +724,8 @@ static int reg_unregister(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char 
         return reg_reply(json, 404, "not_registered", "%s is not registered in upstream %s", q->url,
                          uc->name);
     reg_leave(r, (size_t)q->u, (uint32_t)k, now_ms, GW_REG_UNREGISTERED);
-    *json = reg_ok("unregistered", uc, &r->slots[gw_upstream_slot_gindex(uc, (uint32_t)k)], (uint32_t)k);
+    *json = reg_ok("unregistered", uc, &r->slots[gw_upstream_slot_gindex(uc, (uint32_t)k)],
+                   (uint32_t)k);
     return 200;
 }
 
@@ -739,7 +759,8 @@ size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
             continue;
         const gw_upstream_cfg_t *ouc = &ocfg->upstreams[ou];
         for (int e = 0; e < GW_REG_EVENT_COUNT; e++)
-            r->events[u * GW_REG_EVENT_COUNT + (size_t)e] = old->events[(size_t)ou * GW_REG_EVENT_COUNT + (size_t)e];
+            r->events[u * GW_REG_EVENT_COUNT + (size_t)e] =
+                old->events[(size_t)ou * GW_REG_EVENT_COUNT + (size_t)e];
         /* Backends in both configs keep what the gateway learned about them. */
         for (uint32_t k = 0; k < uc->nbackends; k++) {
             int ok = reg_slot_of(old, ouc, &uc->backends[k].sa);
@@ -774,14 +795,16 @@ size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
                 continue;
             }
             if (r->lua && (cfg->membership_hooks & GW_MHOOK_ON_REGISTER)) {
-                gw_lua_backend_info_t info = {.id = (uint32_t)nk + 1, .url = os->url,
-                                              .weight = os->cfg.weight, .meta_json = os->cfg.meta_json,
+                gw_lua_backend_info_t info = {.id = (uint32_t)nk + 1,
+                                              .url = os->url,
+                                              .weight = os->cfg.weight,
+                                              .meta_json = os->cfg.meta_json,
                                               .static_index = -1};
                 char *herr = NULL;
                 int rc = gw_lua_ctl_on_register(r->lua, u, &info, &herr);
                 if (rc <= 0) {
-                    gw_log_warn("reload: hooks.on_register %s %s: dropped", rc < 0 ? "failed for" : "refused",
-                                os->url);
+                    gw_log_warn("reload: hooks.on_register %s %s: dropped",
+                                rc < 0 ? "failed for" : "refused", os->url);
                     if (rc < 0)
                         gw_log_err("lua: %s", herr ? herr : "?");
                     free(herr);
