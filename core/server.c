@@ -1,14 +1,18 @@
 /*
  * server: workers and their lifecycle (see server.h and worker.h).
  *
- * Threads: the main thread initialises each worker's loop, binds its listeners and creates its
- * handles before the thread starts; from then on only the worker touches them. The main thread
- * talks to a worker only through `wakeup` (uv_async_send) and the atomic `command`; a worker
- * reports that it finished through the server's `done` async on the main loop.
+ * Threads: the main thread initialises each worker's loop, binds its listeners (or takes over
+ * those of the server it replaces, on a reload) and creates its handles before the thread
+ * starts; from then on only the worker touches them. The main thread talks to a worker only
+ * through `wakeup` (uv_async_send) and two atomics: `command` (drain, stop) and
+ * `membership_gen` (the registry changed some backend's `member` flag; the worker rebuilds its
+ * view and acknowledges in its own `membership_acked`). A worker reports that it finished
+ * through the server's `done` async on the main loop.
  *
- * Shutdown of a worker: close the listeners, close idle connections, let the others finish their
- * current response (they close after it), force-close whatever is left when timeouts.drain_ms
- * expires, then close every remaining handle so the loop ends and uv_loop_close succeeds.
+ * Shutdown of a worker: close the listeners, give idle keep-alive connections a short grace
+ * (gw_conn_drain_all), let the others finish their current response (they close after it),
+ * force-close whatever is left when timeouts.drain_ms expires, then close every remaining handle
+ * so the loop ends and uv_loop_close succeeds.
  */
 #include "server.h"
 
