@@ -29,6 +29,7 @@ typedef struct gw_backend {
     uint32_t healthy;  /* 1 = may be picked: not ejected and not down (health.c keeps it so) */
     uint32_t down;     /* 1 while active health checks fail it (hcheck.c, main thread) */
     uint32_t epoch;    /* bumped by the registry whenever the slot gets a (new) registration */
+    uint32_t revision; /* bumped by the registry when a member's weight or meta changes */
     uint32_t fails;    /* consecutive transport failures seen by any worker (health.c) */
     uint32_t ejected;  /* 1 while ejected by the passive health check */
     uint32_t ejections; /* ejections in a row: the backoff exponent */

@@ -55,8 +55,13 @@ typedef struct gw_lb_ops {
     int (*pick)(void *state, const gw_lb_ctx_t *ctx);
     /** Optional: learns from the outcome of a request sent to backends[idx]. */
     void (*on_result)(void *state, const gw_lb_ctx_t *ctx, size_t idx, const gw_lb_result_t *r);
-    /** Optional: the backend list changed (size or order); ctx describes the new list. */
+    /** Optional: the backend list changed (size or order, a member joined or left, or a
+     * member's weight or meta changed); ctx describes the new list, with the slots that are
+     * not members in ctx->tried. */
     void (*on_backends_changed)(void *state, const gw_lb_ctx_t *ctx);
+    /** Optional: the worker's loop is about to run; called once, in the worker's thread (per-
+     * worker binding: a Lua strategy's view and init). ctx is as for on_backends_changed. */
+    void (*start)(void *state, const gw_lb_ctx_t *ctx);
     /** Optional: the worker is shutting down; close any handle the state holds (the loop must
      * be able to end). `destroy` follows after the loop ended. */
     void (*stop)(void *state);

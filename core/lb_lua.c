@@ -128,6 +128,12 @@ static void lb_lua_bind(lb_lua_t *s, const gw_lb_ctx_t *ctx)
                                      &s->view_ref, &s->state_ref) != 0;
 }
 
+/* The worker starts: init sees the members of now. */
+static void lb_lua_start(void *state, const gw_lb_ctx_t *ctx)
+{
+    lb_lua_bind(state, ctx);
+}
+
 static int lb_lua_pick(void *state, const gw_lb_ctx_t *ctx)
 {
     lb_lua_t *s = state;
@@ -167,10 +173,6 @@ static void lb_lua_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx, co
 static void lb_lua_backends_changed(void *state, const gw_lb_ctx_t *ctx)
 {
     lb_lua_t *s = state;
-    if (!s->bound) {
-        lb_lua_bind(s, ctx); /* the worker starting: init sees the members of now */
-        return;
-    }
     if (s->fallback->on_backends_changed)
         s->fallback->on_backends_changed(s->fallback_state, ctx);
     for (int k = 0; k < LB_LUA_NATIVE_MAX; k++)
@@ -200,6 +202,7 @@ const gw_lb_ops_t gw_lb_lua = {
     .pick = lb_lua_pick,
     .on_result = lb_lua_on_result,
     .on_backends_changed = lb_lua_backends_changed,
+    .start = lb_lua_start,
     .stop = lb_lua_stop,
     .wants_signals = true,
 };

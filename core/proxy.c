@@ -389,7 +389,7 @@ static void proxy_attempt(gw_conn_t *c)
         gw_conn_respond_error(c, 503, "no_backend", "the upstream has no backends");
         return;
     }
-    if (wu->has_absent)
+    if (wu->nmembers < wu->n)
         for (size_t i = 0; i < GW_ARRAY_LEN(r->tried); i++)
             r->tried[i] |= wu->absent[i];
     gw_lb_ctx_t ctx = proxy_lb_ctx(c);

@@ -650,8 +650,12 @@ static int reg_renew(gw_registry_t *r, reg_req_t *q, uint32_t k, uint64_t now_ms
         reg_set_meta(r, s, q->meta_json, next);
         q->meta_json = NULL;
     }
-    if (weight_changed || meta_changed)
+    if (weight_changed || meta_changed) {
+        /* Workers see a member flip by themselves; this they learn from the revision. */
+        __atomic_add_fetch(&r->backends[gw_upstream_slot_gindex(uc, k)]->revision, 1,
+                           __ATOMIC_RELEASE);
         reg_announce(r);
+    }
     reg_count(r, (size_t)q->u, GW_REG_RENEWED);
     *json = reg_ok("renewed", uc, s, k);
     return 200;

@@ -137,15 +137,17 @@ static void worker_drop_backend(gw_worker_t *w, gw_backend_t *b)
 }
 
 /* Recomputes an upstream's absent set from the backends' member flags. Returns true when it
- * changed. */
+ * changed, or when a member's weight or meta did. */
 static bool worker_upstream_membership(gw_worker_t *w, gw_worker_upstream_t *wu)
 {
     bool changed = false;
     uint32_t members = 0;
+    uint64_t revisions = 0;
     wu->n_active = 0;
     for (size_t k = 0; k < wu->n; k++) {
         gw_backend_t *b = wu->backends[k];
         bool member = __atomic_load_n(&b->member, __ATOMIC_ACQUIRE) != 0;
+        revisions += __atomic_load_n(&b->revision, __ATOMIC_ACQUIRE);
         bool was = !((wu->absent[k / 64] >> (k % 64)) & 1);
         members += member;
         if (member)
@@ -158,24 +160,23 @@ static bool worker_upstream_membership(gw_worker_t *w, gw_worker_upstream_t *wu)
             worker_drop_backend(w, b);
     }
     wu->nmembers = members;
-    wu->has_absent = members < wu->n;
+    changed |= revisions != wu->revisions;
+    wu->revisions = revisions;
     return changed;
 }
 
-/* Tells upstream u's strategy that its members changed (ctx.tried: the absent slots). */
-static void worker_backends_changed(gw_worker_t *w, size_t u)
+/* The context of a membership call to upstream u's strategy: every slot, the absent ones in
+ * ctx.tried. */
+static gw_lb_ctx_t worker_lb_ctx(gw_worker_t *w, size_t u)
 {
     gw_worker_upstream_t *wu = &w->ups[u];
-    if (!wu->lb->on_backends_changed)
-        return;
-    gw_lb_ctx_t ctx = {.backends = wu->backends,
-                       .n = wu->n,
-                       .tried = wu->absent,
-                       .rng = &w->rng,
-                       .now_ms = uv_now(&w->loop),
-                       .worker = w,
-                       .upstream = (uint32_t)u};
-    wu->lb->on_backends_changed(wu->lb_state, &ctx);
+    return (gw_lb_ctx_t){.backends = wu->backends,
+                         .n = wu->n,
+                         .tried = wu->absent,
+                         .rng = &w->rng,
+                         .now_ms = uv_now(&w->loop),
+                         .worker = w,
+                         .upstream = (uint32_t)u};
 }
 
 /* Applies the latest membership announcement, then acknowledges it. */
@@ -186,10 +187,10 @@ static void worker_apply_membership(gw_worker_t *w)
         return;
     for (size_t u = 0; u < w->cfg->nupstreams; u++) {
         gw_worker_upstream_t *wu = &w->ups[u];
-        bool changed = worker_upstream_membership(w, wu);
-        /* An upstream with registration slots also hears of weight and meta changes. */
-        if (changed || wu->n > wu->cfg->nbackends)
-            worker_backends_changed(w, u);
+        if (worker_upstream_membership(w, wu) && wu->lb->on_backends_changed) {
+            gw_lb_ctx_t ctx = worker_lb_ctx(w, u);
+            wu->lb->on_backends_changed(wu->lb_state, &ctx);
+        }
     }
     __atomic_store_n(&w->membership_acked, gen, __ATOMIC_RELEASE);
 }
@@ -229,10 +230,13 @@ static void worker_thread(void *arg)
     gw_worker_t *w = arg;
     gw_server_t *s = w->server;
     gw_log_set_thread_id(w->id);
-    /* Lua strategies run their init in this thread, before the first request. */
+    /* Strategies that bind to the worker (Lua strategies run their init) do it in this thread,
+     * before the first request. */
     for (size_t u = 0; u < w->cfg->nupstreams; u++)
-        if (w->ups[u].lb == &gw_lb_lua)
-            worker_backends_changed(w, u);
+        if (w->ups[u].lb->start) {
+            gw_lb_ctx_t ctx = worker_lb_ctx(w, u);
+            w->ups[u].lb->start(w->ups[u].lb_state, &ctx);
+        }
     worker_apply_membership(w);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     __atomic_store_n(&w->loop_done, true, __ATOMIC_RELEASE);

@@ -72,8 +72,8 @@ typedef struct gw_worker_upstream {
     /* Slots not in the upstream as this worker last saw it (registration, on_register). They
      * join every pick's tried set, so no strategy ever returns one. */
     uint64_t absent[GW_MAX_UPSTREAM_BACKENDS / 64];
-    bool has_absent;
     uint32_t nmembers;
+    uint64_t revisions;    /* sum of the slots' `revision`: weight or meta changes show in it */
     /* 1 + the highest member slot: picks look at backends[0, n_active) only, so the unused
      * registration slots at the end cost nothing per request (free slots are taken lowest
      * first). */

@@ -563,6 +563,34 @@ end''')
         step(lambda: self.assertEqual(unregister(gw, b2.url).status, 200), 0)
         self.assertEqual(who(gw)[0], 503)
 
+    def test_on_backends_changed_only_for_its_own_upstream(self):
+        """A change in another upstream does not call a strategy's on_backends_changed; a
+        heartbeat that changes a member's weight does, and one that changes nothing does not."""
+        b1, b2 = self.backend("b1"), self.backend("b2")
+        strategy = Lua(r'''{
+    name = "t",
+    pick = function(backends) return backends[1] end,
+    on_backends_changed = function(backends)
+        gw.log.info("CHANGED " .. #backends .. " weight=" .. tostring(backends[1] and backends[1].weight))
+    end,
+}''')
+        gw = self.start(upstreams={"api": {"strategy": strategy, "backends": []},
+                                   "other": {"strategy": "round_robin", "backends": []}},
+                        upstream="api")
+
+        def changed():
+            return re.findall(r"CHANGED (\d+ weight=\w+)", gw.stderr())
+
+        self.assertRegistered(register(gw, b1.url), b1.url)
+        self.assertTrue(wait_until(lambda: changed() == ["1 weight=1"], 1.0), changed())
+        self.assertEqual(register(gw, b2.url, upstream="other").status, 201)
+        self.assertEqual(unregister(gw, b2.url, upstream="other").status, 200)
+        self.assertRegistered(register(gw, b1.url), b1.url, status="renewed")  # no change
+        self.assertRegistered(register(gw, b1.url, weight=4), b1.url, status="renewed")
+        self.assertTrue(wait_until(lambda: len(changed()) == 2, 1.0), changed())
+        time.sleep(0.2)
+        self.assertEqual(changed(), ["1 weight=1", "1 weight=4"])
+
     # 10 -----------------------------------------------------------------------------------------
 
     def test_metrics_and_status(self):
