@@ -87,6 +87,24 @@ size_t gw_health_tick(gw_backend_t *const *all, size_t n, uint64_t now_ms)
     return k;
 }
 
+void gw_health_reset(gw_backend_t *b)
+{
+    __atomic_store_n(&b->fails, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->ejections, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->ejected_until_ms, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&b->ejected, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&b->down, 0, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&b->healthy, 1, __ATOMIC_SEQ_CST);
+}
+
+void gw_health_adopt(gw_backend_t *b, const gw_backend_t *from)
+{
+    b->ejections = __atomic_load_n(&from->ejections, __ATOMIC_RELAXED);
+    b->ejected_until_ms = __atomic_load_n(&from->ejected_until_ms, __ATOMIC_ACQUIRE);
+    b->ejected = __atomic_load_n(&from->ejected, __ATOMIC_ACQUIRE);
+    b->healthy = !b->ejected && !b->down;
+}
+
 bool gw_health_set_down(gw_backend_t *b, bool down)
 {
     uint32_t was = __atomic_exchange_n(&b->down, down ? 1u : 0u, __ATOMIC_SEQ_CST);

@@ -31,6 +31,14 @@ void gw_health_on_success(gw_backend_t *b);
  * "not down and not ejected". Returns true when `down` changed. Main thread. */
 bool gw_health_set_down(gw_backend_t *b, bool down);
 
+/** Forgets everything about `b`'s health: up, not ejected, no failures (a slot that now holds
+ * another backend; no worker is using it). */
+void gw_health_reset(gw_backend_t *b);
+
+/** `b` (not yet used by any worker) takes over `from`'s passive ejection: a reload's new
+ * backend table. Active checks start over (`down` stays as it is). */
+void gw_health_adopt(gw_backend_t *b, const gw_backend_t *from);
+
 /** Re-admits every ejected backend whose time is up (it stays unhealthy while active checks
  * hold it down). Returns how many it re-admitted. */
 size_t gw_health_tick(gw_backend_t *const *all, size_t n, uint64_t now_ms);

@@ -620,7 +620,7 @@ static int ctl_call(gw_lua_ctl_t *ctl, int fn, size_t u, const gw_lua_backend_in
 
 int gw_lua_ctl_on_register(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b, char **err)
 {
-    if (ctl->on_register == LUA_NOREF)
+    if (!ctl || ctl->on_register == LUA_NOREF)
         return 1;
     lua_State *L = ctl->L;
     int base = lua_gettop(L);
@@ -639,7 +639,7 @@ int gw_lua_ctl_on_register(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_inf
 void gw_lua_ctl_on_unregister(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b,
                               const char *reason)
 {
-    if (ctl->on_unregister == LUA_NOREF)
+    if (!ctl || ctl->on_unregister == LUA_NOREF)
         return;
     lua_State *L = ctl->L;
     int base = lua_gettop(L);

@@ -95,10 +95,12 @@ typedef struct gw_lua_backend_info {
  * -1 there). Returns 0, or -1 with *err set. */
 int gw_lua_ctl_new(const gw_config_t *cfg, gw_lua_ctl_t **out, char **err);
 void gw_lua_ctl_free(gw_lua_ctl_t *ctl);
-/** hooks.on_register(backend, upstream_name): 1 admits, 0 rejects (it returned false), -1 when
- * it raised (*err: the message with traceback, malloc'd). */
+/** hooks.on_register(backend, upstream_name): 1 admits (also without the hook, or with ctl
+ * NULL), 0 rejects (it returned false), -1 when it raised (*err: the message with traceback,
+ * malloc'd). */
 int gw_lua_ctl_on_register(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b, char **err);
-/** hooks.on_unregister(backend, upstream_name, reason); errors are logged. */
+/** hooks.on_unregister(backend, upstream_name, reason); errors are logged. No hook or ctl NULL:
+ * nothing. */
 void gw_lua_ctl_on_unregister(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_info_t *b,
                               const char *reason);
 

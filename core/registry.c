@@ -116,8 +116,6 @@ static gw_lua_backend_info_t reg_info(const gw_registry_t *r, const gw_upstream_
 
 static void reg_unregister_hook(gw_registry_t *r, size_t u, uint32_t k, const char *reason)
 {
-    if (!r->lua || !(r->cfg->membership_hooks & GW_MHOOK_ON_UNREGISTER))
-        return;
     const gw_upstream_cfg_t *uc = &r->cfg->upstreams[u];
     gw_lua_backend_info_t info = reg_info(r, uc, k);
     gw_lua_ctl_on_unregister(r->lua, u, &info, reason);
@@ -166,8 +164,7 @@ int gw_registry_new(const gw_config_t *cfg, gw_registry_t **out, char **err)
         return -1;
     }
     /* Static backends join at load: on_register may keep one out. */
-    for (size_t u = 0;
-         r->lua && (cfg->membership_hooks & GW_MHOOK_ON_REGISTER) && u < cfg->nupstreams; u++) {
+    for (size_t u = 0; u < cfg->nupstreams; u++) {
         const gw_upstream_cfg_t *uc = &cfg->upstreams[u];
         for (uint32_t k = 0; k < uc->nbackends; k++) {
             gw_lua_backend_info_t info = reg_info(r, uc, k);
@@ -602,8 +599,6 @@ static void reg_set_meta(gw_registry_t *r, gw_reg_slot_t *s, char *meta_json, ui
 static int reg_admit(gw_registry_t *r, const reg_req_t *q, uint32_t k, uint32_t weight,
                      const char *meta_json, char **json)
 {
-    if (!r->lua || !(r->cfg->membership_hooks & GW_MHOOK_ON_REGISTER))
-        return 0;
     const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
     gw_lua_backend_info_t info = {
         .id = k + 1, .url = q->url, .weight = weight, .meta_json = meta_json, .static_index = -1};
@@ -690,11 +685,7 @@ static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **
         reg_slot_set_address(s, q->url, q->authority, &q->sa, q->salen);
         free(s->cfg.meta_json);
         s->cfg.meta_json = NULL;
-        GW_RELAXED_STORE(b->healthy, 1);
-        GW_RELAXED_STORE(b->down, 0);
-        GW_RELAXED_STORE(b->fails, 0);
-        GW_RELAXED_STORE(b->ejected, 0);
-        GW_RELAXED_STORE(b->ejections, 0);
+        gw_health_reset(b);
         GW_RELAXED_STORE(b->latency_ewma_us, 0);
     }
     /* Active checks start over for every registration (hcheck.c compares epochs), from "up":
@@ -773,11 +764,7 @@ size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
             const gw_backend_t *ob = old->backends[gw_upstream_slot_gindex(ouc, (uint32_t)ok)];
             gw_backend_t *b = r->backends[uc->backends[k].gindex];
             b->latency_ewma_us = GW_RELAXED_LOAD(ob->latency_ewma_us);
-            b->ejections = GW_RELAXED_LOAD(ob->ejections);
-            b->ejected_until_ms = GW_RELAXED_LOAD(ob->ejected_until_ms);
-            b->ejected = GW_RELAXED_LOAD(ob->ejected);
-            if (b->ejected)
-                b->healthy = 0;
+            gw_health_adopt(b, ob);
         }
         if (!cfg->registration.enabled)
             continue;
@@ -798,22 +785,20 @@ size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
                             uc->name, os->url);
                 continue;
             }
-            if (r->lua && (cfg->membership_hooks & GW_MHOOK_ON_REGISTER)) {
-                gw_lua_backend_info_t info = {.id = (uint32_t)nk + 1,
-                                              .url = os->url,
-                                              .weight = os->cfg.weight,
-                                              .meta_json = os->cfg.meta_json,
-                                              .static_index = -1};
-                char *herr = NULL;
-                int rc = gw_lua_ctl_on_register(r->lua, u, &info, &herr);
-                if (rc <= 0) {
-                    gw_log_warn("reload: hooks.on_register %s %s: dropped",
-                                rc < 0 ? "failed for" : "refused", os->url);
-                    if (rc < 0)
-                        gw_log_err("lua: %s", herr ? herr : "?");
-                    free(herr);
-                    continue;
-                }
+            gw_lua_backend_info_t info = {.id = (uint32_t)nk + 1,
+                                          .url = os->url,
+                                          .weight = os->cfg.weight,
+                                          .meta_json = os->cfg.meta_json,
+                                          .static_index = -1};
+            char *herr = NULL;
+            int rc = gw_lua_ctl_on_register(r->lua, u, &info, &herr);
+            if (rc <= 0) {
+                gw_log_warn("reload: hooks.on_register %s %s: dropped",
+                            rc < 0 ? "failed for" : "refused", os->url);
+                if (rc < 0)
+                    gw_log_err("lua: %s", herr ? herr : "?");
+                free(herr);
+                continue;
             }
             uint32_t g = gw_upstream_slot_gindex(uc, (uint32_t)nk);
             gw_reg_slot_t *s = &r->slots[g];

@@ -123,6 +123,25 @@ static void test_down_and_ejected(void **state)
     assert_int_equal(b[1].healthy, 1);
 }
 
+/* A slot that now holds another backend starts clean; a reload's table keeps ejections. */
+static void test_reset_and_adopt(void **state)
+{
+    for (int i = 0; i < 3; i++)
+        gw_health_on_failure(&b[0], peers, 4, &h, 1000);
+    gw_health_set_down(&b[0], true);
+    gw_backend_t fresh = {.healthy = 1, .member = 1};
+    gw_health_adopt(&fresh, &b[0]);
+    assert_int_equal(fresh.ejected, 1);
+    assert_int_equal(fresh.ejected_until_ms, 1100);
+    assert_int_equal(fresh.ejections, 1);
+    assert_int_equal(fresh.down, 0); /* active checks start over */
+    assert_int_equal(fresh.healthy, 0);
+    gw_health_reset(&b[0]);
+    assert_int_equal(b[0].ejected + b[0].ejections + b[0].down + b[0].fails, 0);
+    assert_int_equal(b[0].ejected_until_ms, 0);
+    assert_int_equal(b[0].healthy, 1);
+}
+
 /* The streak rule of active checks (hcheck.c). */
 static void test_check_thresholds(void **state)
 {
@@ -159,6 +178,7 @@ int main(void)
         cmocka_unit_test_setup(test_disabled, reset),
         cmocka_unit_test_setup(test_cap_counts_members_only, reset),
         cmocka_unit_test_setup(test_down_and_ejected, reset),
+        cmocka_unit_test_setup(test_reset_and_adopt, reset),
         cmocka_unit_test_setup(test_check_thresholds, reset),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
