@@ -78,3 +78,20 @@ bool gw_cidr_match(const gw_cidr_t *c, const struct sockaddr *sa)
     }
     return family == c->family && cidr_bits_match(c->addr, addr, c->prefix);
 }
+
+bool gw_sockaddr_equal(const struct sockaddr_storage *a, socklen_t alen,
+                       const struct sockaddr_storage *b, socklen_t blen)
+{
+    if (a->ss_family != b->ss_family || alen != blen)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    if (a->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+        return x->sin6_port == y->sin6_port &&
+               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+    }
+    return memcmp(a, b, alen) == 0;
+}

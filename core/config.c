@@ -887,23 +887,6 @@ static int gw_cfg_parse_listen(gw_cfg_ctx_t *c, const char *text, gw_addr_t *out
     return 0;
 }
 
-static bool gw_cfg_same_sockaddr(const struct sockaddr_storage *a, socklen_t alen,
-                                 const struct sockaddr_storage *b, socklen_t blen)
-{
-    if (a->ss_family != b->ss_family || alen != blen)
-        return false;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return memcmp(a, b, alen) == 0;
-}
-
 /* Accepts only "http://host[:port][/]"; fills url, authority and the resolved address. */
 static int gw_cfg_parse_url(gw_cfg_ctx_t *c, const char *url, gw_backend_cfg_t *b)
 {
@@ -1152,7 +1135,7 @@ static int gw_cfg_listen(gw_cfg_ctx_t *c, int t)
             else
                 rc = gw_cfg_parse_listen(c, lua_tostring(L, -1), &cfg->listen[i - 1]);
             for (long j = 1; j < i && rc == 0; j++) {
-                if (gw_cfg_same_sockaddr(&cfg->listen[j - 1].sa, cfg->listen[j - 1].salen,
+                if (gw_sockaddr_equal(&cfg->listen[j - 1].sa, cfg->listen[j - 1].salen,
                                          &cfg->listen[i - 1].sa, cfg->listen[i - 1].salen))
                     rc = gw_cfg_fail(c, "duplicate address (same as listen[%ld])", j);
             }
@@ -1229,7 +1212,7 @@ static int gw_cfg_admin(gw_cfg_ctx_t *c, int t)
     if (rc == 0)
         rc = gw_cfg_parse_listen(c, listen, &cfg->admin_listen);
     for (size_t i = 0; i < cfg->nlisten && rc == 0; i++) {
-        if (!gw_cfg_same_sockaddr(&cfg->listen[i].sa, cfg->listen[i].salen, &cfg->admin_listen.sa,
+        if (!gw_sockaddr_equal(&cfg->listen[i].sa, cfg->listen[i].salen, &cfg->admin_listen.sa,
                                   cfg->admin_listen.salen))
             continue;
         if (type == LUA_TTABLE) {

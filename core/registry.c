@@ -306,18 +306,6 @@ static int reg_reply(char **json, int status, const char *code, const char *fmt,
     return status;
 }
 
-static bool reg_same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
-{
-    if (a->ss_family != b->ss_family)
-        return false;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-    return x->sin6_port == y->sin6_port && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
-}
-
 /* Parses "http://IP:PORT[/]" (an address literal: registration never resolves names, so a
  * registrant cannot aim the gateway at a name that resolves elsewhere later). Fills the
  * address and the canonical URL and authority. Returns NULL or what is wrong. */
@@ -490,7 +478,7 @@ static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, r
     }
     const gw_upstream_cfg_t *uc = &cfg->upstreams[q->u];
     for (size_t k = 0; k < uc->nbackends; k++)
-        if (reg_same_addr(&uc->backends[k].sa, &q->sa)) {
+        if (gw_sockaddr_equal(&uc->backends[k].sa, uc->backends[k].salen, &q->sa, q->salen)) {
             st = reg_reply(json, 409, "static_backend",
                            "%s is static backend %s of upstream %s "
                            "(change gateway.lua instead)",
@@ -518,12 +506,13 @@ static char *reg_ok(const char *status, const gw_upstream_cfg_t *uc, const gw_re
 
 /* The slot of `sa` in upstream u: a member (*member set), or one that held it before; -1. */
 static int reg_find(gw_registry_t *r, const gw_upstream_cfg_t *uc,
-                    const struct sockaddr_storage *sa, bool *member)
+                    const struct sockaddr_storage *sa, socklen_t salen, bool *member)
 {
     uint32_t n = gw_upstream_nslots(uc);
     for (uint32_t k = (uint32_t)uc->nbackends; k < n; k++) {
         uint32_t g = gw_upstream_slot_gindex(uc, k);
-        if (r->slots[g].has_url && reg_same_addr(&r->slots[g].cfg.sa, sa)) {
+        if (r->slots[g].has_url &&
+            gw_sockaddr_equal(&r->slots[g].cfg.sa, r->slots[g].cfg.salen, sa, salen)) {
             *member = __atomic_load_n(&r->backends[g]->member, __ATOMIC_ACQUIRE) != 0;
             return (int)k;
         }
@@ -534,13 +523,13 @@ static int reg_find(gw_registry_t *r, const gw_upstream_cfg_t *uc,
 /* The slot of upstream `uc` (in registry `r`) that holds address `sa` now: a static backend or a
  * registered member; -1. */
 static int reg_slot_of(const gw_registry_t *r, const gw_upstream_cfg_t *uc,
-                       const struct sockaddr_storage *sa)
+                       const struct sockaddr_storage *sa, socklen_t salen)
 {
     for (uint32_t k = 0; k < gw_upstream_nslots(uc); k++) {
         const gw_backend_t *b = r->backends[gw_upstream_slot_gindex(uc, k)];
         if (b->registered && !__atomic_load_n(&b->member, __ATOMIC_ACQUIRE))
             continue;
-        if (reg_same_addr(&b->cfg->sa, sa))
+        if (gw_sockaddr_equal(&b->cfg->sa, b->cfg->salen, sa, salen))
             return (int)k;
     }
     return -1;
@@ -660,7 +649,7 @@ static int reg_register(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char **
 {
     const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
     bool member = false;
-    int k = reg_find(r, uc, &q->sa, &member);
+    int k = reg_find(r, uc, &q->sa, q->salen, &member);
     if (k >= 0 && member)
         return reg_renew(r, q, (uint32_t)k, now_ms, json);
     bool reuse_same = k >= 0;
@@ -714,7 +703,7 @@ static int reg_unregister(gw_registry_t *r, reg_req_t *q, uint64_t now_ms, char 
 {
     const gw_upstream_cfg_t *uc = &r->cfg->upstreams[q->u];
     bool member = false;
-    int k = reg_find(r, uc, &q->sa, &member);
+    int k = reg_find(r, uc, &q->sa, q->salen, &member);
     if (k < 0 || !member)
         return reg_reply(json, 404, "not_registered", "%s is not registered in upstream %s", q->url,
                          uc->name);
@@ -758,7 +747,7 @@ size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
                 old->events[(size_t)ou * GW_REG_EVENT_COUNT + (size_t)e];
         /* Backends in both configs keep what the gateway learned about them. */
         for (uint32_t k = 0; k < uc->nbackends; k++) {
-            int ok = reg_slot_of(old, ouc, &uc->backends[k].sa);
+            int ok = reg_slot_of(old, ouc, &uc->backends[k].sa, uc->backends[k].salen);
             if (ok < 0)
                 continue;
             const gw_backend_t *ob = old->backends[gw_upstream_slot_gindex(ouc, (uint32_t)ok)];
@@ -776,7 +765,8 @@ size_t gw_registry_adopt(gw_registry_t *r, const gw_registry_t *old)
                 continue;
             bool is_static = false;
             for (size_t j = 0; j < uc->nbackends && !is_static; j++)
-                is_static = reg_same_addr(&uc->backends[j].sa, &os->cfg.sa);
+                is_static = gw_sockaddr_equal(&uc->backends[j].sa, uc->backends[j].salen,
+                                              &os->cfg.sa, os->cfg.salen);
             if (is_static)
                 continue; /* gateway.lua lists it now */
             int nk = reg_free_slot(r, uc);

@@ -296,11 +296,6 @@ static int server_bind(const gw_addr_t *a, int *fd_out)
     return 0;
 }
 
-static bool server_same_addr(const gw_addr_t *a, const gw_addr_t *b)
-{
-    return a->salen == b->salen && memcmp(&a->sa, &b->sa, a->salen) == 0;
-}
-
 /* Duplicates of the listening sockets for `addr` that worker `id` of a server with `n` workers
  * takes over from `old`: those of old workers id, id + n, id + 2n, ... so that every old socket
  * of an address the new config still serves stays open (closing one would reset the connections
@@ -317,7 +312,8 @@ static size_t server_inherit(const gw_server_t *old, size_t id, size_t n, const 
             continue;
         for (size_t l = 0; l < ow->nlisteners; l++) {
             uv_os_fd_t ofd;
-            if (!server_same_addr(&old->cfg->listen[ow->listener_addr[l]], addr) ||
+            if (!gw_sockaddr_equal(&old->cfg->listen[ow->listener_addr[l]].sa,
+                                   old->cfg->listen[ow->listener_addr[l]].salen, &addr->sa, addr->salen) ||
                 uv_fileno((const uv_handle_t *)&ow->listeners[l], &ofd) != 0)
                 continue;
             if (fds) {

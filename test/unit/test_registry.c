@@ -85,6 +85,23 @@ static void test_cidr_match(void **state)
     assert_false(in_range("10.0.0.0/8", "::ffff:11.1.2.3"));
 }
 
+static void test_sockaddr_equal(void **state)
+{
+    (void)state;
+    struct sockaddr_storage a = addr("10.0.0.1"), b = addr("10.0.0.1"), c = addr("10.0.0.2");
+    struct sockaddr_storage v6 = addr("::1"), v6b = addr("::1");
+    ((struct sockaddr_in *)&a)->sin_port = ((struct sockaddr_in *)&b)->sin_port = htons(80);
+    ((struct sockaddr_in *)&c)->sin_port = htons(80);
+    ((struct sockaddr_in6 *)&v6b)->sin6_flowinfo = 7; /* not part of the address */
+    socklen_t l4 = sizeof(struct sockaddr_in), l6 = sizeof(struct sockaddr_in6);
+    assert_true(gw_sockaddr_equal(&a, l4, &b, l4));
+    assert_false(gw_sockaddr_equal(&a, l4, &c, l4));
+    ((struct sockaddr_in *)&b)->sin_port = htons(81);
+    assert_false(gw_sockaddr_equal(&a, l4, &b, l4));
+    assert_false(gw_sockaddr_equal(&a, l4, &v6, l6));
+    assert_true(gw_sockaddr_equal(&v6, l6, &v6b, l6));
+}
+
 /* ---- registry ---- */
 
 typedef struct fixture {
@@ -340,6 +357,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cidr_parse),
         cmocka_unit_test(test_cidr_match),
+        cmocka_unit_test(test_sockaddr_equal),
         cmocka_unit_test(test_register_renew_unregister),
         cmocka_unit_test(test_validation),
         cmocka_unit_test(test_full_and_slot_reuse),
