@@ -836,15 +836,8 @@ static int gw_cfg_resolve(gw_cfg_ctx_t *c, const char *host, const char *port, b
 
 static bool gw_cfg_parse_port(const char *s, size_t n, char out[8])
 {
-    if (n == 0 || n > 5)
-        return false;
-    unsigned v = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!isdigit((unsigned char)s[i]))
-            return false;
-        v = v * 10 + (unsigned)(s[i] - '0');
-    }
-    if (v < 1 || v > 65535)
+    uint16_t v = gw_http1_parse_port(GW_SLICE(s, n));
+    if (v == 0)
         return false;
     snprintf(out, 8, "%u", v);
     return true;
@@ -887,64 +880,41 @@ static int gw_cfg_parse_listen(gw_cfg_ctx_t *c, const char *text, gw_addr_t *out
     return 0;
 }
 
-/* Accepts only "http://host[:port][/]"; fills url, authority and the resolved address. */
+/* Accepts only "http://host[:port][/]" (gw_http1_url_split); fills url, authority and the
+ * resolved address. */
 static int gw_cfg_parse_url(gw_cfg_ctx_t *c, const char *url, gw_backend_cfg_t *b)
 {
-    static const char http[] = "http://";
-    if (strncasecmp(url, "https://", 8) == 0)
-        return gw_cfg_fail(c, "\"%s\": https upstreams are not supported yet", url);
-    if (strncasecmp(url, http, sizeof(http) - 1) != 0)
-        return gw_cfg_fail(c, "\"%s\": expected a URL of the form http://host[:port]", url);
-    const char *auth = url + sizeof(http) - 1;
-    size_t alen = strcspn(auth, "/?#");
-    const char *rest = auth + alen;
-    if (memchr(auth, '@', alen) != NULL)
-        return gw_cfg_fail(c, "\"%s\": user info is not allowed in upstream URLs", url);
-    if (strpbrk(rest, "?#") != NULL)
-        return gw_cfg_fail(c, "\"%s\": queries and fragments are not allowed in upstream URLs",
-                           url);
-    if (rest[0] != '\0' && strcmp(rest, "/") != 0)
-        return gw_cfg_fail(c,
-                           "\"%s\": upstream URLs cannot have a path (use add_prefix on the "
-                           "route)",
-                           url);
+    static const char *const why[] = {
+        [GW_URL_HTTPS] = "https upstreams are not supported yet",
+        [GW_URL_NOT_HTTP] = "expected a URL of the form http://host[:port]",
+        [GW_URL_USERINFO] = "user info is not allowed in upstream URLs",
+        [GW_URL_QUERY] = "queries and fragments are not allowed in upstream URLs",
+        [GW_URL_PATH] = "upstream URLs cannot have a path (use add_prefix on the route)",
+        [GW_URL_UNTERMINATED_V6] = "unterminated IPv6 address",
+        [GW_URL_AFTER_V6] = "invalid host",
+    };
+    gw_http1_url_t u;
+    int e = gw_http1_url_split(url, &u);
+    if (e != GW_URL_OK)
+        return gw_cfg_fail(c, "\"%s\": %s", url, why[e]);
     char host[256], port[8] = "80";
-    const char *hp = auth, *hend, *pp = NULL;
-    size_t hlen;
-    if (alen > 0 && auth[0] == '[') {
-        const char *close = memchr(auth, ']', alen);
-        if (close == NULL)
-            return gw_cfg_fail(c, "\"%s\": unterminated IPv6 address", url);
-        hp = auth + 1;
-        hend = close;
-        if (close + 1 < auth + alen) {
-            if (close[1] != ':')
-                return gw_cfg_fail(c, "\"%s\": invalid host", url);
-            pp = close + 2;
-        }
-    } else {
-        const char *colon = memchr(auth, ':', alen);
-        hend = colon ? colon : auth + alen;
-        pp = colon ? colon + 1 : NULL;
-    }
-    hlen = (size_t)(hend - hp);
-    if (hlen == 0)
+    if (u.host.len == 0)
         return gw_cfg_fail(c, "\"%s\": missing host", url);
-    if (hlen >= sizeof(host))
+    if (u.host.len >= sizeof(host))
         return gw_cfg_fail(c, "\"%s\": host name too long", url);
-    for (size_t i = 0; i < hlen; i++) {
-        unsigned char ch = (unsigned char)hp[i];
-        if (!(isalnum(ch) || ch == '.' || ch == '-' || ch == '_' || (auth[0] == '[' && ch == ':')))
+    for (size_t i = 0; i < u.host.len; i++) {
+        unsigned char ch = (unsigned char)u.host.p[i];
+        if (!(isalnum(ch) || ch == '.' || ch == '-' || ch == '_' || (u.bracketed && ch == ':')))
             return gw_cfg_fail(c, "\"%s\": invalid host", url);
     }
-    memcpy(host, hp, hlen);
-    host[hlen] = '\0';
-    if (pp != NULL && !gw_cfg_parse_port(pp, (size_t)(auth + alen - pp), port))
+    memcpy(host, u.host.p, u.host.len);
+    host[u.host.len] = '\0';
+    if (u.port.p != NULL && !gw_cfg_parse_port(u.port.p, u.port.len, port))
         return gw_cfg_fail(c, "\"%s\": the port must be a number from 1 to 65535", url);
     if (gw_cfg_resolve(c, host, port, false, &b->sa, &b->salen) < 0)
         return -1;
     b->url = gw_cfg_xstrdup(url);
-    b->authority = gw_cfg_xstrndup(auth, alen);
+    b->authority = gw_cfg_xstrndup(u.authority.p, u.authority.len);
     return 0;
 }
 

@@ -252,3 +252,48 @@ void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_
     }
     gw_edits_append(b, edits);
 }
+
+int gw_http1_url_split(const char *url, gw_http1_url_t *out)
+{
+    if (strncasecmp(url, "https://", 8) == 0)
+        return GW_URL_HTTPS;
+    if (strncasecmp(url, "http://", 7) != 0)
+        return GW_URL_NOT_HTTP;
+    const char *auth = url + 7;
+    size_t alen = strcspn(auth, "/?#");
+    const char *rest = auth + alen;
+    if (memchr(auth, '@', alen) != NULL)
+        return GW_URL_USERINFO;
+    if (strpbrk(rest, "?#") != NULL)
+        return GW_URL_QUERY;
+    if (rest[0] != '\0' && strcmp(rest, "/") != 0)
+        return GW_URL_PATH;
+    *out = (gw_http1_url_t){.authority = GW_SLICE(auth, alen)};
+    const char *end = auth + alen, *hend;
+    if (alen > 0 && auth[0] == '[') {
+        const char *close = memchr(auth, ']', alen);
+        if (close == NULL)
+            return GW_URL_UNTERMINATED_V6;
+        if (close + 1 < end && close[1] != ':')
+            return GW_URL_AFTER_V6;
+        out->bracketed = true;
+        out->host = GW_SLICE(auth + 1, (size_t)(close - auth - 1));
+        if (close + 1 < end)
+            out->port = GW_SLICE(close + 2, (size_t)(end - close - 2));
+        return GW_URL_OK;
+    }
+    const char *colon = memchr(auth, ':', alen);
+    hend = colon ? colon : end;
+    out->host = GW_SLICE(auth, (size_t)(hend - auth));
+    if (colon)
+        out->port = GW_SLICE(colon + 1, (size_t)(end - colon - 1));
+    return GW_URL_OK;
+}
+
+uint16_t gw_http1_parse_port(gw_slice_t s)
+{
+    if (s.len == 0 || s.len > 5)
+        return 0;
+    int64_t v = gw_http1_parse_u64(s);
+    return v >= 1 && v <= 65535 ? (uint16_t)v : 0;
+}

@@ -96,4 +96,31 @@ bool gw_http1_response_bodyless(int status, bool head_request);
 /** Parses a non-negative decimal integer that fills the whole slice; -1 otherwise. */
 int64_t gw_http1_parse_u64(gw_slice_t s);
 
+/* An upstream URL, "http://host[:port][/]", split into slices of the string (config.c for the
+ * static backends, registry.c for registered ones: one grammar for both). */
+typedef struct gw_http1_url {
+    gw_slice_t authority; /* host[:port] as written */
+    gw_slice_t host;      /* without the brackets of an IPv6 address; may be empty */
+    gw_slice_t port;      /* .p NULL: none given; .p set and .len 0: "host:" */
+    bool bracketed;       /* the host was written in brackets ("[::1]") */
+} gw_http1_url_t;
+
+enum gw_http1_url_error {
+    GW_URL_OK = 0,
+    GW_URL_HTTPS,           /* https:// (not supported) */
+    GW_URL_NOT_HTTP,        /* no http:// */
+    GW_URL_USERINFO,        /* user@host */
+    GW_URL_QUERY,           /* a query or fragment */
+    GW_URL_PATH,            /* a path other than "/" */
+    GW_URL_UNTERMINATED_V6, /* "[" without "]" */
+    GW_URL_AFTER_V6,        /* something other than ":port" after "]" */
+};
+
+/** Splits `url`. Returns GW_URL_OK and fills *out, or the first thing that is wrong. The host's
+ * characters and the port's value are the caller's to check (gw_http1_parse_port). */
+int gw_http1_url_split(const char *url, gw_http1_url_t *out);
+
+/** A port: 1..65535, digits only, at most 5 of them. Returns it, or 0 when invalid. */
+uint16_t gw_http1_parse_port(gw_slice_t s);
+
 #endif

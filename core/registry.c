@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "health.h"
+#include "http1.h"
 #include "log.h"
 #include "lua_bridge.h"
 #include "server.h"
@@ -312,43 +313,31 @@ static int reg_reply(char **json, int status, const char *code, const char *fmt,
 static const char *reg_parse_url(const char *url, struct sockaddr_storage *sa, socklen_t *salen,
                                  char canon[GW_SLOT_URL_MAX], char auth[GW_SLOT_URL_MAX])
 {
-    if (strncasecmp(url, "http://", 7) != 0)
+    gw_http1_url_t u;
+    switch (gw_http1_url_split(url, &u)) {
+    case GW_URL_OK:
+        break;
+    case GW_URL_HTTPS:
+    case GW_URL_NOT_HTTP:
         return "expected http://ADDRESS:PORT (https upstreams are not supported)";
-    const char *a = url + 7;
-    size_t alen = strcspn(a, "/?#");
-    if (a[alen] != '\0' && strcmp(a + alen, "/") != 0)
+    case GW_URL_USERINFO:
+        return "user info is not allowed";
+    case GW_URL_QUERY:
+    case GW_URL_PATH:
         return "a backend URL has no path, query or fragment";
-    char host[INET6_ADDRSTRLEN + 1];
-    const char *port = NULL;
-    size_t hlen;
-    bool v6 = alen > 0 && a[0] == '[';
-    if (v6) {
-        const char *close = memchr(a, ']', alen);
-        if (!close || (close + 1 < a + alen && close[1] != ':'))
-            return "invalid IPv6 address";
-        hlen = (size_t)(close - a - 1);
-        if (hlen >= sizeof host)
-            return "invalid IPv6 address";
-        memcpy(host, a + 1, hlen);
-        if (close + 1 < a + alen)
-            port = close + 2;
-    } else {
-        const char *colon = memchr(a, ':', alen);
-        hlen = colon ? (size_t)(colon - a) : alen;
-        if (hlen >= sizeof host)
-            return "the host must be an IP address";
-        memcpy(host, a, hlen);
-        if (colon)
-            port = colon + 1;
+    default:
+        return "invalid IPv6 address";
     }
-    host[hlen] = '\0';
-    if (!port)
+    bool v6 = u.bracketed;
+    char host[INET6_ADDRSTRLEN + 1];
+    if (u.host.len >= sizeof host)
+        return v6 ? "invalid IPv6 address" : "the host must be an IP address";
+    memcpy(host, u.host.p, u.host.len);
+    host[u.host.len] = '\0';
+    if (!u.port.p)
         return "the port is required (http://ADDRESS:PORT)";
-    size_t plen = (size_t)(a + alen - port);
-    if (plen == 0 || plen > 5 || strspn(port, "0123456789") < plen)
-        return "the port must be a number from 1 to 65535";
-    long p = strtol(port, NULL, 10);
-    if (p < 1 || p > 65535)
+    long p = gw_http1_parse_port(u.port);
+    if (p == 0)
         return "the port must be a number from 1 to 65535";
     memset(sa, 0, sizeof *sa);
     char text[INET6_ADDRSTRLEN];
@@ -377,7 +366,6 @@ static const char *reg_parse_url(const char *url, struct sockaddr_storage *sa, s
 
 typedef struct reg_req {
     int u;
-    const char *url_in;
     struct sockaddr_storage sa;
     socklen_t salen;
     char url[GW_SLOT_URL_MAX];

@@ -158,6 +158,56 @@ static void test_arena_cache_reuses_blocks(void **state)
     assert_null(cache.free);
 }
 
+static void assert_slice(gw_slice_t s, const char *want)
+{
+    if (want == NULL) {
+        assert_null(s.p);
+        return;
+    }
+    assert_non_null(s.p);
+    assert_int_equal(s.len, strlen(want));
+    assert_memory_equal(s.p, want, s.len);
+}
+
+static void test_url_split(void **state)
+{
+    (void)state;
+    gw_http1_url_t u;
+    assert_int_equal(gw_http1_url_split("http://example.com:8080/", &u), GW_URL_OK);
+    assert_slice(u.authority, "example.com:8080");
+    assert_slice(u.host, "example.com");
+    assert_slice(u.port, "8080");
+    assert_false(u.bracketed);
+    assert_int_equal(gw_http1_url_split("HTTP://[::1]:9", &u), GW_URL_OK);
+    assert_slice(u.host, "::1");
+    assert_slice(u.port, "9");
+    assert_true(u.bracketed);
+    assert_int_equal(gw_http1_url_split("http://h", &u), GW_URL_OK);
+    assert_slice(u.port, NULL);
+    assert_int_equal(gw_http1_url_split("http://h:", &u), GW_URL_OK);
+    assert_int_equal(u.port.len, 0);
+    assert_non_null(u.port.p);
+    assert_int_equal(gw_http1_url_split("http://", &u), GW_URL_OK);
+    assert_int_equal(u.host.len, 0);
+
+    assert_int_equal(gw_http1_url_split("https://h", &u), GW_URL_HTTPS);
+    assert_int_equal(gw_http1_url_split("ftp://h", &u), GW_URL_NOT_HTTP);
+    assert_int_equal(gw_http1_url_split("http://u@h", &u), GW_URL_USERINFO);
+    assert_int_equal(gw_http1_url_split("http://h/?x", &u), GW_URL_QUERY);
+    assert_int_equal(gw_http1_url_split("http://h#f", &u), GW_URL_QUERY);
+    assert_int_equal(gw_http1_url_split("http://h/api", &u), GW_URL_PATH);
+    assert_int_equal(gw_http1_url_split("http://[::1", &u), GW_URL_UNTERMINATED_V6);
+    assert_int_equal(gw_http1_url_split("http://[::1]x", &u), GW_URL_AFTER_V6);
+
+    assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("65535")), 65535);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("1")), 1);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("0")), 0);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("65536")), 0);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("008080")), 0);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("8a")), 0);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("")), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -171,6 +221,7 @@ int main(void)
         cmocka_unit_test(test_arena_reset_keeps_first_block),
         cmocka_unit_test(test_arena_limit),
         cmocka_unit_test(test_arena_cache_reuses_blocks),
+        cmocka_unit_test(test_url_split),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
