@@ -4,8 +4,10 @@
  */
 #include "http1.h"
 
+#include <arpa/inet.h>
 #include <llhttp.h>
 #include <stdio.h>
+#include <string.h>
 #include <strings.h>
 
 void gw_buf_init(gw_buf_t *b, gw_arena_t *a, size_t initial)
@@ -288,6 +290,79 @@ int gw_http1_url_split(const char *url, gw_http1_url_t *out)
     if (colon)
         out->port = GW_SLICE(colon + 1, (size_t)(end - colon - 1));
     return GW_URL_OK;
+}
+
+/* RFC 3986 §2.2 and §2.3: the bytes a reg-name may hold besides %-escapes. */
+static bool http1_regname_char(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c != 0 && strchr("-._~!$&'()*+,;=", c) != NULL);
+}
+
+static bool http1_hexdig(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f');
+}
+
+/* The inside of "[...]": an IPv6 address (no zone), or "v" HEXDIG+ "." followed by unreserved,
+ * sub-delims or ':' (IPvFuture). */
+static bool http1_ip_literal(gw_slice_t s)
+{
+    if (s.len > 0 && (s.p[0] == 'v' || s.p[0] == 'V')) {
+        size_t i = 1;
+        while (i < s.len && http1_hexdig((unsigned char)s.p[i]))
+            i++;
+        if (i == 1 || i >= s.len || s.p[i] != '.' || i + 1 == s.len)
+            return false;
+        for (i++; i < s.len; i++) {
+            if (!http1_regname_char((unsigned char)s.p[i]) && s.p[i] != ':')
+                return false;
+        }
+        return true;
+    }
+    char buf[INET6_ADDRSTRLEN];
+    struct in6_addr addr;
+    if (s.len == 0 || s.len >= sizeof buf)
+        return false;
+    memcpy(buf, s.p, s.len);
+    buf[s.len] = '\0';
+    return inet_pton(AF_INET6, buf, &addr) == 1;
+}
+
+bool gw_http1_authority_valid(gw_slice_t a)
+{
+    if (a.len == 0)
+        return true;
+    size_t i;
+    if (a.p[0] == '[') {
+        const char *close = memchr(a.p, ']', a.len);
+        if (close == NULL || !http1_ip_literal(GW_SLICE(a.p + 1, (size_t)(close - a.p - 1))))
+            return false;
+        i = (size_t)(close - a.p) + 1;
+    } else {
+        for (i = 0; i < a.len && a.p[i] != ':'; i++) {
+            unsigned char c = (unsigned char)a.p[i];
+            if (c == '%') {
+                if (i + 2 >= a.len || !http1_hexdig((unsigned char)a.p[i + 1]) ||
+                    !http1_hexdig((unsigned char)a.p[i + 2]))
+                    return false;
+                i += 2;
+            } else if (!http1_regname_char(c)) {
+                return false;
+            }
+        }
+        if (i == 0)
+            return false;
+    }
+    if (i == a.len)
+        return true;
+    if (a.p[i] != ':')
+        return false;
+    gw_slice_t port = GW_SLICE(a.p + i + 1, a.len - i - 1);
+    if (port.len == 0)
+        return true;
+    int64_t v = gw_http1_parse_u64(port);
+    return v >= 0 && v <= 65535;
 }
 
 uint16_t gw_http1_parse_port(gw_slice_t s)

@@ -120,6 +120,15 @@ enum gw_http1_url_error {
  * characters and the port's value are the caller's to check (gw_http1_parse_port). */
 int gw_http1_url_split(const char *url, gw_http1_url_t *out);
 
+/**
+ * True when `a` (a Host header value, or the authority of an absolute-form target) is an
+ * authority without userinfo (RFC 9110 §7.2, RFC 3986 §3.2): a reg-name (unreserved characters,
+ * sub-delims and valid %-escapes), an IPv4 address or a bracketed IPv6 or IPvFuture literal,
+ * then optionally ':' and a port of digits up to 65535 (which may be empty: "h:"). An empty
+ * value is valid (RFC 9112 §3.2); an empty host with a port (":80") is not.
+ */
+bool gw_http1_authority_valid(gw_slice_t a);
+
 /** A port: 1..65535, digits only, at most 5 of them. Returns it, or 0 when invalid. */
 uint16_t gw_http1_parse_port(gw_slice_t s);
 

@@ -208,6 +208,56 @@ static void test_url_split(void **state)
     assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("")), 0);
 }
 
+static bool authority(const char *s)
+{
+    return gw_http1_authority_valid(GW_SLICE(s, strlen(s)));
+}
+
+static void test_authority(void **state)
+{
+    (void)state;
+    /* What RFC 3986 §3.2 allows: reg-names, IPv4, IP literals, a port that may be empty. */
+    static const char *const good[] = {
+        "",
+        "example.com",
+        "EXAMPLE.com.",
+        "a-b_c~d.e",
+        "h:80",
+        "h:",
+        "h:0",
+        "h:65535",
+        "h:00080",
+        "127.0.0.1",
+        "10.0.0.1:8080",
+        "[::1]",
+        "[::1]:8080",
+        "[::1]:",
+        "[2001:db8::7]",
+        "[::ffff:1.2.3.4]",
+        "[v1.fe:80]",
+        "[V7.a!$]",
+        "ex%41mple.com",
+        "a!$&'()*+,;=b",
+        "999.999.999.999",
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(good); i++) {
+        if (!authority(good[i]))
+            fail_msg("authority \"%s\" should be valid", good[i]);
+    }
+    static const char *const bad[] = {
+        "u@h",     "user:pw@h:80", "h/x",       "h?x",   "h#x",    "h:80x",       "h:80:80",
+        "h:65536", "h:-1",         "h: 80",     "[::1",  "[::1]x", "[::1]:80:80", "[::1]80",
+        "[]",      "[::g]",        "[1.2.3.4]", "[v.x]", "[v1.]",  "[vx.y]",      "[::1%25eth0]",
+        "::1",     "a b",          "a\tb",      " h",    "h ",     "h\\x",        "h%",
+        "h%4",     "h%zz",         ":80",       "h\"",   "[::1]]", "h[",
+    };
+    for (size_t i = 0; i < GW_ARRAY_LEN(bad); i++) {
+        if (authority(bad[i]))
+            fail_msg("authority \"%s\" should be invalid", bad[i]);
+    }
+    assert_false(gw_http1_authority_valid(GW_SLICE("h\0x", 3)));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -222,6 +272,7 @@ int main(void)
         cmocka_unit_test(test_arena_limit),
         cmocka_unit_test(test_arena_cache_reuses_blocks),
         cmocka_unit_test(test_url_split),
+        cmocka_unit_test(test_authority),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
