@@ -40,6 +40,7 @@
 #include "lb.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "router.h"
 
 #define GW_CFG_PATH_MAX 512
 #define GW_CFG_MAX_WORKERS 256
@@ -2003,17 +2004,63 @@ static int gw_cfg_buffer_response(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r)
     return rc < 0 ? -1 : 0;
 }
 
+/* merge_slashes, encoded_slash and normalize_path: how the route reads the request path. A
+ * path_prefix must already be in the canonical form those options give, or it could never
+ * match ("/%61pi/", "//api/" or "/api;v=1/" would silently be dead routes). */
+static int gw_cfg_route_paths(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r)
+{
+    if (gw_cfg_bool_field(c, rt, "merge_slashes", &r->merge_slashes) < 0 ||
+        gw_cfg_bool_field(c, rt, "normalize_path", &r->normalize_path) < 0)
+        return -1;
+    size_t old = gw_cfg_field(c, rt, "encoded_slash");
+    const char *v = NULL;
+    int rc = gw_cfg_plain_string(c, &v);
+    if (rc == 0 && v) {
+        if (strcmp(v, "decode") == 0)
+            r->decode_slash = true;
+        else if (strcmp(v, "reject") != 0)
+            rc = gw_cfg_fail(c, "expected \"reject\" or \"decode\", got \"%s\"", v);
+    }
+    gw_cfg_field_done(c, old);
+    if (rc < 0 || r->path_prefix == NULL)
+        return rc < 0 ? -1 : 0;
+
+    size_t plen = strlen(r->path_prefix);
+    char *canon = gw_cfg_xcalloc(1, plen + 1);
+    ssize_t n = gw_router_canonical_path(GW_SLICE(r->path_prefix, plen), r->merge_slashes,
+                                         r->decode_slash, canon, plen);
+    if (n != (ssize_t)plen || memcmp(canon, r->path_prefix, plen) != 0) {
+        old = gw_cfg_push_key(c, "match");
+        size_t o2 = gw_cfg_push_key(c, "path_prefix");
+        if (n < 0)
+            rc = gw_cfg_fail(c,
+                             "\"%s\" is not a valid path (a bad %%-escape, %%00, or an encoded "
+                             "slash or backslash where encoded_slash is \"reject\")",
+                             r->path_prefix);
+        else
+            rc = gw_cfg_fail(c,
+                             "\"%s\" never matches: requests are matched on their canonical "
+                             "path; write \"%.*s\"",
+                             r->path_prefix, (int)n, canon);
+        gw_cfg_pop(c, o2);
+        gw_cfg_pop(c, old);
+    }
+    free(canon);
+    return rc < 0 ? -1 : 0;
+}
+
 static int gw_cfg_route(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r, long index)
 {
     static const char *const keys[] = {
         "name",       "match",         "upstream",        "respond",          "strip_prefix",
         "add_prefix", "preserve_host", "request_headers", "response_headers", "on_request",
         "rewrite_path", "on_response", "on_log",          "lua",              "buffer_response",
-        NULL};
+        "merge_slashes", "encoded_slash", "normalize_path", NULL};
     lua_State *L = c->L;
     const gw_linemap_entry_t *e = gw_linemap_find(&c->lines, c->path, c->plen);
     r->line = e != NULL ? e->line : 0;
     r->upstream = -1;
+    r->merge_slashes = true;
     if (lua_type(L, rt) != LUA_TTABLE)
         return gw_cfg_fail(c, "expected table, got %s", gw_cfg_typename(c, rt));
     if (gw_cfg_check_keys(c, rt, keys) < 0)
@@ -2060,14 +2107,15 @@ static int gw_cfg_route(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r, long index)
         if (gw_cfg_respond(c, rt, r) < 0)
             return -1;
         static const char *const upstream_only[] = {"strip_prefix", "add_prefix", "preserve_host",
-                                                    "request_headers"};
+                                                    "request_headers", "normalize_path"};
         for (size_t i = 0; i < GW_ARRAY_LEN(upstream_only); i++) {
             if (gw_cfg_upstream_only(c, rt, upstream_only[i]) < 0)
                 return -1;
         }
     }
 
-    if (gw_cfg_bool_field(c, rt, "strip_prefix", &r->strip_prefix) < 0)
+    if (gw_cfg_route_paths(c, rt, r) < 0 ||
+        gw_cfg_bool_field(c, rt, "strip_prefix", &r->strip_prefix) < 0)
         return -1;
     if (r->strip_prefix && r->path_prefix == NULL) {
         old = gw_cfg_push_key(c, "strip_prefix");

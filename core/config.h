@@ -130,6 +130,9 @@ typedef struct gw_route_cfg {
     bool strip_prefix;   /* remove path_prefix from the path sent upstream */
     char *add_prefix;    /* prepended after stripping; NULL: none */
     bool preserve_host;  /* send the client's Host instead of the backend's authority */
+    bool merge_slashes;  /* default true: "//" counts as "/" in the canonical path */
+    bool decode_slash;   /* encoded_slash = "decode": %2F, %5C and '\' are "/"; else a 400 */
+    bool normalize_path; /* send the canonical path upstream, not the client's */
     gw_header_ops_t request_headers;
     gw_header_ops_t response_headers;
     bool has_respond;

@@ -160,7 +160,8 @@ static int on_header_value_complete(llhttp_t *p)
         }
         break;
     case 6:
-        if (gw_slice_ieq(n, "expect")) {
+        /* An HTTP/1.0 client cannot take a 1xx: its expectation is ignored (RFC 9110 §10.1.1). */
+        if (gw_slice_ieq(n, "expect") && p->http_minor > 0) {
             if (gw_slice_ieq(h->value, "100-continue")) {
                 r->expect_continue = true;
             } else {
@@ -828,11 +829,16 @@ static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
     gw_buf_init(b, &c->arena, (c->head_end - c->head_start) + 512);
     gw_buf_append_slice(b, r->method_name);
     gw_buf_append(b, " ", 1);
-    gw_buf_append_slice(b, r->lua_path.p ? r->lua_path : r->up_path);
-    if (r->query.len) {
-        gw_buf_append(b, "?", 1);
-        gw_buf_append_slice(b, r->query);
-    }
+    /* The client's target goes upstream byte for byte (RFC 9112 §3.2) unless the route or a
+     * hook rewrites the path, or normalize_path asks for the canonical one; the query is the
+     * client's either way. */
+    if (r->lua_path.p)
+        gw_buf_append_slice(b, r->lua_path);
+    else if (route->strip_prefix || route->add_prefix || route->normalize_path)
+        gw_buf_append_slice(b, r->up_path);
+    else
+        gw_buf_append_slice(b, r->raw_path);
+    gw_buf_append_slice(b, r->raw_rest);
     gw_buf_append(b, " HTTP/1.1\r\n", 11);
     /* Host is written by proxy.c per backend unless preserve_host: see proxy_send_head. */
     gw_http1_forward_headers(b, r->headers, r->nheaders, r->connection, conn_reserved_request_header,
@@ -860,6 +866,19 @@ static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
     }
     /* The final CRLF is added by proxy.c after Host. */
     return !b->oom;
+}
+
+/* The 400 message for a path the router refused (a GW_ROUTER_E* code). */
+static const char *conn_path_error(int rc)
+{
+    switch (rc) {
+    case GW_ROUTER_EESCAPE:
+        return "invalid percent-encoding in the request path";
+    case GW_ROUTER_ESLASH:
+        return "an encoded slash or a backslash in the request path";
+    default:
+        return "invalid request target";
+    }
 }
 
 /* Extracts the origin-form path of the target. Absolute-form ("http://host/path") is accepted
@@ -948,29 +967,39 @@ static void conn_on_head(gw_conn_t *c)
     gw_slice_t target;
     if (!conn_origin_target(r, &target))
         return conn_error(c, 400, "bad_request", "invalid request target");
-    size_t cap = target.len + 1;
-    char *norm = gw_arena_alloc(&c->arena, cap);
-    size_t path_len = 0;
-    ssize_t nlen = norm ? gw_router_normalize_path(target, norm, cap, &path_len) : -1;
-    if (nlen < 0)
-        return conn_error(c, 400, "bad_request", "invalid request target");
-    r->route = gw_router_match(cfg, r->method, r->host, GW_SLICE(norm, path_len));
-    if (r->route < 0)
+    if (memchr(r->target.p, '#', r->target.len) != NULL)
+        return conn_error(c, 400, "bad_request", "a request target must not have a fragment");
+    if (!gw_http1_authority_valid(r->host))
+        return conn_error(c, 400, "bad_request", "invalid Host");
+    const char *q = memchr(target.p, '?', target.len);
+    r->raw_path = GW_SLICE(target.p, q ? (size_t)(q - target.p) : target.len);
+    r->raw_rest = GW_SLICE(target.p + r->raw_path.len, target.len - r->raw_path.len);
+    r->query = q ? GW_SLICE(q + 1, r->raw_rest.len - 1) : GW_SLICE("", 0);
+
+    /* Routes match on the canonical path; the client's bytes are what goes upstream unless the
+     * route rewrites the path (see conn_build_upstream_head). */
+    gw_router_path_t rp;
+    char *scratch = gw_arena_alloc(&c->arena, gw_router_scratch_size(cfg, r->raw_path.len));
+    if (!scratch)
+        return conn_error(c, 500, "internal", "out of memory for the request path");
+    gw_router_path_init(&rp, r->raw_path, scratch);
+    int route_ix = gw_router_match(cfg, r->method, r->host, &rp);
+    if (route_ix < GW_ROUTER_NO_ROUTE)
+        return conn_error(c, 400, "bad_request", conn_path_error(route_ix));
+    if (route_ix == GW_ROUTER_NO_ROUTE)
         return conn_error(c, 404, "no_route", "no route matches this request");
+    r->route = route_ix;
     const gw_route_cfg_t *route = &cfg->routes[r->route];
-    /* The target going upstream: the route's rewrite, split into path and query. */
-    gw_slice_t up = GW_SLICE(norm, (size_t)nlen);
-    if (!route->has_respond) {
-        size_t tcap = (size_t)nlen + (route->add_prefix ? strlen(route->add_prefix) : 0) + 2;
-        char *up_target = gw_arena_alloc(&c->arena, tcap);
-        ssize_t tlen = up_target ? gw_router_rewrite(route, up, up_target, tcap) : -1;
+    /* The form this route matched on: already computed, so this cannot fail. */
+    gw_router_path_for(&rp, route, &r->up_path);
+    if (!route->has_respond && (route->strip_prefix || route->add_prefix)) {
+        size_t tcap = r->up_path.len + (route->add_prefix ? strlen(route->add_prefix) : 0) + 2;
+        char *up = gw_arena_alloc(&c->arena, tcap);
+        ssize_t tlen = up ? gw_router_rewrite(route, r->up_path, up, tcap) : -1;
         if (tlen < 0)
             return conn_error(c, 500, "internal", "could not build the upstream request");
-        up = GW_SLICE(up_target, (size_t)tlen);
+        r->up_path = GW_SLICE(up, (size_t)tlen);
     }
-    const char *q = memchr(up.p, '?', up.len);
-    r->up_path = GW_SLICE(up.p, q ? (size_t)(q - up.p) : up.len);
-    r->query = q ? GW_SLICE(q + 1, (size_t)(up.p + up.len - q - 1)) : GW_SLICE("", 0);
     conn_update_reading(c);
     gw_conn_arm_timer(c);
     if (c->w->lua && (gw_lua_has_hook(c, GW_HOOK_ON_REQUEST) || gw_lua_has_hook(c, GW_HOOK_REWRITE_PATH))) {

@@ -144,13 +144,9 @@ int gw_ffi_req_get(void *p, int what, const char **out, size_t *len)
     case GW_REQ_PATH:
         s = r->lua_path.p ? r->lua_path : r->up_path;
         break;
-    case GW_REQ_ORIG_PATH: {
-        s = r->target;
-        const char *q = memchr(s.p, '?', s.len);
-        if (q)
-            s.len = (size_t)(q - s.p);
+    case GW_REQ_ORIG_PATH:
+        s = r->raw_path;
         break;
-    }
     case GW_REQ_QUERY:
         s = r->query;
         break;

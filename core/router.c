@@ -6,9 +6,12 @@
  * buffers the caller owns and sizes; a result that does not fit is an error (-1), never a silent
  * truncation, because a truncated path would send the request somewhere else.
  *
- * Matching is on the normalized path (dot segments removed) so that "/public/../admin" cannot
- * reach a route meant for "/admin" while being matched as "/public". path_prefix is a byte prefix,
- * like nginx's `location /api`: "/api" also matches "/apix"; write "/api/" to mean the directory.
+ * Matching is on a canonical path (escapes of unreserved characters decoded, dot segments
+ * removed, slashes merged, path parameters dropped) so that "/public/../admin", "/%61dmin" or
+ * "//admin" cannot reach a backend as "/admin" while being matched as something else. The
+ * request still goes upstream as the client wrote it; the canonical form is only what routes
+ * and hooks look at (unless the route rewrites the path). path_prefix is a byte prefix, like
+ * nginx's `location /api`: "/api" also matches "/apix"; write "/api/" to mean the directory.
  */
 #include "router.h"
 
@@ -67,7 +70,159 @@ bool gw_router_host_matches(const char *pattern, gw_slice_t host)
     return name.len == plen && gw_router_ieq(pattern, name.p, plen);
 }
 
-int gw_router_match(const gw_config_t *cfg, int method, gw_slice_t host, gw_slice_t path)
+/* The unreserved characters of RFC 3986 §2.3: a percent-encoded one is the same character
+ * (§6.2.2.2), so it is decoded; anything else keeps its encoding. */
+static bool gw_router_unreserved(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+           c == '.' || c == '_' || c == '~';
+}
+
+static int gw_router_hex(unsigned char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = gw_router_lower(c);
+    return (c >= 'a' && c <= 'f') ? c - 'a' + 10 : -1;
+}
+
+ssize_t gw_router_canonical_path(gw_slice_t path, bool merge_slashes, bool decode_slash, char *out,
+                                 size_t cap)
+{
+    static const char hexdigits[] = "0123456789ABCDEF";
+    if (path.len == 0 || path.p[0] != '/')
+        return GW_ROUTER_EPATH;
+    /* The output is never longer than the input, and each byte is written only after the input
+     * bytes it stands for were read, so path.len bytes of `out` are always enough. */
+    if (cap < path.len)
+        return GW_ROUTER_ENOSPC;
+
+    size_t o = 0; /* bytes of finished segments in `out`, each with its leading '/' */
+    size_t i = 1; /* input position, just past a separator */
+    for (;;) {
+        /* One segment: decoded into out[o + 1 ..) behind its '/', then judged as a whole. */
+        size_t s = o + 1, w = s;
+        bool params = false, last = true;
+        out[o] = '/';
+        while (i < path.len) {
+            unsigned char ch = (unsigned char)path.p[i];
+            size_t step = 1;
+            bool keep_escape = false;
+            if (ch == '%') {
+                int hi = i + 2 < path.len ? gw_router_hex((unsigned char)path.p[i + 1]) : -1;
+                int lo = hi >= 0 ? gw_router_hex((unsigned char)path.p[i + 2]) : -1;
+                if (lo < 0)
+                    return GW_ROUTER_EESCAPE;
+                ch = (unsigned char)(hi * 16 + lo);
+                if (ch == 0)
+                    return GW_ROUTER_EESCAPE;
+                step = 3;
+                keep_escape = ch != '/' && ch != '\\' && !gw_router_unreserved(ch);
+            } else if (ch == ';') {
+                /* A path parameter ("/a;jsessionid=1/b"): servers that strip parameters see
+                 * "/a/b", so the canonical path does too. What follows is still checked. */
+                params = true;
+            }
+            if (ch == '/' || ch == '\\') {
+                /* A backslash (raw or encoded) and an encoded slash are separators to some
+                 * servers and plain bytes to others: refused, or taken as "/" when the route
+                 * says encoded_slash = "decode". */
+                if ((step == 3 || ch == '\\') && !decode_slash)
+                    return GW_ROUTER_ESLASH;
+                i += step;
+                last = false;
+                break;
+            }
+            if (!params) {
+                if (keep_escape) {
+                    out[w++] = '%';
+                    out[w++] = hexdigits[ch >> 4];
+                    out[w++] = hexdigits[ch & 15];
+                } else {
+                    out[w++] = (char)ch;
+                }
+            }
+            i += step;
+        }
+
+        size_t n = w - s;
+        if (n == 1 && out[s] == '.') {
+            /* "." is dropped; at the end it leaves the trailing "/" (RFC 3986 §5.2.4). */
+            if (last)
+                o++;
+        } else if (n == 2 && out[s] == '.' && out[s + 1] == '.') {
+            /* ".." removes the previous segment; at the root there is none, which is what keeps
+             * it from climbing above "/". */
+            while (o > 0 && out[o - 1] != '/')
+                o--;
+            if (o > 0)
+                o--;
+            if (last)
+                out[o++] = '/';
+        } else if (n == 0 && merge_slashes && !last) {
+            /* An empty segment inside the path: "//" counts as "/". A final empty segment is
+             * the trailing "/" and stays. */
+        } else {
+            o = w;
+        }
+        if (last)
+            break;
+    }
+    return (ssize_t)o;
+}
+
+/* Which canonical form a route matches on: one per combination of its path options. */
+static unsigned gw_router_form(const gw_route_cfg_t *r)
+{
+    return (r->merge_slashes ? 0u : 1u) | (r->decode_slash ? 2u : 0u);
+}
+
+size_t gw_router_scratch_size(const gw_config_t *cfg, size_t path_len)
+{
+    unsigned used = 0;
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        used |= 1u << gw_router_form(&cfg->routes[i]);
+    /* A route that refuses encoded slashes also looks at the decoded form (gw_router_match). */
+    used |= (used & 3u) << 2;
+    return (size_t)__builtin_popcount(used) * path_len;
+}
+
+void gw_router_path_init(gw_router_path_t *rp, gw_slice_t raw, char *scratch)
+{
+    memset(rp, 0, sizeof *rp);
+    rp->raw = raw;
+    rp->scratch = scratch;
+}
+
+static ssize_t gw_router_form_get(gw_router_path_t *rp, bool merge, bool decode, gw_slice_t *out)
+{
+    unsigned f = (merge ? 0u : 1u) | (decode ? 2u : 0u);
+    if (rp->form[f].p == NULL) {
+        char *dst = rp->scratch + rp->nforms * rp->raw.len;
+        ssize_t n = gw_router_canonical_path(rp->raw, merge, decode, dst, rp->raw.len);
+        if (n < 0)
+            return n;
+        rp->form[f] = GW_SLICE(dst, (size_t)n);
+        rp->nforms++;
+    }
+    *out = rp->form[f];
+    return (ssize_t)out->len;
+}
+
+ssize_t gw_router_path_for(gw_router_path_t *rp, const gw_route_cfg_t *route, gw_slice_t *out)
+{
+    return gw_router_form_get(rp, route->merge_slashes, route->decode_slash, out);
+}
+
+static bool gw_router_prefix_ok(const gw_route_cfg_t *r, gw_slice_t path)
+{
+    if (r->path_prefix == NULL)
+        return true;
+    size_t plen = strlen(r->path_prefix);
+    return path.len >= plen && memcmp(path.p, r->path_prefix, plen) == 0;
+}
+
+int gw_router_match(const gw_config_t *cfg, int method, gw_slice_t host, gw_router_path_t *rp)
 {
     for (size_t i = 0; i < cfg->nroutes; i++) {
         const gw_route_cfg_t *r = &cfg->routes[i];
@@ -76,90 +231,25 @@ int gw_router_match(const gw_config_t *cfg, int method, gw_slice_t host, gw_slic
             if (method < 0 || method >= 64 || !((r->methods >> method) & 1))
                 continue;
         }
-        if (r->path_prefix != NULL) {
-            size_t plen = strlen(r->path_prefix);
-            if (path.len < plen || memcmp(path.p, r->path_prefix, plen) != 0)
-                continue;
-        }
         if (!gw_router_host_matches(r->host, host))
             continue;
-        return (int)i;
-    }
-    return -1;
-}
-
-/* True when the segment p[0..n) is "." or "..", written plainly or with a percent-encoded dot
- * ("%2e", either case): RFC 3986 §6.2.2.2 makes "%2e" the same character as ".", and a backend
- * that decodes it would otherwise resolve a ".." the router never saw. Returns the dot count
- * (1 or 2), or 0 for any other segment. */
-static int gw_router_dot_segment(const char *p, size_t n)
-{
-    int dots = 0;
-    size_t i = 0;
-    while (i < n) {
-        if (p[i] == '.') {
-            i++;
-        } else if (n - i >= 3 && p[i] == '%' && p[i + 1] == '2' &&
-                   (p[i + 2] == 'e' || p[i + 2] == 'E')) {
-            i += 3;
-        } else {
-            return 0;
+        gw_slice_t path;
+        ssize_t rc = gw_router_path_for(rp, r, &path);
+        if (rc == GW_ROUTER_ESLASH) {
+            /* The route refuses encoded slashes. It refuses this request when the path, with
+             * them decoded, is one it would take (a backend that decodes "/admin%2Fx" serves
+             * "/admin/x", so falling through to a later route would bypass this one); paths
+             * it would not take go on to later routes, which may decode them. */
+            rc = gw_router_form_get(rp, r->merge_slashes, true, &path);
+            if (rc >= 0 && gw_router_prefix_ok(r, path))
+                return GW_ROUTER_ESLASH;
         }
-        if (++dots > 2)
-            return 0;
+        if (rc < 0)
+            return (int)rc;
+        if (gw_router_prefix_ok(r, path))
+            return (int)i;
     }
-    return dots;
-}
-
-ssize_t gw_router_normalize_path(gw_slice_t target, char *out, size_t cap, size_t *path_len)
-{
-    if (target.len == 0 || target.p[0] != '/')
-        return -1;
-
-    const char *q = memchr(target.p, '?', target.len);
-    size_t plen = q != NULL ? (size_t)(q - target.p) : target.len;
-    size_t o = 0; /* bytes in the output buffer */
-    size_t i = 0; /* the input buffer is target.p[i..plen); it always starts with '/' */
-
-    /* RFC 3986 §5.2.4, steps B, C and E; steps A and D cannot apply because the input always
-     * starts with "/". A "." or ".." that ends the input leaves the input as "/", which is
-     * then moved to the output: that is the trailing "/" of "/a/." and "/a/b/..". */
-    while (i < plen) {
-        size_t j = i + 1;
-        while (j < plen && target.p[j] != '/')
-            j++;
-
-        int dots = gw_router_dot_segment(target.p + i + 1, j - i - 1);
-        if (dots == 0) {
-            if (j - i > cap - o)
-                return -1;
-            memcpy(out + o, target.p + i, j - i);
-            o += j - i;
-        } else {
-            if (dots == 2) {
-                /* Remove the last output segment and its "/"; at the root there is nothing to
-                 * remove, which is what keeps ".." from climbing above "/". */
-                while (o > 0 && out[o - 1] != '/')
-                    o--;
-                if (o > 0)
-                    o--;
-            }
-            if (j == plen) {
-                if (o >= cap)
-                    return -1;
-                out[o++] = '/';
-            }
-        }
-        i = j;
-    }
-
-    if (path_len != NULL)
-        *path_len = o;
-    size_t qlen = target.len - plen;
-    if (qlen > cap - o)
-        return -1;
-    memcpy(out + o, target.p + plen, qlen);
-    return (ssize_t)(o + qlen);
+    return GW_ROUTER_NO_ROUTE;
 }
 
 ssize_t gw_router_rewrite(const gw_route_cfg_t *route, gw_slice_t target, char *out, size_t cap)

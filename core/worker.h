@@ -188,7 +188,10 @@ typedef struct gw_request {
     bool head_request;
     /* Lua hooks (lua_bridge.c); untouched when no hook runs. */
     bool lua_ran;          /* a hook ran: the Lua side holds per-request state (ctx) */
-    gw_slice_t up_path;    /* the path going upstream after the route's rewrite (no query) */
+    gw_slice_t raw_path;   /* the path as the client sent it (origin-form, no query) */
+    gw_slice_t raw_rest;   /* what followed raw_path in the target: "" or '?' and the query */
+    gw_slice_t up_path;    /* the canonical path after the route's rewrite (no query): what hooks
+                            * see, and what goes upstream when the route rewrites the path */
     gw_slice_t query;      /* the query, without '?' (empty if none) */
     gw_slice_t lua_path;   /* set by set_path / rewrite_path (arena), or .p == NULL */
     gw_slice_t lua_host;   /* a Host set by a hook */

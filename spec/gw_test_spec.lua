@@ -34,6 +34,17 @@ describe("gw.test", function()
             assert.are.equal("x=1&y=2", req:query())
         end)
 
+        it("takes the client's raw path apart from the canonical one", function()
+            local req = gwt.request{ path = "/admin/x?k=v", orig_path = "/%61dmin//x" }
+            assert.are.equal("/admin/x", req:path())
+            assert.are.equal("/%61dmin//x", req:orig_path())
+            assert.are.equal("k=v", req:query())
+            assert.has_error(function() gwt.request{ orig_path = "x" } end,
+                "gw.test.request: orig_path must be a string starting with \"/\"")
+            assert.has_error(function() gwt.request{ orig_path = 5 } end,
+                "gw.test.request: orig_path must be a string starting with \"/\"")
+        end)
+
         it("keeps the given fields", function()
             local req = gwt.request{ method = "POST", path = "/p", query = "q=1", host = "h.example",
                 client_ip = "10.0.0.1", id = "abc" }

@@ -330,8 +330,9 @@ end
 
 local req_methods = header_methods("req")
 
--- Accessors: method(), path() (what goes upstream, no query), orig_path() (as the client sent
--- it), query() (without '?', "" when none), host(), client_ip(), id() (the request id).
+-- Accessors: method(), path() (the canonical path, after strip_prefix/add_prefix and set_path;
+-- no query), orig_path() (the path exactly as the client sent it), query() (without '?', ""
+-- when none), host(), client_ip(), id() (the request id).
 function req_methods.method(self) return priv[self].method end
 function req_methods.path(self) return priv[self].path end
 function req_methods.orig_path(self) return priv[self].orig_path end
@@ -374,7 +375,10 @@ local req_mt = strict_mt("req", req_methods)
 
 --- Builds a request.
 -- @tparam table opts `method` ("GET"), `path` ("/"; a "?query" suffix is split off when
---   `query` is not given), `query` (""), `host` (the Host header, else "localhost"),
+--   `query` is not given; what req:path() returns, so write it in canonical form, as the
+--   gateway would give it), `orig_path` (what req:orig_path() returns: the client's bytes,
+--   e.g. "/%61pi//x" for the path "/api/x"; default: `path`), `query` (""), `host` (the Host
+--   header, else "localhost"),
 --   `headers` (name -> value, a value may be a list for repeats; or a list of {name, value}),
 --   `client_ip` ("127.0.0.1"), `id` (generated "test-N"), `ctx` (a table to share with a
 --   response), `tried` (a list of backend ids or urls already tried).
@@ -391,6 +395,10 @@ function M.request(opts)
         end
     end
     check_path(path, "gw.test.request", 2)
+    local orig_path = opts.orig_path or path
+    if type(orig_path) ~= "string" or sub(orig_path, 1, 1) ~= "/" then
+        error("gw.test.request: orig_path must be a string starting with \"/\"", 2)
+    end
     if type(query) ~= "string" then
         error("gw.test.request: query must be a string", 2)
     end
@@ -413,7 +421,7 @@ function M.request(opts)
         label = (opts.method or "GET") .. " " .. path,
         method = opts.method or "GET",
         path = path,
-        orig_path = path,
+        orig_path = orig_path,
         query = query,
         host = host,
         client_ip = opts.client_ip or "127.0.0.1",

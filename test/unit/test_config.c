@@ -242,7 +242,66 @@ static void test_full_config(void **state)
     assert_false(r->preserve_host);
     assert_null(r->request_headers.set);
     assert_int_equal(r->request_headers.nremove, 0);
+    /* Path handling defaults: merge "//", refuse encoded slashes, forward the client's bytes. */
+    assert_true(r->merge_slashes);
+    assert_false(r->decode_slash);
+    assert_false(r->normalize_path);
     gw_config_free(cfg);
+}
+
+static void test_route_path_options(void **state)
+{
+    (void)state;
+    gw_config_t *cfg = load_ok("return {\n" MINIMAL_UPSTREAMS
+                               "routes = { { upstream = 'api', merge_slashes = false,\n"
+                               "  encoded_slash = 'decode', normalize_path = true,\n"
+                               "  match = { path_prefix = '//a/' } },\n"
+                               " { upstream = 'api', encoded_slash = 'reject',\n"
+                               "  match = { path_prefix = '/b/' } } } }");
+    assert_false(cfg->routes[0].merge_slashes);
+    assert_true(cfg->routes[0].decode_slash);
+    assert_true(cfg->routes[0].normalize_path);
+    assert_true(cfg->routes[1].merge_slashes);
+    assert_false(cfg->routes[1].decode_slash);
+    assert_false(cfg->routes[1].normalize_path);
+    gw_config_free(cfg);
+
+#define PROUTE(x) "return {\n" MINIMAL_UPSTREAMS "routes = {\n { upstream = 'api',\n" x " } } }"
+    check_err(PROUTE("merge_slashes = 'no'"),
+              "gw.lua:5: routes[1].merge_slashes: expected boolean, got string");
+    check_err(PROUTE("normalize_path = 1"),
+              "gw.lua:5: routes[1].normalize_path: expected boolean, got number");
+    check_err(
+        PROUTE("encoded_slash = 'allow'"),
+        "gw.lua:5: routes[1].encoded_slash: expected \"reject\" or \"decode\", got \"allow\"");
+    check_err(PROUTE("encoded_slash = true"),
+              "gw.lua:5: routes[1].encoded_slash: expected string, got boolean");
+    /* A prefix that is not in canonical form could never match: say which one would. */
+    check_err(PROUTE("match = { path_prefix = '/%61pi/' }"),
+              "gw.lua:5: routes[1].match.path_prefix: \"/%61pi/\" never matches: requests are "
+              "matched on their canonical path; write \"/api/\"");
+    check_err(PROUTE("match = { path_prefix = '//api/' }"),
+              "gw.lua:5: routes[1].match.path_prefix: \"//api/\" never matches: requests are "
+              "matched on their canonical path; write \"/api/\"");
+    check_err(PROUTE("match = { path_prefix = '/a/../b' }"),
+              "gw.lua:5: routes[1].match.path_prefix: \"/a/../b\" never matches: requests are "
+              "matched on their canonical path; write \"/b\"");
+    check_err(PROUTE("match = { path_prefix = '/api;v=1/' }"),
+              "gw.lua:5: routes[1].match.path_prefix: \"/api;v=1/\" never matches: requests are "
+              "matched on their canonical path; write \"/api/\"");
+    check_err(PROUTE("match = { path_prefix = '/a%2fb' }"),
+              "gw.lua:5: routes[1].match.path_prefix: \"/a%2fb\" is not a valid path (a bad "
+              "%-escape, %00, or an encoded slash or backslash where encoded_slash is \"reject\")");
+    check_err(PROUTE("match = { path_prefix = '/a%zz' }"),
+              "gw.lua:5: routes[1].match.path_prefix: \"/a%zz\" is not a valid path (a bad "
+              "%-escape, %00, or an encoded slash or backslash where encoded_slash is \"reject\")");
+    check_err(PROUTE("encoded_slash = 'decode', match = { path_prefix = '/a%2fb' }"),
+              "gw.lua:5: routes[1].match.path_prefix: \"/a%2fb\" never matches: requests are "
+              "matched on their canonical path; write \"/a/b\"");
+#undef PROUTE
+    check_err("return {\n" MINIMAL_UPSTREAMS
+              "routes = {\n { respond = {}, normalize_path = true } } }",
+              "gw.lua:4: routes[1].normalize_path: only allowed on routes with an upstream");
 }
 
 static void test_defaults(void **state)
@@ -1033,6 +1092,7 @@ int main(void)
         cmocka_unit_test(test_bad_urls),
         cmocka_unit_test(test_bad_addresses),
         cmocka_unit_test(test_route_errors),
+        cmocka_unit_test(test_route_path_options),
         cmocka_unit_test(test_lua_errors),
         cmocka_unit_test(test_line_mapping),
         cmocka_unit_test(test_load_file_with_require),
