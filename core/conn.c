@@ -882,8 +882,10 @@ static const char *conn_path_error(int rc)
 }
 
 /* Extracts the origin-form path of the target. Absolute-form ("http://host/path") is accepted
- * as RFC 9112 §3.2.2 asks of servers; its authority replaces Host. */
-static bool conn_origin_target(gw_request_t *r, gw_slice_t *out)
+ * as RFC 9112 §3.2.2 asks of servers; its authority replaces Host. An absolute-form target with
+ * an empty path stands for "/" (RFC 9112 §3.2.1), query included: "http://h?q" is "/?q", written
+ * into the arena since the client's bytes have no '/' to point at. */
+static bool conn_origin_target(gw_request_t *r, gw_arena_t *arena, gw_slice_t *out)
 {
     gw_slice_t t = r->target;
     if (t.len && t.p[0] == '/') {
@@ -891,13 +893,20 @@ static bool conn_origin_target(gw_request_t *r, gw_slice_t *out)
         return true;
     }
     if (t.len > 7 && (gw_slice_ieq(GW_SLICE(t.p, 7), "http://"))) {
-        const char *auth = t.p + 7, *end = t.p + t.len;
-        const char *slash = memchr(auth, '/', (size_t)(end - auth));
-        const char *q = memchr(auth, '?', (size_t)(end - auth));
-        if (q && (!slash || q < slash))
-            slash = NULL;
-        r->host = GW_SLICE(auth, (size_t)((slash ? slash : end) - auth));
-        *out = slash ? GW_SLICE(slash, (size_t)(end - slash)) : GW_SLICE_LIT("/");
+        const char *auth = t.p + 7, *end = t.p + t.len, *p = auth;
+        while (p < end && *p != '/' && *p != '?')
+            p++;
+        r->host = GW_SLICE(auth, (size_t)(p - auth));
+        if (p == end || *p == '/') {
+            *out = p < end ? GW_SLICE(p, (size_t)(end - p)) : GW_SLICE_LIT("/");
+        } else {
+            char *s = gw_arena_alloc(arena, (size_t)(end - p) + 1);
+            if (!s)
+                return false;
+            s[0] = '/';
+            memcpy(s + 1, p, (size_t)(end - p));
+            *out = GW_SLICE(s, (size_t)(end - p) + 1);
+        }
         return r->host.len > 0;
     }
     return false;
@@ -965,7 +974,7 @@ static void conn_on_head(gw_conn_t *c)
     }
 
     gw_slice_t target;
-    if (!conn_origin_target(r, &target))
+    if (!conn_origin_target(r, &c->arena, &target))
         return conn_error(c, 400, "bad_request", "invalid request target");
     if (memchr(r->target.p, '#', r->target.len) != NULL)
         return conn_error(c, 400, "bad_request", "a request target must not have a fragment");

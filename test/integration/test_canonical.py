@@ -168,6 +168,16 @@ class CanonicalTest(GwTestCase):
                   "/caf%c3%a9", "/x?", "/x?a=/../b&c=%2F", "/?q", "/.."]:
             self.assertForwarded(t)
 
+    def test_absolute_form_goes_upstream_in_origin_form(self):
+        # RFC 9112 §3.2.2: the authority replaces Host; an empty path stands for "/", and the
+        # query stays with it.
+        for target, sent in [(b"http://files.test/x?q=1", b"/x?q=1"), (b"http://files.test", b"/"),
+                             (b"http://files.test?q=1", b"/?q=1"),
+                             (b"HTTP://files.test:80?a=/b", b"/?a=/b")]:
+            r, lines = self.exchange(b"GET " + target + b" HTTP/1.1\r\nHost: other\r\n\r\n")
+            self.assertEqual(r.status, 200, (target, r))
+            self.assertEqual(lines, [b"GET " + sent + b" HTTP/1.1"], target)
+
     def test_merge_slashes_off(self):
         self.assertForwarded("//raw//x")
         # With merging on (the catch-all), "/raw/x" is an ordinary path.
