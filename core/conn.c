@@ -14,6 +14,11 @@
  * Lifetime: gw_conn_close is idempotent and frees the connection only in the last of its three
  * close callbacks. A write callback may run with UV_ECANCELED after close: it checks the state.
  * Nothing calls into a connection after its close began except those callbacks.
+ *
+ * A request ends exactly once, in conn_request_end, which both ways out go through: its response
+ * completed (gw_conn_request_done), or its connection closed under it (gw_conn_close, whoever
+ * called it). That is where it is counted, logged and handed to on_log, and where its Lua state
+ * goes, so no end path can forget one of them.
  */
 #include <arpa/inet.h>
 #include <stdio.h>
@@ -34,6 +39,8 @@ static void conn_update_reading(gw_conn_t *c);
 static void conn_start_request(gw_conn_t *c);
 static void conn_error(gw_conn_t *c, int status, const char *code, const char *message);
 static void conn_finish_close(gw_conn_t *c);
+static void conn_close(gw_conn_t *c, int unanswered);
+static void conn_request_end(gw_conn_t *c, int unanswered);
 
 static uint64_t now_ms(gw_conn_t *c)
 {
@@ -425,6 +432,8 @@ static void conn_on_write(uv_write_t *req, int status)
     if (c->state == GW_CS_CLOSING)
         return;
     if (status < 0) {
+        /* libuv does not say how much of a failed batch went out: none of it counts as sent. */
+        c->req.bytes_out -= c->write_queued;
         gw_log_debug("client %s: write failed: %s", c->client_ip, uv_strerror(status));
         gw_proxy_abort(c);
         gw_conn_close(c);
@@ -458,22 +467,26 @@ int gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned nbufs, void (*cb)
     size_t total = 0;
     for (unsigned i = 0; i < nbufs; i++)
         total += bufs[i].len;
-    c->req.bytes_out += total;
     int n = c->writes_pending ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
-    if (n >= 0 && (size_t)n == total)
+    if (n >= 0 && (size_t)n == total) {
+        c->req.bytes_out += total;
         return 1;
+    }
     if (n < 0 && n != UV_EAGAIN)
         return n;
+    size_t done = n > 0 ? (size_t)n : 0;
     c->write_cb = cb;
     c->writes_pending++;
     c->write_since_ms = now_ms(c);
-    int rc = gw_write_rest(&c->wreq, (uv_stream_t *)&c->tcp, bufs, nbufs, n > 0 ? (size_t)n : 0,
-                           conn_on_write);
+    int rc = gw_write_rest(&c->wreq, (uv_stream_t *)&c->tcp, bufs, nbufs, done, conn_on_write);
     if (rc != 0) {
         c->writes_pending--;
         c->write_cb = NULL;
+        c->req.bytes_out += done;
         return rc;
     }
+    c->req.bytes_out += total;
+    c->write_queued = total - done;
     gw_conn_arm_timer(c);
     return 0;
 }
@@ -512,10 +525,18 @@ static void conn_on_close(uv_handle_t *h)
 
 void gw_conn_close(gw_conn_t *c)
 {
+    conn_close(c, 499);
+}
+
+/* Closes the connection; a request still open on it ends as an aborted one, logged with
+ * `unanswered` if no response head went out (see conn_request_end). */
+static void conn_close(gw_conn_t *c, int unanswered)
+{
     if (c->state == GW_CS_CLOSING)
         return;
     if (c->up)
         gw_proxy_abort(c);
+    conn_request_end(c, unanswered);
     c->state = GW_CS_CLOSING;
     c->pending_closes = 3;
     uv_close((uv_handle_t *)&c->tcp, conn_on_close);
@@ -572,17 +593,53 @@ static void conn_make_request_id(gw_conn_t *c)
     r->request_id = GW_SLICE(id, 32);
 }
 
-static void conn_log_and_count(gw_conn_t *c)
+/* True when all the current request's bytes so far are CR or LF. */
+static bool conn_only_blank_lines(const gw_conn_t *c)
+{
+    for (size_t i = c->head_start; i < c->in_len; i++)
+        if (c->in[i] != '\r' && c->in[i] != '\n')
+            return false;
+    return true;
+}
+
+/* Ends the current request, on every path and exactly once: from gw_conn_request_done when its
+ * response is complete (`unanswered` 0), or from conn_close when the connection closes under it
+ * (the client went away or stopped reading, a timeout, a backend failing mid-response, a drain
+ * running out). It settles the status, counts the request, runs on_log and frees its Lua state
+ * (gw_lua_request_end), and writes its access-log line.
+ *
+ * An aborted request keeps the status it was sent when a response head went out (bytes_out
+ * then says how much of the response did); otherwise it is logged with `unanswered` (499 for a
+ * client that closed first, as nginx logs it), or 400 if even its head was incomplete. */
+static void conn_request_end(gw_conn_t *c, int unanswered)
 {
     gw_request_t *r = &c->req;
     gw_worker_t *w = c->w;
     const gw_config_t *cfg = w->cfg;
+    if (!r->open)
+        return;
+    r->open = false;
+    if (c->writes_pending) {
+        /* What libuv still holds never reached the client. */
+        size_t unsent = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+        r->bytes_out -= GW_MIN(r->bytes_out, unsent);
+    }
+    if (unanswered && !(r->response_started && r->bytes_out > 0)) {
+        if (c->state == GW_CS_HEAD && conn_only_blank_lines(c))
+            return; /* no request began: blank lines before one are ignored (RFC 9112 §2.2) */
+        r->status = c->state == GW_CS_HEAD ? 400 : unanswered;
+        r->lua_status = 0; /* what on_response set was not sent: res:status() says what is logged */
+        if (!r->method_name.p)
+            r->method_name = GW_SLICE_LIT("-");
+        if (!r->request_id.p)
+            conn_make_request_id(c);
+    }
     uint64_t dur_ns = gw_now_ns() - r->start_ns;
     size_t row = r->route >= 0 ? (size_t)r->route : cfg->nroutes;
     GW_COUNTER_INC(w->metrics->requests[row][gw_status_class(r->status)]);
     gw_histogram_observe(&w->metrics->request_duration[row], dur_ns / 1000);
-    if (w->lua && (r->lua_ran || gw_lua_has_hook(c, GW_HOOK_ON_LOG)))
-        gw_lua_on_log(w->lua, c);
+    if (w->lua && (r->lua_id || gw_lua_has_hook(c, GW_HOOK_ON_LOG)))
+        gw_lua_request_end(w->lua, c);
     if (!gw_access_log_enabled())
         return;
     struct timespec ts;
@@ -640,7 +697,7 @@ static void conn_next_request(gw_conn_t *c)
 void gw_conn_request_done(gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
-    conn_log_and_count(c);
+    conn_request_end(c, 0);
     c->served = true;
     bool reusable = !r->close_after && r->keep_alive && r->body_done && !r->is_upgrade &&
                     !c->w->draining && c->up == NULL;
@@ -723,7 +780,7 @@ static void conn_send(gw_conn_t *c, int status, const char *content_type, gw_sli
         gw_buf_append_str(&h, "Connection: keep-alive\r\n");
     gw_buf_append(&h, "\r\n", 2);
     if (h.oom) {
-        gw_conn_close(c);
+        conn_close(c, 500); /* out of memory: no answer */
         return;
     }
     uv_buf_t bufs[2] = {uv_buf_init(h.p, (unsigned)h.len), uv_buf_init((char *)body.p, (unsigned)body.len)};
@@ -751,7 +808,7 @@ void gw_conn_respond_error(gw_conn_t *c, int status, const char *code, const cha
     gw_buf_append(&b, esc, gw_json_escape(r->request_id, esc, sizeof esc));
     gw_buf_append_str(&b, "\"}\n");
     if (b.oom) {
-        gw_conn_close(c);
+        conn_close(c, 500); /* out of memory: no answer */
         return;
     }
     static const gw_header_kv_t retry_after = {"Retry-After", "1"};
@@ -917,7 +974,7 @@ static void conn_respond_static(gw_conn_t *c, const gw_route_cfg_t *route)
     const gw_respond_cfg_t *rs = &route->respond;
     gw_header_kv_t *extra = gw_arena_alloc(&c->arena, (rs->nheaders + 1) * sizeof *extra);
     if (!extra) {
-        gw_conn_close(c);
+        conn_close(c, 500); /* out of memory: no answer */
         return;
     }
     const char *ctype = "text/plain; charset=utf-8";
@@ -1037,6 +1094,7 @@ static void conn_process(gw_conn_t *c)
     if (c->state == GW_CS_IDLE) {
         c->head_start = c->parsed;
         c->req.start_ns = gw_now_ns();
+        c->req.open = true;
         conn_set_state(c, GW_CS_HEAD);
     }
     llhttp_errno_t e = llhttp_execute(&c->parser, c->in + c->parsed, c->in_len - c->parsed);
@@ -1201,7 +1259,9 @@ void gw_conn_close_all(gw_worker_t *w)
     gw_link_t *l = w->conns.next;
     while (l != &w->conns) {
         gw_link_t *next = l->next;
-        gw_conn_close(GW_CONTAINER_OF(l, gw_conn_t, link));
+        /* The gateway gives up on what it had not answered yet (a stop, or the end of a drain):
+         * that is a 503 in the log, not the client's doing. */
+        conn_close(GW_CONTAINER_OF(l, gw_conn_t, link), 503);
         l = next;
     }
 }

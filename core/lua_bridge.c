@@ -5,7 +5,12 @@
  * registry (luaL_ref) for the life of the worker: `global[h]` for the top-level `hooks` table and
  * `route[i * GW_HOOK_COUNT + h]` per route, LUA_NOREF where there is none. The runners
  * gw._on_request / gw._rewrite_path / gw._on_response / gw._end (lua/gw/init.lua) are referenced
- * too, so a call is: push traceback handler, runner, hook, request pointer; lua_pcall.
+ * too, so a call is: push traceback handler, runner, hook, request id; lua_pcall.
+ *
+ * Per-request state: the first Lua call of a request gives it an id from the worker's counter
+ * (never reused, unlike the connection's address, which a later connection may get), and Lua
+ * keeps req.ctx under that id. gw_lua_request_end drops it; conn.c calls that exactly once per
+ * request, however the request ended, so nothing of a request outlives it in the Lua heap.
  *
  * Errors: a hook error is logged with route, hook and traceback and counted in
  * gw_lua_errors_total{route,hook}; the request gets a 500 with a generic body (never the Lua
@@ -36,6 +41,7 @@ struct gw_lua {
     int *strategy; /* [nupstreams]: the Lua strategy table, or LUA_NOREF */
     int *metas;    /* [nupstreams]: a list of the backends' meta tables */
     int run_make_view, run_pick, run_result, run_changed;
+    uint64_t last_id; /* the last request id handed out (gw_request_t.lua_id) */
 };
 
 static const char *const hook_names[GW_HOOK_COUNT] = {"on_request", "rewrite_path", "on_response",
@@ -179,6 +185,25 @@ static void lua_static_metas(lua_State *L, int ut, size_t nbackends)
     lua_pop(L, 1);
 }
 
+/* Publishes the size of the worker's Lua heap (gw_lua_memory_bytes): two field reads, cheap
+ * enough for the end of every request that ran Lua, which is when it can have changed. */
+static void bridge_publish_memory(gw_lua_t *lua)
+{
+    uint64_t bytes =
+        (uint64_t)lua_gc(lua->L, LUA_GCCOUNT, 0) * 1024 + (uint64_t)lua_gc(lua->L, LUA_GCCOUNTB, 0);
+    GW_RELAXED_STORE(lua->w->metrics->lua_memory_bytes, bytes);
+}
+
+/* Pushes the request's id (the key of its ctx), giving it one at its first Lua call. A double
+ * holds every id exactly up to 2^53: centuries at a million requests a second. */
+static void bridge_push_request(gw_lua_t *lua, gw_conn_t *c)
+{
+    gw_request_t *r = &c->req;
+    if (!r->lua_id)
+        r->lua_id = ++lua->last_id;
+    lua_pushnumber(lua->L, (lua_Number)r->lua_id);
+}
+
 int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
 {
     const gw_config_t *cfg = w->cfg;
@@ -251,6 +276,7 @@ int gw_lua_new(gw_worker_t *w, gw_lua_t **out, char **err)
             }
     lua_sandbox(L);
     lua_gc(L, LUA_GCCOLLECT, 0);
+    bridge_publish_memory(lua);
     *out = lua;
     return 0;
 fail:
@@ -360,9 +386,8 @@ int gw_lua_strategy_pick(gw_lua_t *lua, uint32_t u, int view_ref, int state_ref,
     lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_pick);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lua->strategy[u]);
     lua_rawgeti(L, LUA_REGISTRYINDEX, view_ref);
-    lua_pushlightuserdata(L, c);
+    bridge_push_request(lua, c);
     lua_rawgeti(L, LUA_REGISTRYINDEX, state_ref);
-    c->req.lua_ran = true;
     int idx = -1;
     gw_conn_t *prev = gw_ffi_current;
     gw_ffi_current = c;
@@ -420,12 +445,11 @@ static int bridge_call(gw_lua_t *lua, gw_conn_t *c, int runner, int fn, int h)
 {
     lua_State *L = lua->L;
     gw_request_t *r = &c->req;
-    r->lua_ran = true;
     int base = lua_gettop(L);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lua->tb);
     lua_rawgeti(L, LUA_REGISTRYINDEX, runner);
     lua_rawgeti(L, LUA_REGISTRYINDEX, fn);
-    lua_pushlightuserdata(L, c);
+    bridge_push_request(lua, c);
     gw_conn_t *prev = gw_ffi_current;
     gw_ffi_current = c;
     uint64_t t0 = gw_now_ns();
@@ -488,17 +512,19 @@ int gw_lua_on_response(gw_lua_t *lua, gw_conn_t *c)
     return bridge_run(lua, c, GW_HOOK_ON_RESPONSE, lua->run_response);
 }
 
-void gw_lua_on_log(gw_lua_t *lua, gw_conn_t *c)
+void gw_lua_request_end(gw_lua_t *lua, gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
     bridge_run(lua, c, GW_HOOK_ON_LOG, lua->run_response); /* after the fact: errors only count */
-    if (r->lua_ran) {
-        lua_State *L = lua->L;
-        lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_end);
-        lua_pushlightuserdata(L, c);
-        if (lua_pcall(L, 1, 0, 0) != 0)
-            lua_pop(L, 1);
-    }
+    if (!r->lua_id)
+        return;
+    lua_State *L = lua->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lua->run_end);
+    lua_pushnumber(L, (lua_Number)r->lua_id);
+    if (lua_pcall(L, 1, 0, 0) != 0)
+        lua_pop(L, 1);
+    r->lua_id = 0;
+    bridge_publish_memory(lua);
 }
 
 /* ---- membership hooks on the main thread ---- */

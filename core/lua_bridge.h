@@ -46,8 +46,11 @@ int gw_lua_on_request(gw_lua_t *lua, gw_conn_t *c);
  * change). Returns GW_LUA_CONTINUE or GW_LUA_FAILED. */
 int gw_lua_on_response(gw_lua_t *lua, gw_conn_t *c);
 
-/** Runs the on_log hooks after the response, then drops the request's Lua state (ctx). */
-void gw_lua_on_log(gw_lua_t *lua, gw_conn_t *c);
+/** The request ended, answered or not (its status is final: 499 when the client went away
+ * first): runs the on_log hooks, drops the request's Lua state (req.ctx) and publishes the
+ * worker's Lua heap size. conn.c calls it exactly once per request that ran Lua or has an on_log
+ * hook, on every end path. */
+void gw_lua_request_end(gw_lua_t *lua, gw_conn_t *c);
 
 /* One backend as a Lua strategy's view reads it (lua/gw/init.lua declares the same struct).
  * The C side refreshes the array before each pick; Lua reads fields straight from it. */

@@ -6,8 +6,8 @@
  * outside the request arena, and every string handed back to Lua is copied by Lua (ffi.string)
  * before C memory can change.
  *
- * `p` is the gw_conn_t of the request whose hook is running; Lua receives it as a lightuserdata
- * for the duration of one hook call only (lua_bridge.c), so it never outlives the request.
+ * The request is the one whose hook is running (gw_ffi_current below): Lua never holds a pointer
+ * to it, only its id (the key of req.ctx, lua_bridge.c), so nothing in Lua can outlive it.
  *
  * The binary exports these symbols (CMake ENABLE_EXPORTS); gw_ffi_keep in lua_bridge.c references
  * every one, so the linker keeps this object even though no C code calls them.

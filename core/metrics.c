@@ -636,7 +636,8 @@ static void gw_render_prequal(const gw_render_ctx_t *x)
     }
 }
 
-/* gw_lua_errors_total / gw_lua_slow_total{route,hook}: only when the config has Lua. */
+/* gw_lua_errors_total / gw_lua_slow_total{route,hook}, the strategy counters and
+ * gw_lua_memory_bytes{worker}: only when the config has Lua. */
 static void gw_render_lua(const gw_render_ctx_t *x)
 {
     static const char *const hooks[GW_HOOK_COUNT] = {"on_request", "rewrite_path", "on_response",
@@ -686,6 +687,13 @@ static void gw_render_lua(const gw_render_ctx_t *x)
             gw_mbuf_printf(x->b, "} %" PRIu64 "\n", v);
         }
     }
+    /* Per worker, not summed: each worker has its own state, and a leak shows in one of them. */
+    gw_mbuf_family(x->b, "gw_lua_memory_bytes", "gauge",
+                   "Bytes in the worker's Lua heap (collectgarbage count), as of the end of its "
+                   "last request that ran Lua.");
+    for (size_t k = 0; k < x->nshards; k++)
+        gw_mbuf_printf(x->b, "gw_lua_memory_bytes{worker=\"%zu\"} %" PRIu64 "\n", k,
+                       GW_RELAXED_LOAD(x->shards[k]->lua_memory_bytes));
 }
 
 /* gw_upstream_backends{upstream} and gw_registrations_total{upstream,event}. */

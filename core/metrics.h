@@ -66,6 +66,7 @@ typedef struct gw_metrics_shard {
     uint64_t *lua_slow;                      /* [(nroutes + 1) * GW_HOOK_COUNT] */
     uint64_t *lua_strategy_errors;           /* [nupstreams]: errors and invalid picks */
     uint64_t *lua_strategy_slow;             /* [nupstreams]: picks slower than GW_LUA_SLOW_NS */
+    uint64_t lua_memory_bytes;               /* gauge: the worker's Lua heap at its last request end */
 } gw_metrics_shard_t;
 
 /** Allocates a zeroed shard sized for `cfg`. Aborts on OOM (control structure). */

@@ -172,8 +172,9 @@ typedef struct gw_request {
     uint64_t start_ns;     /* head complete */
     uint64_t upstream_start_ns; /* request head sent to the backend */
     uint64_t upstream_head_ns;  /* response head received from the backend */
+    bool open;             /* begun (its first byte arrived) and not ended (conn.c) */
     int status;            /* status sent to the client */
-    uint64_t bytes_out;
+    uint64_t bytes_out;    /* response bytes handed to the socket; at its end, those sent */
     gw_backend_t *backend; /* last backend tried, NULL if none */
     gw_buf_t up_head;      /* the serialised head sent upstream */
     uint64_t tried[GW_MAX_UPSTREAM_BACKENDS / 64]; /* tried backends (and absent slots) by slot */
@@ -187,7 +188,7 @@ typedef struct gw_request {
     bool close_after;      /* close the client connection after this response */
     bool head_request;
     /* Lua hooks (lua_bridge.c); untouched when no hook runs. */
-    bool lua_ran;          /* a hook ran: the Lua side holds per-request state (ctx) */
+    uint64_t lua_id;       /* the request's id in Lua (key of req.ctx), 0 until Lua first runs */
     gw_slice_t raw_path;   /* the path as the client sent it (origin-form, no query) */
     gw_slice_t raw_rest;   /* what followed raw_path in the target: "" or '?' and the query */
     gw_slice_t up_path;    /* the canonical path after the route's rewrite (no query): what hooks
@@ -223,6 +224,7 @@ struct gw_conn {
     uint64_t state_since_ms; /* loop time when the current state began (timers) */
     uint64_t write_since_ms; /* loop time when the pending client write began */
     uint32_t writes_pending;
+    size_t write_queued;   /* bytes of the pending batch that libuv had left to write */
     uint32_t pending_closes;
     bool reading;
     bool header_value_done; /* the last header value callback was completed (obs-fold check) */
@@ -253,6 +255,9 @@ void gw_conn_drain_all(gw_worker_t *w);
 void gw_conn_close_all(gw_worker_t *w);
 
 /* The response side calls back into the connection (proxy.c -> conn.c). */
+/** Closes the connection (idempotent). A request still open on it ends here, exactly once, as
+ * an aborted one: logged, counted and given to on_log with the status it was sent, or 499 when
+ * no response head went out (the client went away, or stopped reading). */
 void gw_conn_close(gw_conn_t *c);
 /** Writes `bufs` to the client as one batch. Returns 1 when the kernel took everything at once
  * (`cb` is not called: the caller goes on), 0 when the rest was queued (`cb` runs when it is
@@ -268,7 +273,8 @@ int gw_write_rest(uv_write_t *req, uv_stream_t *s, const uv_buf_t *bufs, unsigne
                   uv_write_cb cb);
 /** Sends a gateway-generated JSON error (DESIGN §7) and ends the request. */
 void gw_conn_respond_error(gw_conn_t *c, int status, const char *code, const char *message);
-/** The response is complete: log, count, then keep-alive or close. */
+/** The response is complete: log, count, then keep-alive or close. (A request that ends any
+ * other way ends when its connection closes: gw_conn_close logs and counts it.) */
 void gw_conn_request_done(gw_conn_t *c);
 /** Resumes reading the request body from the client (after the upstream is connected). */
 void gw_conn_resume_body(gw_conn_t *c);

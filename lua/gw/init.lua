@@ -3,10 +3,11 @@
 -- LuaJIT can compile; nothing here builds a table per request unless the hook asks for one
 -- (`req:headers()`, `req.ctx`).
 --
--- The worker's C side calls the `gw._on_*` runners below with the hook function and the request
--- pointer (a lightuserdata, used only as the key of req.ctx). The C functions find the request
--- themselves (the worker sets it around each call), so `_p` stays nil: no pointer is cast, and
--- the calls stay on a JIT trace. One `req` and one `res` object per worker are reused for every
+-- The worker's C side calls the `gw._on_*` runners below with the hook function and the request's
+-- id: a number the worker gives each request that runs Lua and never reuses, the key of req.ctx.
+-- gw._end(id) drops that ctx on every way a request ends, aborted ones included. The C functions
+-- find the request themselves (the worker sets it around each call), so `_p` stays nil: no
+-- pointer is cast, and the calls stay on a JIT trace. One `req` and one `res` object per worker are reused for every
 -- request: hooks run one at a time and cannot yield.
 --
 -- lua/gw/test.lua implements the same API without the binary, for unit tests of hooks and
@@ -84,16 +85,16 @@ function gw.now()
     return C.gw_ffi_now()
 end
 
--- Per-request context tables, kept until the request ends (gw._end). ---------------------------
+-- Per-request context tables, by request id, kept until the request ends (gw._end). -----------
 
 local ctxs = {}
 
 local function ctx_of(self)
-    local p = self._key
-    local t = ctxs[p]
+    local id = self._key
+    local t = ctxs[id]
     if not t then
         t = {}
-        ctxs[p] = t
+        ctxs[id] = t
     end
     return t
 end
@@ -297,8 +298,8 @@ local req = setmetatable({}, req_mt)
 local res = setmetatable({}, res_mt)
 
 --- Runs an on_request hook. Returns 1 when the hook answered the request, 0 to go on.
-function gw._on_request(fn, p)
-    req._key = p
+function gw._on_request(fn, id)
+    req._key = id
     req._responded = false
     local status, body, headers = fn(req)
     if status == RESPONDED or req._responded then
@@ -315,8 +316,8 @@ function gw._on_request(fn, p)
 end
 
 --- Runs a rewrite_path hook: it gets the path about to go upstream and may return a new one.
-function gw._rewrite_path(fn, p)
-    req._key = p
+function gw._rewrite_path(fn, id)
+    req._key = id
     local path = fn(req:path(), req)
     if path ~= nil then
         local ok, err = req:set_path(path)
@@ -328,8 +329,8 @@ function gw._rewrite_path(fn, p)
 end
 
 --- Runs an on_response or on_log hook.
-function gw._on_response(fn, p)
-    res._key = p
+function gw._on_response(fn, id)
+    res._key = id
     fn(res)
     return 0
 end
@@ -447,8 +448,8 @@ setmetatable(gw.strategy, {
 })
 
 --- Runs strategy.pick(view, req, state). Returns the 0-based index of the backend, or raises.
-function gw._strategy_pick(strategy, view, p, state)
-    req._key = p
+function gw._strategy_pick(strategy, view, id, state)
+    req._key = id
     local items = views[view]
     if #view ~= #items or view[1] ~= items[1] then
         for i = 1, #items do
@@ -476,9 +477,10 @@ function gw._strategy_result(strategy, view, idx, status, latency_ms, ok, state)
     end
 end
 
---- The request ended: its ctx goes.
-function gw._end(p)
-    ctxs[p] = nil
+--- The request ended (answered, or aborted: the worker calls this on every end path): its ctx
+--- goes.
+function gw._end(id)
+    ctxs[id] = nil
 end
 
 return gw

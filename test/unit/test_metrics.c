@@ -286,6 +286,24 @@ static void test_render_process(void **state)
     free(text);
 }
 
+/* The Lua heap gauge: one sample per worker (a leak shows in one state, a sum would hide where),
+ * and nothing at all in a config without Lua. */
+static void test_render_lua_memory(void **state)
+{
+    fixture_t *f = *state;
+    f->shards[0]->lua_memory_bytes = 120 * 1024;
+    f->shards[1]->lua_memory_bytes = 98765;
+    char *text = render(f, f->backends);
+    assert_no_line_prefix(text, "gw_lua_memory_bytes");
+    free(text);
+    f->cfg.uses_lua = true;
+    text = render(f, f->backends);
+    assert_line(text, "# TYPE gw_lua_memory_bytes gauge");
+    assert_line(text, "gw_lua_memory_bytes{worker=\"0\"} 122880");
+    assert_line(text, "gw_lua_memory_bytes{worker=\"1\"} 98765");
+    free(text);
+}
+
 /* Every sample line belongs to the family announced by the closest # TYPE line above it. */
 static void test_render_families(void **state)
 {
@@ -319,6 +337,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_render_histogram, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_upstreams, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_process, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_render_lua_memory, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_families, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
