@@ -56,9 +56,17 @@ def routes():
     return [
         {"name": "stats", "match": {"path_prefix": "/_stats"}, "respond": {"status": 204},
          "on_request": Lua("report")},
+        {"name": "app-cut", "match": {"path_prefix": "/cut"}, "upstream": "cut",
+         "on_request": Lua("mark"), "on_log": Lua("on_log")},
         {"name": "app", "match": {"path_prefix": "/"}, "upstream": "u",
          "on_request": Lua("mark"), "on_log": Lua("on_log")},
     ]
+
+
+def cut_short(conn):
+    """A backend that dies in the middle of its response body."""
+    conn.read_request()
+    conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 30000)
 
 
 def rst_close(sock):
@@ -75,8 +83,10 @@ class LuaCtxTest(GwTestCase):
 
     def start(self, upstream=None, **cfg):
         self.b = self.backend("b1")
+        cut = self.raw_server(cut_short)
         config = basic_config(
-            upstreams={"u": upstream_cfg(self.b.url, retries={"max": 0}, **(upstream or {}))},
+            upstreams={"u": upstream_cfg(self.b.url, retries={"max": 0}, **(upstream or {})),
+                       "cut": upstream_cfg(cut.url, retries={"max": 0})},
             routes=routes(), workers=1, **cfg)
         self.gw = self.gateway(config, prelude=PRELUDE)
         return self.gw
@@ -100,7 +110,7 @@ class LuaCtxTest(GwTestCase):
         out = []
         for line in self.gw.access_log_lines():
             e = json.loads(line)
-            if e["route"] == "app":
+            if e["route"].startswith("app"):
                 out.append(e)
         return out
 
@@ -217,7 +227,7 @@ class LuaCtxTest(GwTestCase):
                                     5), True)
 
     def test_every_end_path_logs_once(self):
-        gw = self.start(upstream={"timeouts": {"read_ms": 1500}},
+        gw = self.start(upstream={"timeouts": {"read_ms": 4000}},
                         timeouts={"send_ms": 300, "drain_ms": 600})
 
         def rid(tag):
@@ -227,24 +237,31 @@ class LuaCtxTest(GwTestCase):
         st, _, _ = http_request(gw.port, "GET", "/headers", headers=dict(rid("hookerr"),
                                                                         **{"X-Explode": "1"}))
         self.assertEqual(st, 500)
+        # A backend that fails in the middle of the body: the status it had sent, and the
+        # bytes that went out.
+        c = Client(gw.port)
+        c.request("GET", "/cut", headers=rid("upcut"))
+        data = c.read_until_close(5)
+        self.assertIn(b" 200 ", data[:20])
+        c.close()
         # An upstream timeout: 504.
-        st, _, _ = http_request(gw.port, "GET", "/delay/5000", headers=rid("uptimeout"))
+        st, _, _ = http_request(gw.port, "GET", "/delay/20000", headers=rid("uptimeout"))
         self.assertEqual(st, 504)
         # A client that stops reading a large response: the send timeout closes it.
         c = Client(gw.port, rcvbuf=4096)
         c.request("GET", "/bytes/%d" % BIG, headers=rid("sendtimeout"))
-        self.wait_stats("logs", 3)
+        self.wait_stats("logs", 4)
         c.close()
         # A reload while two requests wait for the backend: the old worker's drain runs out
-        # (drain_ms 600 < the backend's 1.4 s < read_ms) and gives up on them: 503, not the
+        # (drain_ms 600 < the backend's 3 s < read_ms) and gives up on them: 503, not the
         # client's doing.
         held = []
         for tag in ("drain1", "drain2"):
             s = socket.create_connection((HOST, gw.port))
-            s.sendall(("GET /delay/1400 HTTP/1.1\r\nHost: x\r\nX-Request-Id: %s\r\n\r\n"
+            s.sendall(("GET /delay/3000 HTTP/1.1\r\nHost: x\r\nX-Request-Id: %s\r\n\r\n"
                        % rid(tag)["X-Request-Id"]).encode())
             held.append(s)
-        self.wait_stats("requests", 5)
+        self.wait_stats("requests", 6)
         st, _, body = post(gw.admin_port, "/reload")
         self.assertEqual(st, 200, body)
         for s in held:
@@ -266,8 +283,8 @@ class LuaCtxTest(GwTestCase):
         st, _, _ = http_request(gw.port, "GET", "/headers", headers=rid("after"))
         self.assertEqual(st, 200)
 
-        want = {"hookerr": 500, "uptimeout": 504, "sendtimeout": 200, "drain1": 503,
-                "drain2": 503, "after": 200}
+        want = {"hookerr": 500, "upcut": 200, "uptimeout": 504, "sendtimeout": 200,
+                "drain1": 503, "drain2": 503, "after": 200}
 
         def by_id():
             got = {}
@@ -282,9 +299,11 @@ class LuaCtxTest(GwTestCase):
             self.assertEqual(got[tag][0]["status"], status, got[tag])
         self.assertEqual(len(self.app_lines()), len(want))
         others = [json.loads(l) for l in gw.access_log_lines()]
-        others = [e for e in others if e["route"] not in ("app", "stats")]
+        others = [e for e in others if not e["route"].startswith("app") and e["route"] != "stats"]
         self.assertEqual([(e["request_id"], e["status"], e["target"]) for e in others],
                          [("partialhead", 400, "/partial")])
+        self.assertGreater(got["upcut"][0]["bytes_out"], 30000)
+        self.assertLess(got["upcut"][0]["bytes_out"], 100000)
         self.assertGreater(got["sendtimeout"][0]["bytes_out"], 0)
         self.assertLess(got["sendtimeout"][0]["bytes_out"], BIG)
         # on_log ran once for each of them (the drained ones in the old worker's Lua state).
