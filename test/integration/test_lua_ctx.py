@@ -12,8 +12,10 @@ out at a reload) and checks each request is logged and given to on_log exactly o
 
 import json
 import os
+import shutil
 import socket
 import struct
+import subprocess
 import sys
 import time
 
@@ -225,6 +227,12 @@ class LuaCtxTest(GwTestCase):
         # The backend saw every upstream connection of an aborted request close.
         self.assertEqual(wait_until(lambda: metric_value(gw.metrics(), "gw_upstream_in_flight") == 0,
                                     5), True)
+        # The exposition with the Lua families still passes promtool.
+        promtool = shutil.which("promtool")
+        if promtool:
+            p = subprocess.run([promtool, "check", "metrics"], input=text.encode(),
+                               capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
 
     def test_every_end_path_logs_once(self):
         gw = self.start(upstream={"timeouts": {"read_ms": 4000}},
