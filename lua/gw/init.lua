@@ -7,8 +7,8 @@
 -- id: a number the worker gives each request that runs Lua and never reuses, the key of req.ctx.
 -- gw._end(id) drops that ctx on every way a request ends, aborted ones included. The C functions
 -- find the request themselves (the worker sets it around each call), so `_p` stays nil: no
--- pointer is cast, and the calls stay on a JIT trace. One `req` and one `res` object per worker are reused for every
--- request: hooks run one at a time and cannot yield.
+-- pointer is cast, and the calls stay on a JIT trace. One `req` and one `res` object per worker
+-- are reused for every request: hooks run one at a time and cannot yield.
 --
 -- lua/gw/test.lua implements the same API without the binary, for unit tests of hooks and
 -- strategies; spec/contract_spec.lua keeps the two in step.
