@@ -130,9 +130,11 @@ class LuaCtxTest(GwTestCase):
                 s.sendall(b"GET /delay/20000 HTTP/1.1\r\nHost: x\r\n\r\n")
             socks.append(s)
         self.wait_stats("requests", before + n)
-        if kind == "body":
-            # The 400 bytes reached the backend (bytes_in is then known in the log line).
-            time.sleep(0.1)
+        # Every one is in flight to the backend (with its 400 body bytes, which go as soon as
+        # the head is written), so the aborts cut real upstream exchanges.
+        self.assertTrue(wait_until(
+            lambda: self.gw.metric("gw_upstream_in_flight", backend=self.b.url) == n, 20),
+            self.gw.metrics())
         for s in socks:
             if kind == "fin":
                 s.close()
