@@ -609,8 +609,8 @@ static bool conn_only_blank_lines(const gw_conn_t *c)
  * (gw_lua_request_end), and writes its access-log line.
  *
  * An aborted request keeps the status it was sent when a response head went out (bytes_out
- * then says how much of the response did); otherwise it is logged with `unanswered` (499 for a
- * client that closed first, as nginx logs it), or 400 if even its head was incomplete. */
+ * then says how much of the response did); otherwise it is logged with 400 if even its head was
+ * incomplete, else with `unanswered` (499 for a client that closed first, as nginx logs it). */
 static void conn_request_end(gw_conn_t *c, int unanswered)
 {
     gw_request_t *r = &c->req;
