@@ -1282,6 +1282,33 @@ static int gw_cfg_access_log(gw_cfg_ctx_t *c, int t)
     return rc;
 }
 
+/* `via`: the pseudonym the gateway adds to Via (RFC 9110 §7.6.3 allows a pseudonym in place of
+ * a host name). A token, so it cannot break the header it is written into. */
+static int gw_cfg_via(gw_cfg_ctx_t *c, int t)
+{
+    lua_State *L = c->L;
+    size_t old = gw_cfg_field(c, t, "via");
+    int rc = 0, type = lua_type(L, -1);
+    if (type == LUA_TNIL) {
+        c->cfg->via = gw_cfg_xstrdup("prequal-gw");
+    } else if (type == LUA_TSTRING) {
+        size_t len = 0;
+        const char *s = lua_tolstring(L, -1, &len);
+        if (len == 0 || len > GW_VIA_MAX)
+            rc = gw_cfg_fail(c, "must be 1 to %d characters", GW_VIA_MAX);
+        for (size_t i = 0; rc == 0 && i < len; i++)
+            if (!gw_cfg_is_tchar((unsigned char)s[i]))
+                rc = gw_cfg_fail(c, "\"%s\" is not a token (letters, digits, !#$%%&'*+-.^_`|~)", s);
+        if (rc == 0)
+            c->cfg->via = gw_cfg_xstrdup(s);
+    } else if (!(type == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {
+        rc = gw_cfg_fail(c, "expected string or false, got %s",
+                         type == LUA_TBOOLEAN ? "true" : lua_typename(L, type));
+    }
+    gw_cfg_field_done(c, old);
+    return rc;
+}
+
 static int gw_cfg_log_level(gw_cfg_ctx_t *c, int t)
 {
     size_t old = gw_cfg_field(c, t, "log_level");
@@ -2281,15 +2308,15 @@ static int gw_cfg_registration_upstream(gw_cfg_ctx_t *c, int t)
 static int gw_cfg_build(gw_cfg_ctx_t *c, int t)
 {
     gw_config_t *cfg = c->cfg;
-    static const char *const keys[] = {"listen",    "workers",   "admin",  "limits",
-                                       "timeouts",  "access_log", "log_level", "upstreams",
-                                       "routes",    "hooks",     "registration", NULL};
+    static const char *const keys[] = {
+        "listen",    "workers", "admin", "limits",       "timeouts", "access_log", "log_level",
+        "upstreams", "routes",  "hooks", "registration", "via",      NULL};
     cfg->limits = (gw_limits_t){32768, 8192, 100, 16u << 20, 16384};
     cfg->timeouts = (gw_client_timeouts_t){10000, 60000, 75000, 60000, 10000};
     cfg->log_level = GW_LOG_INFO;
     if (gw_cfg_check_keys(c, t, keys) < 0 || gw_cfg_listen(c, t) < 0 || gw_cfg_workers(c, t) < 0 ||
         gw_cfg_admin(c, t) < 0 || gw_cfg_limits(c, t) < 0 || gw_cfg_timeouts(c, t) < 0 ||
-        gw_cfg_access_log(c, t) < 0 || gw_cfg_log_level(c, t) < 0 ||
+        gw_cfg_access_log(c, t) < 0 || gw_cfg_log_level(c, t) < 0 || gw_cfg_via(c, t) < 0 ||
         gw_cfg_registration(c, t) < 0 || gw_cfg_upstreams(c, t) < 0 ||
         gw_cfg_registration_upstream(c, t) < 0 || gw_cfg_routes(c, t) < 0)
         return -1;
@@ -2489,6 +2516,7 @@ void gw_config_free(gw_config_t *cfg)
     free(cfg->admin_token);
     free(cfg->registration.allow);
     free(cfg->access_log);
+    free(cfg->via);
     for (size_t i = 0; i < cfg->nupstreams; i++) {
         gw_upstream_cfg_t *u = &cfg->upstreams[i];
         free(u->name);

@@ -159,6 +159,9 @@ typedef struct gw_client_timeouts {
     uint32_t drain_ms;     /* timeouts.drain_ms, default 10000: graceful shutdown limit */
 } gw_client_timeouts_t;
 
+/* The longest `via` pseudonym (http1.c formats Via's element into a small stack buffer). */
+#define GW_VIA_MAX 64
+
 typedef struct gw_config {
     char *path; /* the file it was loaded from */
     gw_addr_t *listen;
@@ -171,6 +174,7 @@ typedef struct gw_config {
     gw_client_timeouts_t timeouts;
     char *access_log; /* "stdout", "stderr", a path, or NULL (off, the default) */
     int log_level;    /* log_level: "debug" | "info" (default) | "warn" | "error" -> GW_LOG_* */
+    char *via;        /* the pseudonym added to Via (default "prequal-gw"); NULL: via = false */
     gw_upstream_cfg_t *upstreams;
     size_t nupstreams;
     gw_route_cfg_t *routes;

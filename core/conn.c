@@ -190,10 +190,6 @@ static int on_header_value_complete(llhttp_t *p)
         if (gw_slice_ieq(n, "x-request-id"))
             r->request_id = h->value;
         break;
-    case 15:
-        if (gw_slice_ieq(n, "x-forwarded-for"))
-            r->xff = h->value;
-        break;
     case 17:
         if (gw_slice_ieq(n, "transfer-encoding"))
             r->te = h->value;
@@ -705,7 +701,12 @@ void gw_conn_request_done(gw_conn_t *c)
         conn_finish_close(c);
         return;
     }
-    llhttp_resume(&c->parser);
+    /* An upgrade the gateway did not forward (h2c, HTTP/1.0) leaves the connection in HTTP/1.1,
+     * but llhttp stops after any upgrade request: it starts afresh. */
+    if (c->parser.upgrade)
+        llhttp_reset(&c->parser);
+    else
+        llhttp_resume(&c->parser);
     conn_next_request(c);
 }
 
@@ -735,6 +736,12 @@ static void conn_send(gw_conn_t *c, int status, const char *content_type, gw_sli
                       const gw_header_kv_t *extra, size_t nextra, bool close)
 {
     gw_request_t *r = &c->req;
+    if (c->writes_pending) {
+        /* A relayed 1xx is still being written (proxy.c): a response cannot follow it on the
+         * one write request, and the client must not wait for one. */
+        gw_conn_close(c);
+        return;
+    }
     if (!r->request_id.p)
         conn_make_request_id(c);
     if (close || c->w->draining || !r->keep_alive)
@@ -879,6 +886,39 @@ static bool conn_reserved_request_header(gw_slice_t n)
     }
 }
 
+/* Writes the Upgrade the backend is offered: the client's protocols except h2c (the gateway
+ * speaks HTTP/1.1 to both sides, so an HTTP/2 upgrade is stripped, as nginx does). HTTP/1.0
+ * requests are never upgraded (RFC 9110 §7.8). r->upgrade and r->is_upgrade then describe what
+ * was forwarded, which is what a 101 must answer (proxy.c). */
+static void conn_forward_upgrade(gw_conn_t *c, gw_buf_t *b)
+{
+    gw_request_t *r = &c->req;
+    r->is_upgrade = false;
+    if (r->http_minor == 0)
+        return;
+    size_t mark = b->len;
+    gw_buf_append_str(b, "Connection: upgrade\r\nUpgrade: ");
+    size_t start = b->len, pos = 0;
+    gw_slice_t e;
+    while (gw_http1_list_next(r->upgrade, &pos, &e)) {
+        if (gw_slice_ieq(e, "h2c"))
+            continue;
+        if (b->len > start)
+            gw_buf_append(b, ", ", 2);
+        gw_buf_append_slice(b, e);
+    }
+    if (b->len == start) {
+        b->len = mark;
+        return;
+    }
+    size_t end = b->len;
+    gw_buf_append(b, "\r\n", 2);
+    /* Nothing is appended to up_head after this (proxy.c sends Host separately), so the slice
+     * stays valid for the request. */
+    r->upgrade = GW_SLICE(b->p + start, end - start);
+    r->is_upgrade = !b->oom;
+}
+
 static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
 {
     gw_request_t *r = &c->req;
@@ -898,15 +938,13 @@ static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
     gw_buf_append_slice(b, r->raw_rest);
     gw_buf_append(b, " HTTP/1.1\r\n", 11);
     /* Host is written by proxy.c per backend unless preserve_host: see proxy_send_head. */
-    gw_http1_forward_headers(b, r->headers, r->nheaders, r->connection, conn_reserved_request_header,
-                             &route->request_headers, &r->req_edits);
-    gw_buf_append_str(b, "X-Forwarded-For: ");
-    if (r->xff.len) {
-        gw_buf_append_slice(b, r->xff);
-        gw_buf_append(b, ", ", 2);
-    }
-    gw_buf_append_str(b, c->client_ip);
-    gw_buf_append_str(b, "\r\nX-Forwarded-Proto: http\r\n");
+    gw_http1_via_t via = {cfg_of(c)->via, 1, r->http_minor};
+    gw_http1_forward_headers(b, r->headers, r->nheaders, r->connection,
+                             conn_reserved_request_header, &route->request_headers, &r->req_edits,
+                             &via);
+    gw_http1_append_list_header(b, r->headers, r->nheaders, GW_SLICE_LIT("X-Forwarded-For"),
+                                GW_SLICE(c->client_ip, strlen(c->client_ip)));
+    gw_buf_append_str(b, "X-Forwarded-Proto: http\r\n");
     if (r->host.len)
         gw_buf_append_header(b, GW_SLICE_LIT("X-Forwarded-Host"), r->host);
     gw_buf_append_header(b, GW_SLICE_LIT("X-Request-Id"), r->request_id);
@@ -917,10 +955,8 @@ static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
         gw_buf_append_u64(b, r->content_length);
         gw_buf_append(b, "\r\n", 2);
     }
-    if (r->is_upgrade) {
-        gw_buf_append_str(b, "Connection: upgrade\r\n");
-        gw_buf_append_header(b, GW_SLICE_LIT("Upgrade"), r->upgrade);
-    }
+    if (r->is_upgrade)
+        conn_forward_upgrade(c, b);
     /* The final CRLF is added by proxy.c after Host. */
     return !b->oom;
 }

@@ -85,6 +85,8 @@ bool gw_http1_is_hop_by_hop(gw_slice_t n)
         return gw_slice_ieq(n, "upgrade") || gw_slice_ieq(n, "trailer");
     case 10:
         return gw_slice_ieq(n, "connection") || gw_slice_ieq(n, "keep-alive");
+    case 14:
+        return gw_slice_ieq(n, "http2-settings");
     case 16:
         return gw_slice_ieq(n, "proxy-connection");
     case 17:
@@ -94,9 +96,9 @@ bool gw_http1_is_hop_by_hop(gw_slice_t n)
     }
 }
 
-bool gw_http1_list_has(gw_slice_t list, gw_slice_t token)
+bool gw_http1_list_next(gw_slice_t list, size_t *pos, gw_slice_t *elem)
 {
-    size_t i = 0;
+    size_t i = *pos;
     while (i < list.len) {
         while (i < list.len && (list.p[i] == ' ' || list.p[i] == '\t' || list.p[i] == ','))
             i++;
@@ -106,20 +108,23 @@ bool gw_http1_list_has(gw_slice_t list, gw_slice_t token)
         size_t end = i;
         while (end > start && (list.p[end - 1] == ' ' || list.p[end - 1] == '\t'))
             end--;
-        if (end > start && end - start == token.len) {
-            bool eq = true;
-            for (size_t k = 0; k < token.len && eq; k++) {
-                unsigned char x = (unsigned char)list.p[start + k], y = (unsigned char)token.p[k];
-                if (x >= 'A' && x <= 'Z')
-                    x = (unsigned char)(x + 32);
-                if (y >= 'A' && y <= 'Z')
-                    y = (unsigned char)(y + 32);
-                eq = x == y;
-            }
-            if (eq)
-                return true;
+        if (end > start) {
+            *pos = i;
+            *elem = GW_SLICE(list.p + start, end - start);
+            return true;
         }
     }
+    *pos = i;
+    return false;
+}
+
+bool gw_http1_list_has(gw_slice_t list, gw_slice_t token)
+{
+    size_t pos = 0;
+    gw_slice_t e;
+    while (gw_http1_list_next(list, &pos, &e))
+        if (e.len == token.len && strncasecmp(e.p, token.p, token.len) == 0)
+            return true;
     return false;
 }
 
@@ -130,6 +135,10 @@ const char *gw_http1_reason(int status)
     case 101: return "Switching Protocols";
     case 200: return "OK";
     case 201: return "Created";
+    case 102:
+        return "Processing";
+    case 103:
+        return "Early Hints";
     case 202: return "Accepted";
     case 204: return "No Content";
     case 206: return "Partial Content";
@@ -233,10 +242,31 @@ static bool http1_ops_drop(const gw_header_ops_t *ops, gw_slice_t n)
     return false;
 }
 
+void gw_http1_append_list_header(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t name,
+                                 gw_slice_t last)
+{
+    gw_buf_append_slice(b, name);
+    gw_buf_append(b, ": ", 2);
+    for (uint32_t i = 0; i < n; i++) {
+        if (h[i].value.len && h[i].name.len == name.len &&
+            strncasecmp(h[i].name.p, name.p, name.len) == 0) {
+            gw_buf_append_slice(b, h[i].value);
+            gw_buf_append(b, ", ", 2);
+        }
+    }
+    gw_buf_append_slice(b, last);
+    gw_buf_append(b, "\r\n", 2);
+}
+
 void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t connection,
                               bool (*reserved)(gw_slice_t name), const gw_header_ops_t *ops,
-                              const gw_header_edits_t *edits)
+                              const gw_header_edits_t *edits, const gw_http1_via_t *via)
 {
+    static const gw_slice_t via_name = GW_SLICE_LIT("Via");
+    /* A route or a hook that sets or removes Via decides it alone; otherwise the gateway writes
+     * the one combined line below. */
+    bool add_via = via->name && !http1_ops_drop(ops, via_name) &&
+                   !(edits->n && gw_edits_override(edits, via_name));
     for (uint32_t i = 0; i < n; i++) {
         gw_slice_t name = h[i].name;
         if (gw_http1_is_hop_by_hop(name) || reserved(name))
@@ -245,7 +275,19 @@ void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_
             continue;
         if (http1_ops_drop(ops, name) || (edits->n && gw_edits_override(edits, name)))
             continue;
+        if (add_via && name.len == 3 && gw_slice_ieq(name, "via"))
+            continue;
         gw_buf_append_header(b, name, h[i].value);
+    }
+    if (add_via) {
+        char own[80];
+        int len = snprintf(own, sizeof own, "%u.%u %s", via->major, via->minor, via->name);
+        if (len < 0 || (size_t)len >= sizeof own)
+            b->oom = true; /* config.c bounds the pseudonym: not reached */
+        else if (connection.len && gw_http1_list_has(connection, via_name))
+            gw_http1_append_list_header(b, h, 0, via_name, GW_SLICE(own, (size_t)len));
+        else
+            gw_http1_append_list_header(b, h, n, via_name, GW_SLICE(own, (size_t)len));
     }
     for (size_t k = 0; k < ops->nset; k++) {
         gw_slice_t sn = GW_SLICE(ops->set[k].name, strlen(ops->set[k].name));

@@ -61,27 +61,48 @@ bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name);
 /** Appends the SET and ADD edits as header lines (Host excepted: the proxy writes it). */
 void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e);
 
+/* The element a forwarding gateway adds to a message's Via (RFC 9110 §7.6.3): the protocol
+ * version the message was received with, and the gateway's pseudonym. */
+typedef struct gw_http1_via {
+    const char *name; /* NULL: no Via is added, and the message's own passes unchanged */
+    uint8_t major;
+    uint8_t minor;
+} gw_http1_via_t;
+
 /**
  * Appends the end-to-end headers of a message being forwarded: `h` without hop-by-hop fields,
  * without those named in `connection`, without the names `reserved` says the caller writes
  * itself, and without those the route's `ops` or the hooks' `edits` replace or remove; then the
- * ops' set headers (unless an edit overrides them) and the edits. One function for both
- * directions, so a rule cannot apply to requests and not to responses.
+ * ops' set headers (unless an edit overrides them) and the edits. When `via->name` is set, the
+ * message's Via lines become one, with the gateway's element appended, unless the ops or edits
+ * take Via over. One function for both directions, so a rule cannot apply to requests and not
+ * to responses.
  */
 void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t connection,
                               bool (*reserved)(gw_slice_t name), const gw_header_ops_t *ops,
-                              const gw_header_edits_t *edits);
+                              const gw_header_edits_t *edits, const gw_http1_via_t *via);
+
+/**
+ * Appends "Name: v1, v2, ..., last\r\n": the values of every line of the list header `name` in
+ * `h` combined in order (RFC 9110 §5.3; empty ones skipped), then `last`.
+ */
+void gw_http1_append_list_header(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t name,
+                                 gw_slice_t last);
 
 /** True if `s` is a non-empty RFC 9110 token (field names, methods). */
 bool gw_http1_is_token(gw_slice_t s);
 
-/** True for the hop-by-hop fields a proxy must not forward (RFC 9110 §7.6.1 plus the legacy
- * Keep-Alive and Proxy-Connection). */
+/** True for the hop-by-hop fields a proxy must not forward (RFC 9110 §7.6.1, HTTP2-Settings
+ * of an h2c upgrade, plus the legacy Keep-Alive and Proxy-Connection). */
 bool gw_http1_is_hop_by_hop(gw_slice_t name);
 
 /** True if the comma-separated token list `list` contains `token` (case-insensitive, OWS
  * around elements ignored). */
 bool gw_http1_list_has(gw_slice_t list, gw_slice_t token);
+
+/** Iterates over the non-empty elements of a comma-separated list, OWS trimmed: start with
+ * *pos = 0; returns false when there is none left. */
+bool gw_http1_list_next(gw_slice_t list, size_t *pos, gw_slice_t *elem);
 
 /** The reason phrase for `status` ("Unknown" for codes without one). */
 const char *gw_http1_reason(int status);

@@ -70,13 +70,21 @@ static int on_resp_header_field(llhttp_t *p, const char *at, size_t n)
     h->name = GW_SLICE(at, n);
     h->value = GW_SLICE(NULL, 0);
     u->in_field = true;
+    u->value_done = false;
     return 0;
 }
 
+/* llhttp lets some malformed response heads through (a space in or before the colon of a field
+ * name, obs-fold); forwarding them would hand the client a head it may read differently, so they
+ * fail the response as llhttp's own errors do (RFC 9112 §5.1, §5.2). */
 static int on_resp_header_field_complete(llhttp_t *p)
 {
     gw_upconn_t *u = p->data;
     u->in_field = false;
+    if (!u->head_done && u->conn && !gw_http1_is_token(u->headers[u->nheaders - 1].name)) {
+        u->head_error = "invalid header field name";
+        return -1;
+    }
     return 0;
 }
 
@@ -86,6 +94,11 @@ static int on_resp_header_value(llhttp_t *p, const char *at, size_t n)
     if (u->head_done || !u->conn || u->nheaders == 0)
         return 0;
     gw_header_t *h = &u->headers[u->nheaders - 1];
+    /* A value going on after its end, or with a gap (llhttp skipped a CRLF): obs-fold. */
+    if (u->value_done || (h->value.p && at != h->value.p + h->value.len)) {
+        u->head_error = "obsolete line folding";
+        return -1;
+    }
     if (!h->value.p)
         h->value.p = at;
     h->value.len += n;
@@ -98,6 +111,7 @@ static int on_resp_header_value_complete(llhttp_t *p)
     if (u->head_done || !u->conn || u->nheaders == 0)
         return 0;
     gw_header_t *h = &u->headers[u->nheaders - 1];
+    u->value_done = true;
     if (!h->value.p)
         h->value.p = h->name.p + h->name.len;
     while (h->value.len && (h->value.p[h->value.len - 1] == ' ' || h->value.p[h->value.len - 1] == '\t'))
@@ -108,6 +122,11 @@ static int on_resp_header_value_complete(llhttp_t *p)
 static int on_resp_headers_complete(llhttp_t *p)
 {
     gw_upconn_t *u = p->data;
+    /* llhttp reads any number of status digits and any version digit. */
+    if (p->http_major != 1 || p->status_code < 100 || p->status_code > 599) {
+        u->head_error = "invalid status line";
+        return -1;
+    }
     /* A response to HEAD, a 1xx, 204 or 304 has no body whatever its Content-Length says
      * (RFC 9112 §6.3); llhttp reads the flag after this callback returns (it is what returning 1
      * would set), and would otherwise wait for a 304's Content-Length bytes. */
@@ -176,12 +195,13 @@ static void proxy_attach(gw_conn_t *c, gw_upconn_t *u)
     c->up = u;
     u->conn = c;
     u->head_done = u->message_done = u->got_bytes = false;
-    u->interim = u->dechunk = u->close_delimited = u->rechunk = false;
+    u->dechunk = u->close_delimited = u->rechunk = false;
     u->buffering = u->too_large = false;
     u->nbody_bufs = 0;
     u->headers = NULL;
     u->nheaders = u->cap_headers = 0;
-    u->in_field = false;
+    u->in_field = u->value_done = false;
+    u->head_error = NULL;
     u->reason = GW_SLICE(NULL, 0);
     llhttp_init(&u->parser, HTTP_RESPONSE, &resp_settings);
     u->parser.data = u;
@@ -591,6 +611,15 @@ void gw_proxy_client_drained(gw_conn_t *c)
     proxy_read_more(u);
 }
 
+/* The value of the response header `name` (the last line of it), or an empty slice. */
+static gw_slice_t proxy_response_header(const gw_upconn_t *u, const char *name)
+{
+    for (uint32_t i = u->nheaders; i-- > 0;)
+        if (gw_slice_ieq(u->headers[i].name, name))
+            return u->headers[i].value;
+    return GW_SLICE(NULL, 0);
+}
+
 /* Response headers the gateway writes itself: the framing and the request id. */
 static bool proxy_reserved_response_header(gw_slice_t n)
 {
@@ -621,13 +650,8 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
         status = r->lua_status;
     bool bodyless = gw_http1_response_bodyless(status, r->head_request);
     bool upgrade = status == 101;
-    gw_slice_t connection = GW_SLICE(NULL, 0), upgrade_value = GW_SLICE(NULL, 0);
-    for (uint32_t i = 0; i < u->nheaders; i++) {
-        if (gw_slice_ieq(u->headers[i].name, "connection"))
-            connection = u->headers[i].value;
-        else if (gw_slice_ieq(u->headers[i].name, "upgrade"))
-            upgrade_value = u->headers[i].value;
-    }
+    gw_slice_t connection = proxy_response_header(u, "connection");
+    gw_slice_t upgrade_value = proxy_response_header(u, "upgrade");
     if (!bodyless && !upgrade && !r->resp_buffered) {
         if (p->flags & F_CHUNKED) {
             if (r->http_minor == 0) {
@@ -655,8 +679,9 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
     else
         gw_buf_append_str(b, gw_http1_reason(status));
     gw_buf_append(b, "\r\n", 2);
+    gw_http1_via_t via = {c->w->cfg->via, p->http_major, p->http_minor};
     gw_http1_forward_headers(b, u->headers, u->nheaders, connection, proxy_reserved_response_header,
-                             ops, &r->resp_edits);
+                             ops, &r->resp_edits, &via);
     if (r->resp_buffered) {
         /* The whole body is known (and may have been replaced by a hook). */
         gw_buf_append_str(b, "Content-Length: ");
@@ -683,6 +708,63 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
     gw_buf_append(b, "\r\n", 2);
     r->status = status;
     return !b->oom;
+}
+
+/* A 101 may only answer an upgrade the gateway forwarded, and only to protocols offered
+ * (RFC 9110 §7.8): anything else would turn the connection into a tunnel the client never
+ * asked for. */
+static bool proxy_upgrade_matches(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_request_t *r = &c->req;
+    gw_slice_t chosen = proxy_response_header(u, "upgrade"), e;
+    size_t pos = 0, n = 0;
+    if (!r->is_upgrade)
+        return false;
+    while (gw_http1_list_next(chosen, &pos, &e)) {
+        if (!gw_http1_list_has(r->upgrade, e))
+            return false;
+        n++;
+    }
+    return n > 0;
+}
+
+/* A 1xx other than 101 (RFC 9110 §15.2): an HTTP/1.1 client gets it with the head rules of any
+ * forwarded response (hop-by-hop fields removed, Via added), but without the route's header
+ * operations or the hooks, which are for the final response. An HTTP/1.0 client cannot receive
+ * one (RFC 9110 §15.2), so it is dropped; so is a 100 when the client sent `Expect:
+ * 100-continue`, which the gateway answers itself. Returns 1 when done (written or dropped), 0
+ * when the write is pending (gw_proxy_client_drained follows), -1 when the client is gone. */
+static int proxy_relay_interim(gw_conn_t *c, gw_upconn_t *u)
+{
+    static const gw_header_ops_t no_ops;
+    static const gw_header_edits_t no_edits;
+    gw_request_t *r = &c->req;
+    llhttp_t *p = &u->parser;
+    if (r->http_minor == 0 || (p->status_code == 100 && r->expect_continue))
+        return 1;
+    /* One buffer for all of a request's interim heads: one is written at a time. */
+    gw_buf_t *b = &r->interim_head;
+    if (b->p)
+        b->len = 0;
+    else
+        gw_buf_init(b, &c->arena, 256);
+    char line[24];
+    int n = snprintf(line, sizeof line, "HTTP/1.1 %d ", p->status_code);
+    gw_buf_append(b, line, (size_t)n);
+    if (u->reason.len)
+        gw_buf_append_slice(b, u->reason);
+    else
+        gw_buf_append_str(b, gw_http1_reason(p->status_code));
+    gw_buf_append(b, "\r\n", 2);
+    gw_http1_via_t via = {c->w->cfg->via, p->http_major, p->http_minor};
+    gw_http1_forward_headers(b, u->headers, u->nheaders, proxy_response_header(u, "connection"),
+                             proxy_reserved_response_header, &no_ops, &no_edits, &via);
+    gw_buf_append(b, "\r\n", 2);
+    if (b->oom)
+        return -1;
+    uv_buf_t buf = uv_buf_init(b->p, (unsigned)b->len);
+    int rc = gw_conn_write(c, &buf, 1, proxy_on_client_written);
+    return rc < 0 ? -1 : rc;
 }
 
 /* An on_response hook failed: the backend's response is dropped and the client gets a 500. */
@@ -815,28 +897,42 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         }
         if (e != HPE_PAUSED) {
             gw_log_warn("upstream %s: invalid response: %s", u->pool->backend->cfg->url,
-                        llhttp_get_error_reason(&u->parser));
+                        u->head_error ? u->head_error : llhttp_get_error_reason(&u->parser));
             proxy_fail(c, u, GW_UERR_PROTOCOL, false);
             return;
         }
         u->parsed = (size_t)(llhttp_get_error_pos(&u->parser) - u->in);
         llhttp_resume(&u->parser);
-        if (u->interim) {
-            /* The end of a 1xx interim response: go on with the final one. */
-            u->interim = false;
-            continue;
-        }
         if (u->message_done) {
+            /* The end of a 1xx interim response: go on with the final one. */
             u->message_done = false;
             continue;
         }
         int status = u->parser.status_code;
         if (status >= 100 && status < 200 && status != 101) {
-            /* 100 Continue (we sent no Expect) and 103 Early Hints are not forwarded. */
-            u->interim = true;
+            int rc = proxy_relay_interim(c, u);
             u->nheaders = 0;
             u->reason = GW_SLICE(NULL, 0);
+            if (rc < 0) {
+                proxy_drop_upstream(c);
+                gw_conn_close(c);
+                return;
+            }
+            if (rc == 0) {
+                /* The client is slow: gw_proxy_client_drained goes on with the rest. */
+                gw_upconn_read_stop(u);
+                uv_timer_stop(&u->timer);
+                return;
+            }
+            /* Waiting for the final response starts again. */
+            gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
             continue;
+        }
+        if (status == 101 && !proxy_upgrade_matches(c, u)) {
+            gw_log_warn("upstream %s: 101 for an upgrade the request did not offer",
+                        u->pool->backend->cfg->url);
+            proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+            return;
         }
         u->head_done = true;
         proxy_on_head(c, u);
@@ -865,10 +961,6 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         send_head = true;
         r->response_started = true;
         if (status == 101) {
-            if (!r->is_upgrade) {
-                proxy_fail(c, u, GW_UERR_PROTOCOL, false);
-                return;
-            }
             u->state = GW_US_TUNNEL;
             uv_timer_stop(&u->timer);
         }

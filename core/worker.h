@@ -150,9 +150,8 @@ typedef struct gw_request {
     gw_slice_t host;       /* Host header value, empty if none */
     gw_slice_t request_id; /* received or generated */
     gw_slice_t connection; /* Connection header value */
-    gw_slice_t upgrade;    /* Upgrade header value */
-    gw_slice_t te;         /* Transfer-Encoding header value */
-    gw_slice_t xff;        /* existing X-Forwarded-For */
+    gw_slice_t upgrade; /* Upgrade header value; once forwarded, the protocols offered upstream */
+    gw_slice_t te;      /* Transfer-Encoding header value */
     gw_header_t *headers;
     uint32_t nheaders;
     uint32_t cap_headers;
@@ -206,6 +205,7 @@ typedef struct gw_request {
     bool lua_response_ran;  /* on_response ran (at most once per request) */
     gw_buf_t resp_body;     /* buffer_response: the whole (decoded) response body */
     bool resp_buffered;     /* resp_body holds the complete body: res:body() works */
+    gw_buf_t interim_head;  /* the 1xx being relayed to the client (proxy.c), reused for each */
 } gw_request_t;
 
 struct gw_conn {
@@ -336,12 +336,13 @@ struct gw_upconn {
     bool message_done;
     bool got_bytes;      /* any response byte arrived for the current request */
     bool reused;         /* leased from the pool (it may have been closed by the backend) */
-    bool interim;        /* parsing a 1xx interim response */
     bool dechunk;        /* chunked from the backend, de-chunked for an HTTP/1.0 client */
     bool close_delimited;
     bool rechunk;        /* close-delimited from the backend, chunked to an HTTP/1.1 client */
     char chunk_line[20]; /* the chunk-size line of the one client write in flight (rechunk) */
     bool in_field;
+    bool value_done;        /* the last header value ended (a value after it is obs-fold) */
+    const char *head_error; /* why the response head was rejected, for the log */
     bool buffering;      /* collecting the body for a buffer_response route */
     bool too_large;      /* the body went over buffer_response's limit */
     int write_kind;      /* GW_UW_* */
