@@ -1298,7 +1298,7 @@ static int gw_cfg_via(gw_cfg_ctx_t *c, int t)
             rc = gw_cfg_fail(c, "must be 1 to %d characters", GW_VIA_MAX);
         for (size_t i = 0; rc == 0 && i < len; i++)
             if (!gw_cfg_is_tchar((unsigned char)s[i]))
-                rc = gw_cfg_fail(c, "\"%s\" is not a token (letters, digits, !#$%%&'*+-.^_`|~)", s);
+                rc = gw_cfg_fail(c, "must be a token: letters, digits and !#$%%&'*+-.^_`|~");
         if (rc == 0)
             c->cfg->via = gw_cfg_xstrdup(s);
     } else if (!(type == LUA_TBOOLEAN && !lua_toboolean(L, -1))) {

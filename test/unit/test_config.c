@@ -381,6 +381,14 @@ static void test_workers_auto_and_misc_values(void **state)
     assert_string_equal(cfg->listen[0].text, "9000");
     assert_int_equal(port_of(&cfg->listen[0].sa), 9000);
     assert_int_equal(cfg->log_level, GW_LOG_DEBUG);
+    assert_string_equal(cfg->via, "prequal-gw"); /* the default pseudonym */
+    gw_config_free(cfg);
+
+    cfg = load_ok("return { via = false,\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}");
+    assert_null(cfg->via);
+    gw_config_free(cfg);
+    cfg = load_ok("return { via = 'edge-1.example',\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}");
+    assert_string_equal(cfg->via, "edge-1.example");
     gw_config_free(cfg);
 
     cfg = load_ok("return { workers = 256, log_level = 'error', access_log = '/tmp/a.log',\n"
@@ -589,6 +597,14 @@ static void test_type_and_integer_errors(void **state)
     check_err(TOP("log_level = 1"), "gw.lua:4: log_level: expected string, got number");
     check_err(TOP("access_log = true"), "gw.lua:4: access_log: expected string or false, got true");
     check_err(TOP("access_log = ''"), "gw.lua:4: access_log: must not be empty");
+    check_err(TOP("via = true"), "gw.lua:4: via: expected string or false, got true");
+    check_err(TOP("via = 5"), "gw.lua:4: via: expected string or false, got number");
+    check_err(TOP("via = ''"), "gw.lua:4: via: must be 1 to 64 characters");
+    check_err(TOP("via = string.rep('v', 65)"), "gw.lua:4: via: must be 1 to 64 characters");
+    check_err(TOP("via = 'my proxy'"),
+              "gw.lua:4: via: must be a token: letters, digits and !#$%&'*+-.^_`|~");
+    check_err(TOP("via = 'gw\\r\\nX: y'"),
+              "gw.lua:4: via: must be a token: letters, digits and !#$%&'*+-.^_`|~");
     check_err(TOP("admin = true"), "gw.lua:4: admin: expected table or false, got true");
     check_err(TOP("admin = { token = 5 }"), "gw.lua:4: admin.token: expected string, got number");
     check_err(TOP("admin = { token = '' }"), "gw.lua:4: admin.token: must not be empty");

@@ -25,8 +25,8 @@ static void test_tokens(void **state)
 
 static void test_hop_by_hop(void **state)
 {
-    const char *hop[] = {"Connection", "keep-alive", "Proxy-Connection", "TE", "Trailer",
-                         "Transfer-Encoding", "UPGRADE"};
+    const char *hop[] = {"Connection", "keep-alive",        "Proxy-Connection", "TE",
+                         "Trailer",    "Transfer-Encoding", "UPGRADE",          "HTTP2-Settings"};
     for (size_t i = 0; i < sizeof hop / sizeof hop[0]; i++)
         assert_true(gw_http1_is_hop_by_hop(GW_SLICE(hop[i], strlen(hop[i]))));
     assert_false(gw_http1_is_hop_by_hop(S("Content-Length")));
@@ -43,6 +43,96 @@ static void test_list_has(void **state)
     assert_false(gw_http1_list_has(S("upgraded"), S("upgrade")));
     assert_false(gw_http1_list_has(S("x-secretive"), S("x-secret")));
     assert_false(gw_http1_list_has(S(""), S("close")));
+}
+
+static void test_list_next(void **state)
+{
+    (void)state;
+    gw_slice_t list = S(" ,websocket , h2c,,\tfoo/2 ,"), e;
+    const char *want[] = {"websocket", "h2c", "foo/2"};
+    size_t pos = 0, n = 0;
+    while (gw_http1_list_next(list, &pos, &e)) {
+        assert_true(n < 3);
+        assert_int_equal(e.len, strlen(want[n]));
+        assert_memory_equal(e.p, want[n], e.len);
+        n++;
+    }
+    assert_int_equal(n, 3);
+    pos = 0;
+    assert_false(gw_http1_list_next(S(" , ,\t"), &pos, &e));
+}
+
+static gw_header_t hdr(const char *name, const char *value)
+{
+    return (gw_header_t){GW_SLICE(name, strlen(name)), GW_SLICE(value, strlen(value))};
+}
+
+static bool reserve_none(gw_slice_t name)
+{
+    (void)name;
+    return false;
+}
+
+/* Runs the forwarding filter over `h` into a NUL-terminated string in `a`. */
+static const char *forward(gw_arena_t *a, const gw_header_t *h, uint32_t n, const char *connection,
+                           const gw_header_ops_t *ops, const gw_http1_via_t *via)
+{
+    static const gw_header_edits_t no_edits;
+    gw_buf_t b;
+    gw_buf_init(&b, a, 64);
+    gw_http1_forward_headers(&b, h, n, GW_SLICE(connection, strlen(connection)), reserve_none, ops,
+                             &no_edits, via);
+    gw_buf_append(&b, "", 1);
+    assert_false(b.oom);
+    return b.p;
+}
+
+static void test_list_header_combines_lines(void **state)
+{
+    (void)state;
+    gw_arena_t a;
+    gw_arena_init(&a, 1024, 0, NULL);
+    gw_header_t h[] = {hdr("X-Forwarded-For", "203.0.113.1"), hdr("X-Other", "x"),
+                       hdr("x-forwarded-for", ""),
+                       hdr("X-FORWARDED-FOR", "198.51.100.2, 10.0.0.1")};
+    gw_buf_t b;
+    gw_buf_init(&b, &a, 8);
+    gw_http1_append_list_header(&b, h, 4, S("X-Forwarded-For"), S("127.0.0.1"));
+    gw_http1_append_list_header(&b, h, 4, S("Via"), S("1.1 gw"));
+    gw_buf_append(&b, "", 1);
+    assert_string_equal(b.p, "X-Forwarded-For: 203.0.113.1, 198.51.100.2, 10.0.0.1, 127.0.0.1\r\n"
+                             "Via: 1.1 gw\r\n");
+    gw_arena_free(&a);
+}
+
+static void test_forward_via(void **state)
+{
+    (void)state;
+    gw_arena_t a;
+    gw_arena_init(&a, 4096, 0, NULL);
+    gw_header_t h[] = {hdr("Via", "1.0 fred"), hdr("X-A", "1"), hdr("VIA", "1.1 p.example:8080"),
+                       hdr("Connection", "close")};
+    gw_header_ops_t none = {0};
+    gw_http1_via_t gw11 = {"prequal-gw", 1, 1}, gw10 = {"edge", 1, 0}, off = {NULL, 1, 1};
+    /* Lines combined in order, the gateway's element last, after the other headers. */
+    assert_string_equal(forward(&a, h, 4, "", &none, &gw11),
+                        "X-A: 1\r\nVia: 1.0 fred, 1.1 p.example:8080, 1.1 prequal-gw\r\n");
+    /* The version is the one the message was received with. */
+    assert_string_equal(forward(&a, h + 1, 1, "", &none, &gw10), "X-A: 1\r\nVia: 1.0 edge\r\n");
+    /* via = false: Via passes like any other header. */
+    assert_string_equal(forward(&a, h, 4, "", &none, &off),
+                        "Via: 1.0 fred\r\nX-A: 1\r\nVIA: 1.1 p.example:8080\r\n");
+    /* A Via the sender marked hop-by-hop is not forwarded; the gateway's own still is. */
+    assert_string_equal(forward(&a, h, 4, "close, via", &none, &gw11),
+                        "X-A: 1\r\nVia: 1.1 prequal-gw\r\n");
+    /* A route that sets or removes Via decides it alone. */
+    char *rm[] = {"via"};
+    gw_header_ops_t remove = {.remove = rm, .nremove = 1};
+    assert_string_equal(forward(&a, h, 4, "", &remove, &gw11), "X-A: 1\r\n");
+    gw_header_kv_t kv = {"via", "1.1 front"};
+    gw_header_ops_t set = {.set = &kv, .nset = 1};
+    assert_string_equal(forward(&a, h, 4, "", &set, &gw11), "X-A: 1\r\nvia: 1.1 front\r\n");
+    gw_arena_free(&a);
 }
 
 static void test_reason_and_methods(void **state)
@@ -264,6 +354,9 @@ int main(void)
         cmocka_unit_test(test_tokens),
         cmocka_unit_test(test_hop_by_hop),
         cmocka_unit_test(test_list_has),
+        cmocka_unit_test(test_list_next),
+        cmocka_unit_test(test_list_header_combines_lines),
+        cmocka_unit_test(test_forward_via),
         cmocka_unit_test(test_reason_and_methods),
         cmocka_unit_test(test_parse_u64),
         cmocka_unit_test(test_buf_grows_in_arena),
