@@ -893,6 +893,8 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
             u->parsed = u->in_len;
             if (u->in_len >= gw_worker_buf_size(c->w))
                 proxy_fail(c, u, GW_UERR_PROTOCOL, false);
+            else
+                gw_upconn_read_start(u); /* it stops while a 1xx waits for the client */
             return;
         }
         if (e != HPE_PAUSED) {
@@ -904,8 +906,13 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         u->parsed = (size_t)(llhttp_get_error_pos(&u->parser) - u->in);
         llhttp_resume(&u->parser);
         if (u->message_done) {
-            /* The end of a 1xx interim response: go on with the final one. */
+            /* The end of a 1xx interim response: go on with the final one. Its bytes were
+             * relayed (or dropped), so the buffer is freed for what follows, however many 1xx
+             * come first. */
             u->message_done = false;
+            memmove(u->in, u->in + u->parsed, u->in_len - u->parsed);
+            u->in_len -= u->parsed;
+            u->parsed = 0;
             continue;
         }
         int status = u->parser.status_code;

@@ -139,6 +139,32 @@ class InterimTest(UpstreamResponseCase):
                                                tail=["Content-Length: 3"]))
         self.assertEqual(self.seen()[0].body, b"abc")
 
+    def test_interim_responses_to_a_slow_client(self):
+        # More 1xx bytes than the sockets buffer, to a client that does not read for longer than
+        # read_ms: the gateway stops reading the backend while a 1xx waits for the client (the
+        # read timeout does not run then), and relays them all in order once it reads.
+        link = "</%s>; rel=preload" % ("p" * 20000)
+        n = 150
+
+        def answer(conn, req):
+            for i in range(n):
+                conn.send(b"HTTP/1.1 103 Early Hints\r\nX-N: %d\r\nLink: %s\r\n\r\n"
+                          % (i, link.encode()))
+            conn.respond(200, b"after the hints")
+            return "again"
+        self.answer(answer)
+        c = Client(self.gw.port, timeout=20, rcvbuf=4096)
+        try:
+            c.request("GET", "/many", headers={"X-Request-Id": RID}, host="a")
+            time.sleep(1.5)
+            r = c.read_response()
+        finally:
+            c.close()
+        self.assertEqual((r.status, r.body), (200, b"after the hints"))
+        self.assertEqual([i.header("x-n") for i in r.interim], [str(i) for i in range(n)])
+        self.assertTrue(all(i.header("link") == link for i in r.interim))
+        self.assertForwarded(0, forwarded_head("GET /many HTTP/1.1", [], self.py.port))
+
     def test_each_interim_restarts_the_read_timeout(self):
         # read_ms is 1000; the final response comes 1.8 s after the request, 0.6 s after the
         # last interim one.
