@@ -133,12 +133,10 @@ const char *gw_http1_reason(int status)
     switch (status) {
     case 100: return "Continue";
     case 101: return "Switching Protocols";
+    case 102: return "Processing";
+    case 103: return "Early Hints";
     case 200: return "OK";
     case 201: return "Created";
-    case 102:
-        return "Processing";
-    case 103:
-        return "Early Hints";
     case 202: return "Accepted";
     case 204: return "No Content";
     case 206: return "Partial Content";

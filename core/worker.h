@@ -150,8 +150,8 @@ typedef struct gw_request {
     gw_slice_t host;       /* Host header value, empty if none */
     gw_slice_t request_id; /* received or generated */
     gw_slice_t connection; /* Connection header value */
-    gw_slice_t upgrade; /* Upgrade header value; once forwarded, the protocols offered upstream */
-    gw_slice_t te;      /* Transfer-Encoding header value */
+    gw_slice_t upgrade;    /* Upgrade header value; once forwarded, what the backend was offered */
+    gw_slice_t te;         /* Transfer-Encoding header value */
     gw_header_t *headers;
     uint32_t nheaders;
     uint32_t cap_headers;
@@ -341,7 +341,7 @@ struct gw_upconn {
     bool rechunk;        /* close-delimited from the backend, chunked to an HTTP/1.1 client */
     char chunk_line[20]; /* the chunk-size line of the one client write in flight (rechunk) */
     bool in_field;
-    bool value_done;        /* the last header value ended (a value after it is obs-fold) */
+    bool value_done;     /* the last header value ended (a value after it is obs-fold) */
     const char *head_error; /* why the response head was rejected, for the log */
     bool buffering;      /* collecting the body for a buffer_response route */
     bool too_large;      /* the body went over buffer_response's limit */

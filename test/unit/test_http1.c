@@ -139,6 +139,7 @@ static void test_reason_and_methods(void **state)
 {
     assert_string_equal(gw_http1_reason(431), "Request Header Fields Too Large");
     assert_string_equal(gw_http1_reason(799), "Unknown");
+    assert_string_equal(gw_http1_reason(103), "Early Hints");
     assert_true(gw_http1_method_idempotent(HTTP_GET));
     assert_true(gw_http1_method_idempotent(HTTP_PUT));
     assert_true(gw_http1_method_idempotent(HTTP_DELETE));
