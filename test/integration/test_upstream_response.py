@@ -96,6 +96,7 @@ class UpstreamResponseCase(GwTestCase):
 
 class InterimTest(UpstreamResponseCase):
     """1xx responses: relayed to HTTP/1.1 clients, dropped for HTTP/1.0 clients."""
+    READ_MS = 1500
 
     def test_103_relayed_then_final(self):
         def answer(conn, req):
@@ -156,7 +157,7 @@ class InterimTest(UpstreamResponseCase):
         c = Client(self.gw.port, timeout=20, rcvbuf=4096)
         try:
             c.request("GET", "/many", headers={"X-Request-Id": RID}, host="a")
-            time.sleep(1.5)
+            time.sleep(2.0)
             r = c.read_response()
         finally:
             c.close()
@@ -166,13 +167,13 @@ class InterimTest(UpstreamResponseCase):
         self.assertForwarded(0, forwarded_head("GET /many HTTP/1.1", [], self.py.port))
 
     def test_each_interim_restarts_the_read_timeout(self):
-        # read_ms is 1000; the final response comes 1.8 s after the request, 0.6 s after the
+        # read_ms is 1500; the final response comes 2.7 s after the request, 0.9 s after the
         # last interim one.
         def answer(conn, req):
             for _ in range(2):
-                time.sleep(0.6)
+                time.sleep(0.9)
                 conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n")
-            time.sleep(0.6)
+            time.sleep(0.9)
             conn.respond(200, b"late")
             return "again"
         self.answer(answer)
@@ -185,7 +186,7 @@ class InterimTest(UpstreamResponseCase):
     def test_read_timeout_without_interim_responses(self):
         # The control for the test above: the same delay with no 1xx is a 504.
         def answer(conn, req):
-            time.sleep(1.8)
+            time.sleep(2.7)
             conn.respond(200, b"late")
             return "again"
         self.answer(answer)
