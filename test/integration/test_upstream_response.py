@@ -330,7 +330,7 @@ class UpgradeTest(UpstreamResponseCase):
         self.assertForwarded(0, forwarded_head("GET /s HTTP/1.1", [], self.py.port))
 
     def test_h2c_dropped_from_a_list(self):
-        self.answer(lambda conn, req: conn.respond(200, b"no switch") or "eof")
+        self.answer(lambda conn, req: conn.respond(200, b"no switch") or "again")
         with self.gw.client() as c:
             c.request("GET", "/both", host="a", headers=[
                 ("Connection", "Upgrade"), ("Upgrade", "h2c, websocket"), ("X-Request-Id", RID)])
