@@ -738,8 +738,9 @@ static void conn_send(gw_conn_t *c, int status, const char *content_type, gw_sli
     gw_request_t *r = &c->req;
     if (c->writes_pending) {
         /* A relayed 1xx is still being written (proxy.c): a response cannot follow it on the
-         * one write request, and the client must not wait for one. */
-        gw_conn_close(c);
+         * one write request, and the client must not wait for one. The log says what it would
+         * have been. */
+        conn_close(c, status);
         return;
     }
     if (!r->request_id.p)

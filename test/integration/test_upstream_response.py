@@ -233,6 +233,47 @@ class InterimTest(UpstreamResponseCase):
                                                tail=["Content-Length: 4"]))
 
 
+class InterimThenFailureTest(GwTestCase):
+    """An error the gateway must answer while a relayed 1xx still waits for a slow client."""
+
+    def test_body_timeout_while_a_1xx_waits_for_the_client(self):
+        link = "</%s>" % ("q" * 20000)
+
+        def backend(conn):
+            conn.read_request(read_body=False)
+            for i in range(150):
+                conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: %s\r\n\r\n" % link.encode())
+            conn.wait_eof(10)
+        py = self.raw_server(backend)
+        gw = self.gateway(basic_config(
+            upstreams={"py": upstream_cfg(py.url, retries={"max": 0}, timeouts={"read_ms": 10000})},
+            routes=[{"match": {"path_prefix": "/"}, "upstream": "py"}],
+            timeouts={"body_ms": 1000}))
+        c = Client(gw.port, timeout=20, rcvbuf=4096)
+        try:
+            # Half the body, then nothing: body_ms runs out while 1xx bytes are still queued
+            # for this client, which reads nothing until then.
+            c.request("POST", "/up", headers={"X-Request-Id": RID, "Content-Length": "10"},
+                      body=None, host="a")
+            c.send(b"12345")
+            time.sleep(2.5)
+            raw = c.read_until_close(10)
+        finally:
+            c.close()
+        # The 408 cannot follow a half-written 1xx: the connection is closed instead, and what
+        # did arrive is only 103s.
+        self.assertTrue(raw.startswith(b"HTTP/1.1 103 Early Hints\r\n"), raw[:100])
+        self.assertNotIn(b"HTTP/1.1 408", raw)
+        self.assertNotIn(b"request_timeout", raw)
+        self.assertEqual(raw.count(b"HTTP/1.1 "), raw.count(b"HTTP/1.1 103 Early Hints\r\n"))
+        self.assertTrue(py.wait_requests(1))
+        self.assertEqual(py.requests[0].raw_head, forwarded_head(
+            "POST /up HTTP/1.1", [], py.port, tail=["Content-Length: 10"]))
+        # The log says what the gateway would have answered.
+        lines = wait_until(gw.access_log_lines, 5)
+        self.assertEqual([json.loads(l)["status"] for l in lines], [408])
+
+
 class ViaAndForwardedForTest(UpstreamResponseCase):
 
     def test_via_appended_both_ways(self):
