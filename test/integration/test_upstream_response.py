@@ -140,6 +140,19 @@ class InterimTest(UpstreamResponseCase):
                                                tail=["Content-Length: 3"]))
         self.assertEqual(self.seen()[0].body, b"abc")
 
+    def test_failure_after_an_interim_response_is_answered(self):
+        def answer(conn, req):
+            conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </f>\r\n\r\nHTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n")
+            return "eof"
+        self.answer(answer)
+        with self.gw.client() as c:
+            c.request("GET", "/f", headers={"X-Request-Id": RID}, host="a")
+            r = c.read_response()
+        self.assertEqual([i.status for i in r.interim], [103])
+        self.assertJsonError(r, 502, "upstream_protocol_error")
+        self.assertUpstreamClosed()
+        self.assertForwarded(0, forwarded_head("GET /f HTTP/1.1", [], self.py.port))
+
     def test_interim_responses_to_a_slow_client(self):
         # More 1xx bytes than the sockets buffer, to a client that does not read for longer than
         # read_ms: the gateway stops reading the backend while a 1xx waits for the client (the
