@@ -60,38 +60,49 @@ static bool cidr_bits_match(const uint8_t *net, const uint8_t *addr, unsigned pr
     return (net[whole] & mask) == (addr[whole] & mask);
 }
 
+static const uint8_t cidr_v4_mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+
+/* Reads `sa` as 16 bytes of IPv6 address and a port, an IPv4 address in its IPv4-mapped form
+ * (::ffff:a.b.c.d): both spellings of an IPv4 address are then one point, for ranges and for
+ * equality alike. False for other families. */
+static bool cidr_addr16(const struct sockaddr *sa, uint8_t out[16], uint16_t *port)
+{
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const void *)sa;
+        memcpy(out, cidr_v4_mapped, sizeof cidr_v4_mapped);
+        memcpy(out + 12, &in->sin_addr, 4);
+        *port = in->sin_port;
+        return true;
+    }
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const void *)sa;
+        memcpy(out, &in6->sin6_addr, 16);
+        *port = in6->sin6_port;
+        return true;
+    }
+    return false;
+}
+
 bool gw_cidr_match(const gw_cidr_t *c, const struct sockaddr *sa)
 {
-    const uint8_t *addr;
-    int family = sa->sa_family;
-    if (family == AF_INET) {
-        addr = (const uint8_t *)&((const struct sockaddr_in *)(const void *)sa)->sin_addr;
-    } else if (family == AF_INET6) {
-        addr = (const uint8_t *)&((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr;
-        static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        if (memcmp(addr, mapped, sizeof mapped) == 0) {
-            family = AF_INET;
-            addr += 12;
-        }
-    } else {
+    uint8_t addr[16], net[16];
+    uint16_t port;
+    if (!cidr_addr16(sa, addr, &port))
         return false;
-    }
-    return family == c->family && cidr_bits_match(c->addr, addr, c->prefix);
+    if (c->family == AF_INET6)
+        return cidr_bits_match(c->addr, addr, c->prefix);
+    memcpy(net, cidr_v4_mapped, sizeof cidr_v4_mapped);
+    memcpy(net + 12, c->addr, 4);
+    return cidr_bits_match(net, addr, 96u + c->prefix);
 }
 
 bool gw_sockaddr_equal(const struct sockaddr_storage *a, socklen_t alen,
                        const struct sockaddr_storage *b, socklen_t blen)
 {
-    if (a->ss_family != b->ss_family || alen != blen)
-        return false;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
-        return x->sin6_port == y->sin6_port &&
-               memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
-    }
-    return memcmp(a, b, alen) == 0;
+    uint8_t x[16], y[16];
+    uint16_t xport, yport;
+    if (cidr_addr16((const struct sockaddr *)a, x, &xport) &&
+        cidr_addr16((const struct sockaddr *)b, y, &yport))
+        return xport == yport && memcmp(x, y, sizeof x) == 0;
+    return a->ss_family == b->ss_family && alen == blen && memcmp(a, b, alen) == 0;
 }

@@ -21,12 +21,14 @@ typedef struct gw_cidr {
  * always a typo for a different range). */
 bool gw_cidr_parse(const char *text, gw_cidr_t *out);
 
-/** True when `sa` falls inside `c`. An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is matched as
- * the IPv4 address it carries. */
+/** True when `sa` falls inside `c`. An IPv4 address and its IPv4-mapped IPv6 form (::ffff:a.b.c.d)
+ * are one address: both fall inside "10.0.0.0/8" and inside "::ffff:10.0.0.0/104", and both
+ * inside an IPv6 range that holds ::ffff:0:0/96 ("::/0"); neither inside "::1/128". */
 bool gw_cidr_match(const gw_cidr_t *c, const struct sockaddr *sa);
 
 /** True when a and b are the same IPv4 or IPv6 address and port (padding and, for IPv6,
- * flow info are ignored; other families compare byte for byte). */
+ * flow info are ignored; an IPv4-mapped IPv6 address equals its IPv4 form, so
+ * [::ffff:127.0.0.1]:80 is 127.0.0.1:80; other families compare byte for byte). */
 bool gw_sockaddr_equal(const struct sockaddr_storage *a, socklen_t alen,
                        const struct sockaddr_storage *b, socklen_t blen);
 

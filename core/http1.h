@@ -138,7 +138,9 @@ enum gw_http1_url_error {
 };
 
 /** Splits `url`. Returns GW_URL_OK and fills *out, or the first thing that is wrong. The host's
- * characters and the port's value are the caller's to check (gw_http1_parse_port). */
+ * characters and the port's value are the caller's to check (gw_http1_parse_port). `url` ends at
+ * its first NUL: a caller whose text may hold one (a Lua or JSON string) must refuse it first,
+ * or "http://h:80\0x" would pass as "http://h:80". */
 int gw_http1_url_split(const char *url, gw_http1_url_t *out);
 
 /**

@@ -340,20 +340,30 @@ static const char *reg_parse_url(const char *url, struct sockaddr_storage *sa, s
     if (p == 0)
         return "the port must be a number from 1 to 65535";
     memset(sa, 0, sizeof *sa);
+    struct sockaddr_in *in = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+    if (v6) {
+        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
+            return "invalid IPv6 address";
+        if (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr)) {
+            /* [::ffff:a.b.c.d] is a.b.c.d: registered, listed and compared in that form. */
+            struct in_addr v4;
+            memcpy(&v4, &in6->sin6_addr.s6_addr[12], sizeof v4);
+            memset(sa, 0, sizeof *sa);
+            in->sin_addr = v4;
+            v6 = false;
+        }
+    } else if (inet_pton(AF_INET, host, &in->sin_addr) != 1) {
+        return "the host must be an IP address (registration does not resolve names)";
+    }
     char text[INET6_ADDRSTRLEN];
     if (!v6) {
-        struct sockaddr_in *in = (struct sockaddr_in *)sa;
-        if (inet_pton(AF_INET, host, &in->sin_addr) != 1)
-            return "the host must be an IP address (registration does not resolve names)";
         in->sin_family = AF_INET;
         in->sin_port = htons((uint16_t)p);
         *salen = sizeof *in;
         inet_ntop(AF_INET, &in->sin_addr, text, sizeof text);
         snprintf(auth, GW_SLOT_URL_MAX, "%s:%ld", text, p);
     } else {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
-        if (inet_pton(AF_INET6, host, &in6->sin6_addr) != 1)
-            return "invalid IPv6 address";
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((uint16_t)p);
         *salen = sizeof *in6;
@@ -377,19 +387,116 @@ typedef struct reg_req {
     uint32_t ttl_ms;
 } reg_req_t;
 
+/* What cJSON lets through that a registration must not: bytes below 0x20 other than JSON's
+ * whitespace outside strings (cJSON skips them all, so a leading NUL passes), raw control bytes
+ * inside strings, and \u0000, which cJSON decodes into a C string that then ends early
+ * ("http://10.0.0.5:80\u0000x" would read as a valid URL). Returns NULL, or what is wrong with
+ * *at set to its offset. */
+static const char *reg_json_bytes(const char *p, size_t len, size_t *at)
+{
+    bool in_string = false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        *at = i;
+        if (!in_string) {
+            if (ch == '"')
+                in_string = true;
+            else if (ch < 0x20 && ch != '\t' && ch != '\n' && ch != '\r')
+                return "a control byte outside a string";
+        } else if (ch < 0x20) {
+            return "an unescaped control byte in a string";
+        } else if (ch == '"') {
+            in_string = false;
+        } else if (ch == '\\') {
+            if (i + 5 < len && p[i + 1] == 'u' && memcmp(p + i + 2, "0000", 4) == 0)
+                return "\\u0000 (NUL) in a string";
+            i++;
+        }
+    }
+    return NULL;
+}
+
+static int reg_name_cmp(const void *a, const void *b)
+{
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* A key that appears twice in one object of `v`, at any depth, or NULL. cJSON keeps both copies
+ * and a lookup sees only the first, so such a body says two things and is refused. */
+static const char *reg_json_duplicate(const cJSON *v)
+{
+    size_t n = 0;
+    for (const cJSON *c = v->child; c; c = c->next, n++) {
+        const char *d = reg_json_duplicate(c);
+        if (d)
+            return d;
+    }
+    if (!cJSON_IsObject(v) || n < 2)
+        return NULL;
+    const char **names = malloc(n * sizeof *names);
+    if (!names)
+        abort(); /* bounded by the admin body limit: treated like any small allocation */
+    n = 0;
+    for (const cJSON *c = v->child; c; c = c->next)
+        names[n++] = c->string;
+    qsort(names, n, sizeof *names, reg_name_cmp);
+    const char *dup = NULL;
+    for (size_t i = 1; i < n && !dup; i++)
+        if (strcmp(names[i - 1], names[i]) == 0)
+            dup = names[i];
+    free(names);
+    return dup;
+}
+
+/* Parses `body` as exactly one JSON value, stricter than cJSON alone (reg_json_bytes, nothing but
+ * whitespace after the value, no duplicate keys). Returns the document, or NULL with the 400
+ * reply in *json. */
+static cJSON *reg_json_parse(const char *body, size_t len, char **json)
+{
+    size_t at = 0;
+    const char *why = reg_json_bytes(body, len, &at);
+    if (why) {
+        reg_reply(json, 400, "bad_request", "the body is not valid JSON: %s at byte %zu", why, at);
+        return NULL;
+    }
+    const char *end = NULL;
+    cJSON *doc = cJSON_ParseWithLengthOpts(body, len, &end, false);
+    if (!doc || !cJSON_IsObject(doc)) {
+        reg_reply(json, 400, "bad_request",
+                  "the body must be a JSON object such as "
+                  "{\"url\": \"http://10.0.0.5:8080\", \"upstream\": \"api\"}");
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    at = (size_t)(end - body);
+    while (at < len &&
+           (body[at] == ' ' || body[at] == '\t' || body[at] == '\r' || body[at] == '\n'))
+        at++;
+    if (at < len) {
+        reg_reply(json, 400, "bad_request",
+                  "the body is not valid JSON: bytes after the object at byte %zu", at);
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    const char *dup = reg_json_duplicate(doc);
+    if (dup) {
+        reg_reply(json, 400, "bad_request",
+                  "key \"%.200s\" appears twice in one object of the body", dup);
+        cJSON_Delete(doc);
+        return NULL;
+    }
+    return doc;
+}
+
 /* Reads and checks the body. Returns 0 or an HTTP status with *json set. */
 static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, reg_req_t *q,
                      char **json)
 {
     const gw_config_t *cfg = r->cfg;
-    cJSON *doc = cJSON_ParseWithLength(body, len);
+    cJSON *doc = reg_json_parse(body, len, json);
+    if (!doc)
+        return 400;
     int st = 0;
-    if (!doc || !cJSON_IsObject(doc)) {
-        st = reg_reply(json, 400, "bad_request",
-                       "the body must be a JSON object such as "
-                       "{\"url\": \"http://10.0.0.5:8080\", \"upstream\": \"api\"}");
-        goto done;
-    }
     const cJSON *url = cJSON_GetObjectItemCaseSensitive(doc, "url");
     const cJSON *up = cJSON_GetObjectItemCaseSensitive(doc, "upstream");
     const cJSON *weight = cJSON_GetObjectItemCaseSensitive(doc, "weight");

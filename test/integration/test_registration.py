@@ -301,6 +301,21 @@ class RegistrationTest(GwTestCase):
             ("unknown upstream", dict(body={"url": r1.url, "upstream": "nope"}), 404,
              "unknown_upstream"),
             ("static URL", dict(body={"url": s.url}), 409, "static_backend"),
+            # IPv4-mapped IPv6 is the same address as its IPv4 form.
+            ("static URL, IPv4-mapped", dict(body={"url": "http://[::ffff:127.0.0.1]:%d" % s.port}),
+             409, "static_backend"),
+            # What a lenient JSON parser lets through.
+            ("NUL after the port", dict(raw='{"url": "%s\\u0000x"}' % r1.url), 400, "bad_request"),
+            ("raw NUL in a string", dict(raw=b'{"url": "' + r1.url.encode() + b'\0x"}'), 400,
+             "bad_request"),
+            ("leading NUL", dict(raw=b'\0{"url": "' + r1.url.encode() + b'"}'), 400, "bad_request"),
+            ("bytes after the object", dict(raw='{"url": "%s"} x' % r1.url), 400, "bad_request"),
+            ("two objects", dict(raw='{"url": "%s"}{"url": "%s"}' % (r1.url, r2.url)), 400,
+             "bad_request"),
+            ("duplicate key", dict(raw='{"url": "%s", "url": "%s"}' % (r1.url, r2.url)), 400,
+             "bad_request"),
+            ("duplicate key in meta", dict(raw='{"url": "%s", "meta": {"z": "a", "z": "b"}}' % r1.url),
+             400, "bad_request"),
         ]
         for what, kw, status, code in bad:
             with self.subTest(what):

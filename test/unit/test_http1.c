@@ -297,6 +297,15 @@ static void test_url_split(void **state)
     assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("008080")), 0);
     assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("8a")), 0);
     assert_int_equal(gw_http1_parse_port(GW_SLICE_LIT("")), 0);
+    /* Anything after the digits makes the port invalid (static and registered URLs alike). */
+    assert_int_equal(gw_http1_url_split("http://h:80x", &u), GW_URL_OK);
+    assert_slice(u.port, "80x");
+    assert_int_equal(gw_http1_parse_port(u.port), 0);
+    assert_int_equal(gw_http1_url_split("http://[::1]:80 ", &u), GW_URL_OK);
+    assert_int_equal(gw_http1_parse_port(u.port), 0);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE("80\0x", 4)), 0);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE("80\0", 3)), 0);
+    assert_int_equal(gw_http1_parse_port(GW_SLICE("\x01" "80", 3)), 0);
 }
 
 static bool authority(const char *s)

@@ -58,8 +58,17 @@ static void test_cidr_parse(void **state)
     assert_true(gw_cidr_parse("fd00::/8", &c));
     assert_true(gw_cidr_parse("0.0.0.0/0", &c));
 
-    const char *bad[] = {"", "10.0.0.0/", "/8", "10.0.0.0/33", "::/129", "10.0.0.1/8",
-                         "fd00::1/8", "10.0.0/8", "example.com/8", "10.0.0.0/8x", "10.0.0.0/-1",
+    const char *bad[] = {"",
+                         "10.0.0.0/",
+                         "/8",
+                         "10.0.0.0/33",
+                         "::/129",
+                         "10.0.0.1/8",
+                         "fd00::1/8",
+                         "10.0.0/8",
+                         "example.com/8",
+                         "10.0.0.0/8x",
+                         "10.0.0.0/-1",
                          "10.0.0.0/0008"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
         if (gw_cidr_parse(bad[i], &c))
@@ -80,9 +89,18 @@ static void test_cidr_match(void **state)
     assert_true(in_range("fd00::/8", "fd12:3456::1"));
     assert_false(in_range("fd00::/8", "fe80::1"));
     assert_true(in_range("::1/128", "::1"));
-    /* An IPv4-mapped IPv6 address is the IPv4 address it carries. */
+    /* An IPv4-mapped IPv6 address is the IPv4 address it carries, whichever way the range and
+     * the address are written. */
     assert_true(in_range("10.0.0.0/8", "::ffff:10.1.2.3"));
     assert_false(in_range("10.0.0.0/8", "::ffff:11.1.2.3"));
+    assert_true(in_range("::ffff:10.0.0.0/104", "10.1.2.3"));
+    assert_true(in_range("::ffff:10.0.0.0/104", "::ffff:10.1.2.3"));
+    assert_false(in_range("::ffff:10.0.0.0/104", "11.1.2.3"));
+    assert_true(in_range("::ffff:127.0.0.1", "127.0.0.1"));
+    assert_true(in_range("::/0", "8.8.8.8"));
+    assert_true(in_range("0.0.0.0/0", "::ffff:8.8.8.8"));
+    assert_false(in_range("0.0.0.0/0", "::8.8.8.8"));
+    assert_false(in_range("::1/128", "127.0.0.1"));
 }
 
 static void test_sockaddr_equal(void **state)
@@ -100,6 +118,16 @@ static void test_sockaddr_equal(void **state)
     assert_false(gw_sockaddr_equal(&a, l4, &b, l4));
     assert_false(gw_sockaddr_equal(&a, l4, &v6, l6));
     assert_true(gw_sockaddr_equal(&v6, l6, &v6b, l6));
+    /* [::ffff:10.0.0.1]:80 is 10.0.0.1:80, in either order; another port or address is not. */
+    struct sockaddr_storage m = addr("::ffff:10.0.0.1");
+    ((struct sockaddr_in6 *)&m)->sin6_port = htons(80);
+    assert_true(gw_sockaddr_equal(&m, l6, &a, l4));
+    assert_true(gw_sockaddr_equal(&a, l4, &m, l6));
+    assert_false(gw_sockaddr_equal(&m, l6, &c, l4));
+    assert_false(gw_sockaddr_equal(&m, l6, &b, l4));
+    struct sockaddr_storage compat = addr("::10.0.0.1"); /* not mapped: another address */
+    ((struct sockaddr_in6 *)&compat)->sin6_port = htons(80);
+    assert_false(gw_sockaddr_equal(&compat, l6, &a, l4));
 }
 
 /* ---- registry ---- */
@@ -144,6 +172,18 @@ static int call(fixture_t *f, bool reg, const char *body, uint64_t now)
     return gw_registry_handle(f->reg, reg, body, strlen(body), now, &f->json);
 }
 
+/* Like assert_error, for a body of `len` bytes that may hold NULs. */
+static void assert_error_len(fixture_t *f, const char *body, size_t len, const char *message)
+{
+    free(f->json);
+    f->json = NULL;
+    int st = gw_registry_handle(f->reg, true, body, len, 0, &f->json);
+    if (st != 400 || strstr(f->json, "\"error\":\"bad_request\"") == NULL ||
+        strstr(f->json, message) == NULL)
+        fail_msg("%.*s -> %d %s; expected 400 bad_request saying \"%s\"", (int)len, body, st,
+                 f->json, message);
+}
+
 static void assert_error(fixture_t *f, bool reg, const char *body, int status, const char *code)
 {
     int st = call(f, reg, body, 0);
@@ -158,9 +198,9 @@ static const gw_backend_t *slot(const fixture_t *f, size_t u, uint32_t k)
     return gw_registry_backends(f->reg)[gw_upstream_slot_gindex(&f->cfg->upstreams[u], k)];
 }
 
-#define ONE_UPSTREAM(reg)                                                                        \
-    "return { listen = '127.0.0.1:18080', registration = " reg ",\n"                                 \
-    "  upstreams = { api = { backends = { 'http://127.0.0.1:9001' } } },\n"                       \
+#define ONE_UPSTREAM(reg)                                                                          \
+    "return { listen = '127.0.0.1:18080', registration = " reg ",\n"                               \
+    "  upstreams = { api = { backends = { 'http://127.0.0.1:9001' } } },\n"                        \
     "  routes = { { match = { path_prefix = '/' }, upstream = 'api' } } }"
 
 static void test_register_renew_unregister(void **state)
@@ -185,7 +225,8 @@ static void test_register_renew_unregister(void **state)
     assert_int_equal(gw_registry_expires_in(f->reg, slot(f, 0, 0)->cfg->gindex, 1100), -1);
 
     /* A heartbeat keeps the id and restarts the TTL; a missing weight keeps the old one. */
-    assert_int_equal(call(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":\"api\"}", 1300), 200);
+    assert_int_equal(
+        call(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":\"api\"}", 1300), 200);
     assert_non_null(strstr(f->json, "\"status\":\"renewed\""));
     assert_non_null(strstr(f->json, "\"id\":2"));
     assert_int_equal(b->cfg->weight, 3);
@@ -225,7 +266,8 @@ static void test_validation(void **state)
     assert_error(f, true, "{\"url\":\"http://[::1:9005\"}", 400, "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"weight\":0}", 400, "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"weight\":1.5}", 400, "bad_request");
-    assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"weight\":1001}", 400, "bad_request");
+    assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"weight\":1001}", 400,
+                 "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"meta\":[1]}", 400, "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"ttl_ms\":-1}", 400, "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":7}", 400, "bad_request");
@@ -236,9 +278,64 @@ static void test_validation(void **state)
     /* The static backend, however it is spelled. */
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9001/\"}", 409, "static_backend");
     assert_error(f, false, "{\"url\":\"http://127.0.0.1:9001\"}", 409, "static_backend");
-    assert_int_equal(call(f, true, "{\"url\":\"http://[::1]:9005\",\"meta\":{\"zone\":\"a\"}}", 0), 201);
+    assert_int_equal(call(f, true, "{\"url\":\"http://[::1]:9005\",\"meta\":{\"zone\":\"a\"}}", 0),
+                     201);
     assert_non_null(strstr(f->json, "\"url\":\"http://[::1]:9005\""));
     assert_string_equal(slot(f, 0, 1)->cfg->meta_json, "{\"zone\":\"a\"}");
+    close_registry(f);
+}
+
+/* What cJSON alone would accept: each is refused with a message, and nothing is registered. */
+static void test_strict_body(void **state)
+{
+    (void)state;
+    fixture_t *f = open_registry(ONE_UPSTREAM("{ allow = { '127.0.0.0/8', '::1' } }"));
+#define BAD(lit, msg) assert_error_len(f, lit, sizeof(lit) - 1, msg)
+    /* \u0000 would end the C string right after the port. */
+    BAD("{\"url\":\"http://127.0.0.1:9005\\u0000x\"}", "\\\\u0000 (NUL) in a string at byte 29");
+    BAD("{\"url\":\"http://127.0.0.1:9005\",\"meta\":{\"a\\u0000b\":1}}", "NUL");
+    BAD("{\"url\":\"http://127.0.0.1:9005\0x\"}", "unescaped control byte in a string at byte 29");
+    BAD("{\"url\":\"http://127.0.0.1:9005\tx\"}", "unescaped control byte");
+    BAD("\0{\"url\":\"http://127.0.0.1:9005\"}", "control byte outside a string at byte 0");
+    BAD("{\"url\":\x01\"http://127.0.0.1:9005\"}", "control byte outside a string at byte 7");
+    BAD("{\"url\":\"http://127.0.0.1:9005\"}x", "bytes after the object at byte 31");
+    BAD("{\"url\":\"http://127.0.0.1:9005\"} {}", "bytes after the object at byte 32");
+    BAD("{\"url\":\"http://127.0.0.1:9005\"}\0", "control byte outside a string at byte 31");
+    BAD("{\"url\":\"http://127.0.0.1:9005\",\"url\":\"http://10.0.0.1:80\"}",
+        "key \\\"url\\\" appears twice");
+    BAD("{\"url\":\"http://127.0.0.1:9005\",\"meta\":{\"z\":1,\"a\":2,\"z\":3}}",
+        "key \\\"z\\\" appears twice");
+    BAD("{\"url\":\"http://127.0.0.1:9005\",\"meta\":{\"l\":[{\"k\":1,\"k\":1}]}}",
+        "appears twice");
+    BAD("{\"url\":\"http://127.0.0.1:9005x\"}", "the port must be a number");
+    BAD("{\"url\":\"http://127.0.0.1:9005 \"}", "the port must be a number");
+#undef BAD
+    assert_int_equal(gw_registry_events(f->reg, 0, GW_REG_REGISTERED), 0);
+    /* Whitespace around the object, escapes other than \u0000, and the same key in two
+     * different objects are fine. */
+    assert_int_equal(
+        call(f, true,
+             " \r\n\t{\"url\":\"http:\\/\\/127.0.0.1:9005\",\"meta\":{\"url\":\"\\u0001\"}}\n", 0),
+        201);
+    close_registry(f);
+}
+
+/* [::ffff:a.b.c.d] is a.b.c.d: a second spelling of the static backend is refused (409), and a
+ * registration in that spelling is listed, renewed and removed as the IPv4 address. */
+static void test_ipv4_mapped(void **state)
+{
+    (void)state;
+    fixture_t *f = open_registry(ONE_UPSTREAM("{ allow = { '127.0.0.0/8' } }"));
+    assert_error(f, true, "{\"url\":\"http://[::ffff:127.0.0.1]:9001\"}", 409, "static_backend");
+    assert_error(f, true, "{\"url\":\"http://[::ffff:7f00:1]:9001\"}", 409, "static_backend");
+    assert_error(f, true, "{\"url\":\"http://[::ffff:10.0.0.1]:9001\"}", 403, "not_allowed");
+    assert_int_equal(call(f, true, "{\"url\":\"http://[::ffff:127.0.0.2]:9005\"}", 0), 201);
+    assert_non_null(strstr(f->json, "\"url\":\"http://127.0.0.2:9005\""));
+    assert_string_equal(slot(f, 0, 1)->cfg->authority, "127.0.0.2:9005");
+    assert_int_equal(call(f, true, "{\"url\":\"http://127.0.0.2:9005\"}", 0), 200);
+    assert_non_null(strstr(f->json, "\"status\":\"renewed\""));
+    assert_int_equal(call(f, false, "{\"url\":\"http://[::ffff:127.0.0.2]:9005\"}", 0), 200);
+    assert_int_equal(slot(f, 0, 1)->member, 0);
     close_registry(f);
 }
 
@@ -277,14 +374,17 @@ static void test_disabled_and_default_upstream(void **state)
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\"}", 403, "registration_disabled");
     close_registry(f);
 
-    f = open_registry("return { listen = '127.0.0.1:18080', registration = { allow = { '127.0.0.1' } },\n"
-                      "  upstreams = { a = { backends = {} }, b = { backends = {} } },\n"
-                      "  routes = { { match = { path_prefix = '/' }, upstream = 'a' } } }");
+    f = open_registry(
+        "return { listen = '127.0.0.1:18080', registration = { allow = { '127.0.0.1' } },\n"
+        "  upstreams = { a = { backends = {} }, b = { backends = {} } },\n"
+        "  routes = { { match = { path_prefix = '/' }, upstream = 'a' } } }");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\"}", 400, "bad_request");
-    assert_int_equal(call(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":\"b\"}", 0), 201);
+    assert_int_equal(call(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":\"b\"}", 0),
+                     201);
     assert_non_null(strstr(f->json, "\"id\":1"));
     /* The same URL in another upstream is another backend. */
-    assert_int_equal(call(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":\"a\"}", 0), 201);
+    assert_int_equal(call(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":\"a\"}", 0),
+                     201);
     assert_int_equal(slot(f, 0, 0)->member, 1);
     assert_int_equal(slot(f, 1, 0)->member, 1);
     close_registry(f);
@@ -345,9 +445,11 @@ static void test_config(void **state)
     check_err(ONE_UPSTREAM("true"), "gw.lua:1: registration: expected table, got boolean");
     check_err("return { listen = '127.0.0.1:18080', admin = false,\n"
               "  registration = { allow = { '10.0.0.0/8' } },\n"
-              "  upstreams = { api = { backends = {} } }, routes = { { match = {}, upstream = 'api' } } }",
+              "  upstreams = { api = { backends = {} } }, routes = { { match = {}, upstream = "
+              "'api' } } }",
               "gw.lua:2: registration: needs the admin listener (admin = false turns it off)");
-    check_err("return { listen = '127.0.0.1:18080', upstreams = { api = { backends = { 'http://127.0.0.1:1' } } },\n"
+    check_err("return { listen = '127.0.0.1:18080', upstreams = { api = { backends = { "
+              "'http://127.0.0.1:1' } } },\n"
               "  routes = { { match = {}, upstream = 'api' } }, hooks = { on_register = 1 } }",
               "gw.lua:2: hooks.on_register: expected function, got number");
 }
@@ -360,6 +462,8 @@ int main(void)
         cmocka_unit_test(test_sockaddr_equal),
         cmocka_unit_test(test_register_renew_unregister),
         cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_strict_body),
+        cmocka_unit_test(test_ipv4_mapped),
         cmocka_unit_test(test_full_and_slot_reuse),
         cmocka_unit_test(test_disabled_and_default_upstream),
         cmocka_unit_test(test_config),
