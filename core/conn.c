@@ -246,12 +246,18 @@ void gw_conn_arm_timer(gw_conn_t *c)
     uint64_t deadline = UINT64_MAX;
     switch (c->state) {
     case GW_CS_IDLE:
+        /* keepalive_ms is the wait between requests; the first one's head has header_ms from
+         * accept, so a connection that never sends a byte costs no more than a slow head. */
+        if (!c->served) {
+            deadline = c->accepted_ms + to->header_ms;
+            break;
+        }
         deadline = c->state_since_ms + to->keepalive_ms;
-        if (c->w->draining && c->served)
+        if (c->w->draining)
             deadline = GW_MIN(deadline, c->w->drain_since_ms + GW_DRAIN_IDLE_GRACE_MS);
         break;
     case GW_CS_HEAD:
-        deadline = c->state_since_ms + to->header_ms;
+        deadline = (c->served ? c->state_since_ms : c->accepted_ms) + to->header_ms;
         break;
     case GW_CS_PROXY:
         if (!c->req.body_done)
@@ -1269,6 +1275,7 @@ void gw_conn_accept(gw_worker_t *w, uv_stream_t *server)
     } else {
         strcpy(c->client_ip, "-");
     }
+    c->accepted_ms = now_ms(c);
     conn_set_state(c, GW_CS_IDLE);
 }
 

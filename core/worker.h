@@ -222,6 +222,7 @@ struct gw_conn {
     size_t head_start;     /* offset where the current request began */
     size_t head_end;       /* offset just past the current request head */
     uint64_t state_since_ms; /* loop time when the current state began (timers) */
+    uint64_t accepted_ms;    /* loop time of accept: the first request's head is timed from it */
     uint64_t write_since_ms; /* loop time when the pending client write began */
     uint32_t writes_pending;
     size_t write_queued;   /* bytes of the pending batch that libuv had left to write */

@@ -132,5 +132,64 @@ class TimeoutsTest(GwTestCase):
         self.assertLess(elapsed, max(HEADER_MS, KEEPALIVE_MS) / 1000 + 2.0)
 
 
+class FirstRequestTimeoutTest(GwTestCase):
+    """A connection's first request head is timed by header_ms from accept; keepalive_ms (much
+    longer here) is only the wait between requests."""
+
+    HEADER_MS = 400
+    KEEPALIVE_MS = 10000
+
+    @classmethod
+    def setUpClass(cls):
+        cls.py = RawServer(keepalive_handler(json_echo))
+        cls.gw = Gateway(basic_config(
+            upstreams={"py": upstream_cfg(cls.py.url)},
+            routes=[{"match": {"path_prefix": "/"}, "upstream": "py"}],
+            timeouts={"header_ms": cls.HEADER_MS, "keepalive_ms": cls.KEEPALIVE_MS}))
+
+    @classmethod
+    def tearDownClass(cls):
+        try:
+            cls.gw.stop()
+        finally:
+            cls.gw.kill()
+            cls.py.close()
+
+    def test_silent_connection_closed_at_header_ms(self):
+        with self.gw.client() as c:
+            t0 = time.monotonic()
+            rest = c.read_until_close(timeout=5)
+            elapsed = time.monotonic() - t0
+        self.assertTrue(rest == b"" or rest.startswith(b"HTTP/1.1 408"), rest[:200])
+        self.assertGreaterEqual(elapsed, self.HEADER_MS / 1000 * 0.8)
+        self.assertLess(elapsed, self.HEADER_MS / 1000 + 1.5,
+                        "a connection that sends nothing was kept %.2fs (header_ms %d, keepalive_ms %d)"
+                        % (elapsed, self.HEADER_MS, self.KEEPALIVE_MS))
+
+    def test_late_first_byte_does_not_restart_the_clock(self):
+        with self.gw.client() as c:
+            t0 = time.monotonic()
+            time.sleep(self.HEADER_MS / 1000 * 0.6)
+            c.send(b"GET /late HTTP/1.1\r\nHost: x\r\n")
+            try:
+                r = c.read_response(timeout=5)
+            except (ConnectionClosed, OSError):
+                r = None
+            elapsed = time.monotonic() - t0
+        if r is not None:
+            self.assertJsonError(r, 408)
+        # From the first byte it would be 0.6 + 1.0 header_ms; from accept it is 1.0.
+        self.assertLess(elapsed, self.HEADER_MS / 1000 * 1.45,
+                        "the first head was timed from its first byte, not from accept (%.2fs)" % elapsed)
+
+    def test_keepalive_between_requests_is_not_header_ms(self):
+        with self.gw.client() as c:
+            c.request("GET", "/one")
+            self.assertEqual(c.read_response().status, 200)
+            time.sleep(self.HEADER_MS / 1000 * 2.5)
+            c.request("GET", "/two")
+            self.assertEqual(c.read_response().status, 200)
+
+
 if __name__ == "__main__":
     main()
