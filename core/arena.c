@@ -26,14 +26,14 @@ void gw_arena_init(gw_arena_t *a, size_t block_size, size_t limit, gw_arena_cach
     a->cache = cache;
 }
 
-void gw_arena_cache_drain(gw_arena_cache_t *cache)
+void gw_arena_cache_trim(gw_arena_cache_t *cache, uint32_t keep)
 {
-    while (cache->free) {
+    while (cache->n > keep) {
         gw_arena_block_t *b = cache->free;
         cache->free = b->next;
+        cache->n--;
         free(b);
     }
-    cache->n = 0;
 }
 
 /* Frees a block, or parks an ordinary one in the cache. */

@@ -32,8 +32,8 @@ typedef struct gw_arena {
  * NULL) must only hold blocks of `block_size` and outlive the arena. */
 void gw_arena_init(gw_arena_t *a, size_t block_size, size_t limit, gw_arena_cache_t *cache);
 
-/** Frees every block held by the cache. */
-void gw_arena_cache_drain(gw_arena_cache_t *cache);
+/** Frees the blocks held by the cache beyond the first `keep` (0: all of them). */
+void gw_arena_cache_trim(gw_arena_cache_t *cache, uint32_t keep);
 
 /** Returns `n` bytes aligned to 16, or NULL when the limit is reached or malloc fails. */
 void *gw_arena_alloc(gw_arena_t *a, size_t n);

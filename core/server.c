@@ -13,12 +13,23 @@
  * (gw_conn_drain_all), let the others finish their current response (they close after it),
  * force-close whatever is left when timeouts.drain_ms expires, then close every remaining handle
  * so the loop ends and uv_loop_close succeeds.
+ *
+ * Memory after a burst. A worker keeps up to GW_FREE_BUFS_MAX input buffers and its arena cache's
+ * blocks for the next connections, and the allocator keeps freed memory in its per-thread heaps,
+ * where live allocations of the survivors pin it: after thousands of connections closed, RSS
+ * stays near its peak although nothing uses it. So when the connections a worker holds have
+ * fallen GW_TRIM_DROP below their peak, a one-shot timer (GW_TRIM_DELAY_MS later, once the burst
+ * is over) cuts the caches back to a few entries and asks the allocator to return its free pages.
+ * That runs once per burst, never per request.
  */
 #include "server.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +46,11 @@
 enum { GW_CMD_NONE = 0, GW_CMD_DRAIN = 1, GW_CMD_STOP = 2 };
 
 #define GW_FREE_BUFS_MAX 64
+/* See "Memory after a burst" above. */
+#define GW_TRIM_DROP 256
+#define GW_TRIM_DELAY_MS 1000
+#define GW_TRIM_KEEP_BUFS 8
+#define GW_TRIM_KEEP_BLOCKS 32
 
 struct gw_server {
     const gw_config_t *cfg;
@@ -110,11 +126,31 @@ static void worker_maybe_finish(gw_worker_t *w)
     gw_upconn_close_all(w);
     gw_probe_close_all(w);
     uv_close((uv_handle_t *)&w->drain_timer, worker_on_handle_closed);
+    uv_close((uv_handle_t *)&w->trim_timer, worker_on_handle_closed);
     uv_close((uv_handle_t *)&w->wakeup, worker_on_handle_closed);
+}
+
+/* A burst of connections is over: give back what only it needed. */
+static void worker_on_trim(uv_timer_t *t)
+{
+    gw_worker_t *w = t->data;
+    while (w->nfree_bufs > GW_TRIM_KEEP_BUFS)
+        free(w->free_bufs[--w->nfree_bufs]);
+    gw_arena_cache_trim(&w->arena_cache, GW_TRIM_KEEP_BLOCKS);
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
+    w->conns_peak = w->nconns;
 }
 
 void gw_worker_conn_closed(gw_worker_t *w)
 {
+    /* nconns only grows at accept, so the largest count seen here before a close is the peak. */
+    if (w->nconns + 1 > w->conns_peak)
+        w->conns_peak = w->nconns + 1;
+    if (w->conns_peak - w->nconns >= GW_TRIM_DROP && !w->draining &&
+        !uv_is_active((uv_handle_t *)&w->trim_timer))
+        uv_timer_start(&w->trim_timer, worker_on_trim, GW_TRIM_DELAY_MS, 0);
     worker_maybe_finish(w);
 }
 
@@ -395,6 +431,8 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);
     w->drain_timer.data = w;
+    uv_timer_init(&w->loop, &w->trim_timer);
+    w->trim_timer.data = w;
     size_t cap = 0;
     for (size_t i = 0; i < cfg->nlisten; i++) {
         size_t k = server_inherit(s->inherit, (size_t)id, s->nworkers, &cfg->listen[i], NULL);
@@ -431,6 +469,7 @@ static void worker_free(gw_worker_t *w)
         /* Never ran: close its handles by running the loop once. */
         worker_close_listeners(w);
         uv_close((uv_handle_t *)&w->drain_timer, NULL);
+        uv_close((uv_handle_t *)&w->trim_timer, NULL);
         uv_close((uv_handle_t *)&w->wakeup, NULL);
         uv_run(&w->loop, UV_RUN_DEFAULT);
         uv_loop_close(&w->loop);
@@ -442,7 +481,7 @@ static void worker_free(gw_worker_t *w)
     }
     for (uint32_t i = 0; i < w->nfree_bufs; i++)
         free(w->free_bufs[i]);
-    gw_arena_cache_drain(&w->arena_cache);
+    gw_arena_cache_trim(&w->arena_cache, 0);
     free(w->free_bufs);
     free(w->ups);
     free(w->pools);

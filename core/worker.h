@@ -91,6 +91,7 @@ struct gw_worker {
     uv_thread_t thread;
     uv_async_t wakeup;     /* the main thread asks for a drain or a stop */
     uv_timer_t drain_timer;
+    uv_timer_t trim_timer; /* gives memory back after a burst of connections (server.c) */
     uv_tcp_t *listeners;
     uint32_t *listener_addr; /* [i]: the cfg->listen index listeners[i] serves */
     size_t nlisteners;       /* after a reload a worker may hold several sockets of one address */
@@ -101,6 +102,7 @@ struct gw_worker {
     bool thread_started;
     gw_link_t conns;       /* gw_conn_t.link */
     uint32_t nconns;
+    uint32_t conns_peak;   /* most connections held since the last trim */
     gw_link_t upconns;     /* every gw_upconn_t of this worker, for shutdown */
     gw_pool_t *pools;      /* [cfg->nbackends_total], by backend gindex */
     gw_worker_upstream_t *ups; /* [cfg->nupstreams] */
