@@ -164,14 +164,15 @@ def wait_port(port, timeout=10.0, proc=None):
 class PgwBackend:
     """The example backend. `name` is reported in its JSON echo as "backend"."""
 
-    def __init__(self, name="b1", extra_args=()):
+    def __init__(self, name="b1", extra_args=(), port=0):
         if not os.path.exists(PGW_BACKEND):
             if "PGW_BACKEND" in os.environ:
                 raise AssertionError("PGW_BACKEND=%s does not exist" % PGW_BACKEND)
             raise unittest.SkipTest("pgw-backend not found at %s" % PGW_BACKEND)
         self.name = name
         self.proc = _register(subprocess.Popen(
-            [PGW_BACKEND, "--listen", HOST + ":0", "--quiet", "--name", name] + list(extra_args),
+            [PGW_BACKEND, "--listen", "%s:%d" % (HOST, port), "--quiet", "--name", name]
+            + list(extra_args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
         self.port = None
         self._lines = []
@@ -784,6 +785,76 @@ def wait_until(pred, timeout, step=0.02):
         time.sleep(step)
 
 
+class Load:
+    """GET load on a gateway from background threads until stop(): `keepalive` clients that keep
+    one connection (a new one when the gateway answers Connection: close) and `fresh` clients that
+    open a connection per request. Every failure (an exception, or a status other than 200) is
+    appended to `errors` saying which client saw it; `counts` has the successes per kind and
+    `backends` the JSON "backend" of each 200 (pgw-backend's name). A context manager."""
+
+    def __init__(self, port, path="/x", keepalive=2, fresh=1, timeout=5.0):
+        self.port, self.path, self.timeout = port, path, timeout
+        self.errors = []
+        self.counts = {"keepalive": 0, "fresh": 0}
+        self.backends = {}
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._keepalive, daemon=True) for _ in range(keepalive)]
+        self._threads += [threading.Thread(target=self._fresh, daemon=True) for _ in range(fresh)]
+
+    def _ok(self, kind, status, body):
+        if status != 200:
+            self.errors.append("%s: status %d %r" % (kind, status, body[:200]))
+            return
+        self.counts[kind] += 1
+        try:
+            name = json.loads(body).get("backend")
+        except ValueError:
+            name = None
+        self.backends[name] = self.backends.get(name, 0) + 1
+
+    def _keepalive(self):
+        c = http.client.HTTPConnection(HOST, self.port, timeout=self.timeout)
+        while not self._stop.is_set():
+            try:
+                c.request("GET", self.path)
+                r = c.getresponse()
+                self._ok("keepalive", r.status, r.read())
+                if r.getheader("connection", "").lower() == "close":
+                    c.close()
+            except Exception as e:  # noqa: BLE001
+                self.errors.append("keepalive: %r" % e)
+                c.close()
+        c.close()
+
+    def _fresh(self):
+        while not self._stop.is_set():
+            try:
+                st, _, body = get(self.port, self.path, timeout=self.timeout)
+                self._ok("fresh", st, body)
+            except Exception as e:  # noqa: BLE001
+                self.errors.append("fresh: %r" % e)
+
+    def start(self):
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout + 5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *a):
+        self.stop()
+
+
+def fd_count(pid):
+    return len(os.listdir("/proc/%d/fd" % pid))
+
+
 def get_json(port, path="/", headers=None):
     status, hs, body = get(port, path, headers)
     return status, hs, json.loads(body)
@@ -1109,8 +1180,8 @@ class GwTestCase(unittest.TestCase):
         self._wd = _Watchdog(self.TEST_TIMEOUT, self.id())
         self.addCleanup(self._wd.cancel)
 
-    def backend(self, name="b1", extra_args=()):
-        b = PgwBackend(name, extra_args)
+    def backend(self, name="b1", extra_args=(), port=0):
+        b = PgwBackend(name, extra_args, port)
         self.addCleanup(b.stop)
         return b
 

@@ -146,58 +146,20 @@ class ReloadTest(GwTestCase):
         self.assertEqual(gw.metric("gw_registrations_total", event="registered"), 1)
 
     def test_no_request_lost_across_reloads(self):
+        """10 reloads under keep-alive and one-request-per-connection load: not one error."""
         b1, b2 = self.backend("b1"), self.backend("b2")
         gw = self.gateway(self.config(1, [b1.url, b2.url], workers=2))
-        errors, counts = [], {"keepalive": 0, "fresh": 0}
-        stop = threading.Event()
-
-        def keepalive_client():
-            c = http.client.HTTPConnection(HOST, gw.port, timeout=5)
-            while not stop.is_set():
-                try:
-                    c.request("GET", "/x")
-                    r = c.getresponse()
-                    r.read()
-                    if r.status != 200:
-                        errors.append("keepalive status %d" % r.status)
-                    counts["keepalive"] += 1
-                    if r.getheader("connection", "").lower() == "close":
-                        c.close()
-                        c = http.client.HTTPConnection(HOST, gw.port, timeout=5)
-                except Exception as e:  # noqa: BLE001
-                    errors.append("keepalive: %r" % e)
-                    c.close()
-                    c = http.client.HTTPConnection(HOST, gw.port, timeout=5)
-
-        def fresh_client():
-            while not stop.is_set():
-                try:
-                    st, _, _ = get(gw.port, "/x", timeout=5)
-                    if st != 200:
-                        errors.append("fresh status %d" % st)
-                    counts["fresh"] += 1
-                except Exception as e:  # noqa: BLE001
-                    errors.append("fresh: %r" % e)
-
-        threads = [threading.Thread(target=f) for f in (keepalive_client, keepalive_client, fresh_client)]
-        for t in threads:
-            t.start()
-        try:
-            for v in range(2, 8):
+        with Load(gw.port, keepalive=2, fresh=1) as load:
+            for v in range(2, 12):
                 time.sleep(0.25)
                 self.rewrite(gw, self.config(v, [b1.url, b2.url], workers=1 + v % 2))
                 st, _, body = post(gw.admin_port, "/reload")
                 self.assertEqual(st, 200, body)
             time.sleep(0.25)
-        finally:
-            stop.set()
-            for t in threads:
-                t.join(10)
-        self.assertEqual(errors, [])
-        self.assertGreater(counts["keepalive"], 100, counts)
-        self.assertGreater(counts["fresh"], 50, counts)
-        self.assertEqual(self.version(gw), "v7")
-
+        self.assertEqual(load.errors, [])
+        self.assertGreater(load.counts["keepalive"], 100, load.counts)
+        self.assertGreater(load.counts["fresh"], 50, load.counts)
+        self.assertEqual(self.version(gw), "v11")
 
 if __name__ == "__main__":
     main()
