@@ -179,12 +179,8 @@ static int on_header_value_complete(llhttp_t *p)
         }
         break;
     case 7:
-        if (gw_slice_ieq(n, "upgrade"))
-            r->upgrade = h->value;
-        break;
-    case 10:
-        if (gw_slice_ieq(n, "connection"))
-            r->connection = h->value;
+        if (gw_slice_ieq(n, "upgrade") && h->value.len)
+            r->upgrade = h->value; /* any line; conn_forward_upgrade reads them all */
         break;
     case 12:
         if (gw_slice_ieq(n, "x-request-id"))
@@ -905,14 +901,19 @@ static void conn_forward_upgrade(gw_conn_t *c, gw_buf_t *b)
         return;
     size_t mark = b->len;
     gw_buf_append_str(b, "Connection: upgrade\r\nUpgrade: ");
-    size_t start = b->len, pos = 0;
-    gw_slice_t e;
-    while (gw_http1_list_next(r->upgrade, &pos, &e)) {
-        if (gw_slice_ieq(e, "h2c"))
+    size_t start = b->len;
+    for (uint32_t i = 0; i < r->nheaders; i++) {
+        if (!gw_slice_ieq(r->headers[i].name, "upgrade"))
             continue;
-        if (b->len > start)
-            gw_buf_append(b, ", ", 2);
-        gw_buf_append_slice(b, e);
+        size_t pos = 0;
+        gw_slice_t e;
+        while (gw_http1_list_next(r->headers[i].value, &pos, &e)) {
+            if (gw_slice_ieq(e, "h2c"))
+                continue;
+            if (b->len > start)
+                gw_buf_append(b, ", ", 2);
+            gw_buf_append_slice(b, e);
+        }
     }
     if (b->len == start) {
         b->len = mark;
@@ -945,12 +946,10 @@ static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
     gw_buf_append_slice(b, r->raw_rest);
     gw_buf_append(b, " HTTP/1.1\r\n", 11);
     /* Host is written by proxy.c per backend unless preserve_host: see proxy_send_head. */
-    gw_http1_via_t via = {cfg_of(c)->via, 1, r->http_minor};
-    gw_http1_forward_headers(b, r->headers, r->nheaders, r->connection,
-                             conn_reserved_request_header, &route->request_headers, &r->req_edits,
+    gw_http1_via_t via = {cfg_of(c)->via, 1, r->http_minor,
+                          GW_SLICE(c->client_ip, strlen(c->client_ip))};
+    gw_http1_forward_headers(b, r->headers, r->nheaders, conn_reserved_request_header, &route->request_headers, &r->req_edits,
                              &via);
-    gw_http1_append_list_header(b, r->headers, r->nheaders, GW_SLICE_LIT("X-Forwarded-For"),
-                                GW_SLICE(c->client_ip, strlen(c->client_ip)));
     gw_buf_append_str(b, "X-Forwarded-Proto: http\r\n");
     if (r->host.len)
         gw_buf_append_header(b, GW_SLICE_LIT("X-Forwarded-Host"), r->host);

@@ -128,6 +128,15 @@ bool gw_http1_list_has(gw_slice_t list, gw_slice_t token)
     return false;
 }
 
+bool gw_http1_field_has(const gw_header_t *h, uint32_t n, gw_slice_t field, gw_slice_t token)
+{
+    for (uint32_t i = 0; i < n; i++)
+        if (h[i].name.len == field.len && strncasecmp(h[i].name.p, field.p, field.len) == 0 &&
+            gw_http1_list_has(h[i].value, token))
+            return true;
+    return false;
+}
+
 const char *gw_http1_reason(int status)
 {
     switch (status) {
@@ -256,24 +265,34 @@ void gw_http1_append_list_header(gw_buf_t *b, const gw_header_t *h, uint32_t n, 
     gw_buf_append(b, "\r\n", 2);
 }
 
-void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t connection,
+void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n,
                               bool (*reserved)(gw_slice_t name), const gw_header_ops_t *ops,
                               const gw_header_edits_t *edits, const gw_http1_via_t *via)
 {
-    static const gw_slice_t via_name = GW_SLICE_LIT("Via");
-    /* A route or a hook that sets or removes Via decides it alone; otherwise the gateway writes
-     * the one combined line below. */
+    static const gw_slice_t via_name = GW_SLICE_LIT("Via"), connection = GW_SLICE_LIT("Connection"),
+                            xff_name = GW_SLICE_LIT("X-Forwarded-For");
+    /* Every Connection line counts (RFC 9110 §7.6.1: a list header may be split over lines), so
+     * a name listed on an earlier line cannot slip through. Most messages have none. */
+    bool has_connection = false;
+    for (uint32_t i = 0; i < n && !has_connection; i++)
+        has_connection = h[i].name.len == 10 && gw_slice_ieq(h[i].name, "connection");
+    /* A route or a hook that sets or removes Via (or X-Forwarded-For) decides it alone;
+     * otherwise the gateway writes the one combined line below. */
     bool add_via = via->name && !http1_ops_drop(ops, via_name) &&
                    !(edits->n && gw_edits_override(edits, via_name));
+    bool add_xff = via->forwarded_for.len && !http1_ops_drop(ops, xff_name) &&
+                   !(edits->n && gw_edits_override(edits, xff_name));
     for (uint32_t i = 0; i < n; i++) {
         gw_slice_t name = h[i].name;
         if (gw_http1_is_hop_by_hop(name) || reserved(name))
             continue;
-        if (connection.len && gw_http1_list_has(connection, name))
+        if (has_connection && gw_http1_field_has(h, n, connection, name))
             continue;
         if (http1_ops_drop(ops, name) || (edits->n && gw_edits_override(edits, name)))
             continue;
         if (add_via && name.len == 3 && gw_slice_ieq(name, "via"))
+            continue;
+        if (add_xff && name.len == 15 && gw_slice_ieq(name, "x-forwarded-for"))
             continue;
         gw_buf_append_header(b, name, h[i].value);
     }
@@ -282,10 +301,14 @@ void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_
         int len = snprintf(own, sizeof own, "%u.%u %s", via->major, via->minor, via->name);
         if (len < 0 || (size_t)len >= sizeof own)
             b->oom = true; /* config.c bounds the pseudonym: not reached */
-        else if (connection.len && gw_http1_list_has(connection, via_name))
+        else if (has_connection && gw_http1_field_has(h, n, connection, via_name))
             gw_http1_append_list_header(b, h, 0, via_name, GW_SLICE(own, (size_t)len));
         else
             gw_http1_append_list_header(b, h, n, via_name, GW_SLICE(own, (size_t)len));
+    }
+    if (add_xff) {
+        bool hop = has_connection && gw_http1_field_has(h, n, connection, xff_name);
+        gw_http1_append_list_header(b, h, hop ? 0 : n, xff_name, via->forwarded_for);
     }
     for (size_t k = 0; k < ops->nset; k++) {
         gw_slice_t sn = GW_SLICE(ops->set[k].name, strlen(ops->set[k].name));

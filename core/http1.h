@@ -61,24 +61,27 @@ bool gw_edits_override(const gw_header_edits_t *e, gw_slice_t name);
 /** Appends the SET and ADD edits as header lines (Host excepted: the proxy writes it). */
 void gw_edits_append(gw_buf_t *b, const gw_header_edits_t *e);
 
-/* The element a forwarding gateway adds to a message's Via (RFC 9110 §7.6.3): the protocol
- * version the message was received with, and the gateway's pseudonym. */
+/* What a forwarding gateway appends to list headers: its element of Via (RFC 9110 §7.6.3), the
+ * protocol version the message was received with and the gateway's pseudonym; and, on requests,
+ * the client address it appends to X-Forwarded-For. */
 typedef struct gw_http1_via {
     const char *name; /* NULL: no Via is added, and the message's own passes unchanged */
     uint8_t major;
     uint8_t minor;
+    gw_slice_t forwarded_for; /* empty: X-Forwarded-For passes unchanged (responses) */
 } gw_http1_via_t;
 
 /**
  * Appends the end-to-end headers of a message being forwarded: `h` without hop-by-hop fields,
- * without those named in `connection`, without the names `reserved` says the caller writes
+ * without those named in any of its Connection lines, without the names `reserved` says the caller writes
  * itself, and without those the route's `ops` or the hooks' `edits` replace or remove; then the
  * ops' set headers (unless an edit overrides them) and the edits. When `via->name` is set, the
- * message's Via lines become one, with the gateway's element appended, unless the ops or edits
- * take Via over. One function for both directions, so a rule cannot apply to requests and not
+ * message's Via lines become one, with the gateway's element appended, and likewise its
+ * X-Forwarded-For lines with `via->forwarded_for`, unless the ops or edits take that header over
+ * (as nginx's proxy_set_header does). One function for both directions, so a rule cannot apply to requests and not
  * to responses.
  */
-void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n, gw_slice_t connection,
+void gw_http1_forward_headers(gw_buf_t *b, const gw_header_t *h, uint32_t n,
                               bool (*reserved)(gw_slice_t name), const gw_header_ops_t *ops,
                               const gw_header_edits_t *edits, const gw_http1_via_t *via);
 
@@ -99,6 +102,10 @@ bool gw_http1_is_hop_by_hop(gw_slice_t name);
 /** True if the comma-separated token list `list` contains `token` (case-insensitive, OWS
  * around elements ignored). */
 bool gw_http1_list_has(gw_slice_t list, gw_slice_t token);
+
+/** True if any line of the list header `field` in `h` contains `token` (case-insensitive): a
+ * list split over several lines is one list (RFC 9110 §5.3). */
+bool gw_http1_field_has(const gw_header_t *h, uint32_t n, gw_slice_t field, gw_slice_t token);
 
 /** Iterates over the non-empty elements of a comma-separated list, OWS trimmed: start with
  * *pos = 0; returns false when there is none left. */

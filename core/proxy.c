@@ -650,7 +650,6 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
         status = r->lua_status;
     bool bodyless = gw_http1_response_bodyless(status, r->head_request);
     bool upgrade = status == 101;
-    gw_slice_t connection = proxy_response_header(u, "connection");
     gw_slice_t upgrade_value = proxy_response_header(u, "upgrade");
     if (!bodyless && !upgrade && !r->resp_buffered) {
         if (p->flags & F_CHUNKED) {
@@ -679,8 +678,8 @@ static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
     else
         gw_buf_append_str(b, gw_http1_reason(status));
     gw_buf_append(b, "\r\n", 2);
-    gw_http1_via_t via = {c->w->cfg->via, p->http_major, p->http_minor};
-    gw_http1_forward_headers(b, u->headers, u->nheaders, connection, proxy_reserved_response_header,
+    gw_http1_via_t via = {.name = c->w->cfg->via, .major = p->http_major, .minor = p->http_minor};
+    gw_http1_forward_headers(b, u->headers, u->nheaders, proxy_reserved_response_header,
                              ops, &r->resp_edits, &via);
     if (r->resp_buffered) {
         /* The whole body is known (and may have been replaced by a hook). */
@@ -756,9 +755,8 @@ static int proxy_relay_interim(gw_conn_t *c, gw_upconn_t *u)
     else
         gw_buf_append_str(b, gw_http1_reason(p->status_code));
     gw_buf_append(b, "\r\n", 2);
-    gw_http1_via_t via = {c->w->cfg->via, p->http_major, p->http_minor};
-    gw_http1_forward_headers(b, u->headers, u->nheaders, proxy_response_header(u, "connection"),
-                             proxy_reserved_response_header, &no_ops, &no_edits, &via);
+    gw_http1_via_t via = {.name = c->w->cfg->via, .major = p->http_major, .minor = p->http_minor};
+    gw_http1_forward_headers(b, u->headers, u->nheaders, proxy_reserved_response_header, &no_ops, &no_edits, &via);
     gw_buf_append(b, "\r\n", 2);
     if (b->oom)
         return -1;

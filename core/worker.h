@@ -151,7 +151,6 @@ typedef struct gw_request {
     gw_slice_t target;     /* as received */
     gw_slice_t host;       /* Host header value, empty if none */
     gw_slice_t request_id; /* received or generated */
-    gw_slice_t connection; /* Connection header value */
     gw_slice_t upgrade;    /* Upgrade header value; once forwarded, what the backend was offered */
     gw_slice_t te;         /* Transfer-Encoding header value */
     gw_header_t *headers;

@@ -329,6 +329,24 @@ class ViaAndForwardedForTest(UpstreamResponseCase):
             xff="203.0.113.9, 198.51.100.7, 10.1.1.1, 127.0.0.1"))
 
 
+    def test_connection_lines_are_one_list_both_ways(self):
+        # A name on any Connection line is hop-by-hop (RFC 9110 §7.6.1), not only the last line's.
+        def answer(conn, req):
+            conn.respond(200, b"ok", [("Connection", "x-up-secret"), ("X-Up-Secret", "s"),
+                                      ("X-Up-Keep", "k"), ("Connection", "keep-alive")])
+            return "again"
+        self.answer(answer)
+        with self.gw.client() as c:
+            c.request("GET", "/conn", host="a", headers=[
+                ("Connection", "X-Secret"), ("X-Secret", "1"), ("X-Request-Id", RID),
+                ("X-Keep", "2"), ("Connection", "keep-alive")])
+            r = c.read_response()
+        self.assertEqual(r.status, 200)
+        self.assertIsNone(r.header("x-up-secret"))
+        self.assertEqual(r.header("x-up-keep"), "k")
+        self.assertForwarded(0, forwarded_head("GET /conn HTTP/1.1", [("X-Keep", "2")],
+                                               self.py.port))
+
 class ViaConfigTest(GwTestCase):
     """`via` names the gateway in Via, or (false) leaves Via alone."""
 
@@ -391,6 +409,17 @@ class UpgradeTest(UpstreamResponseCase):
             self.assertEqual(c.read_response().status, 200)
         self.assertForwarded(0, forwarded_head("GET /both HTTP/1.1", [], self.py.port,
                                                tail=["Connection: upgrade", "Upgrade: websocket"]))
+
+    def test_upgrade_lines_are_one_list(self):
+        self.answer(lambda conn, req: conn.respond(200, b"no switch") or "again")
+        with self.gw.client() as c:
+            c.request("GET", "/lines", host="a", headers=[
+                ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("X-Request-Id", RID),
+                ("Upgrade", "h2c, foo/2")])
+            self.assertEqual(c.read_response().status, 200)
+        self.assertForwarded(0, forwarded_head("GET /lines HTTP/1.1", [], self.py.port,
+                                               tail=["Connection: upgrade",
+                                                     "Upgrade: websocket, foo/2"]))
 
     def test_101_without_an_upgrade_request_is_a_502(self):
         def answer(conn, req):

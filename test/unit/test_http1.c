@@ -74,14 +74,13 @@ static bool reserve_none(gw_slice_t name)
 }
 
 /* Runs the forwarding filter over `h` into a NUL-terminated string in `a`. */
-static const char *forward(gw_arena_t *a, const gw_header_t *h, uint32_t n, const char *connection,
+static const char *forward(gw_arena_t *a, const gw_header_t *h, uint32_t n,
                            const gw_header_ops_t *ops, const gw_http1_via_t *via)
 {
     static const gw_header_edits_t no_edits;
     gw_buf_t b;
     gw_buf_init(&b, a, 64);
-    gw_http1_forward_headers(&b, h, n, GW_SLICE(connection, strlen(connection)), reserve_none, ops,
-                             &no_edits, via);
+    gw_http1_forward_headers(&b, h, n, reserve_none, ops, &no_edits, via);
     gw_buf_append(&b, "", 1);
     assert_false(b.oom);
     return b.p;
@@ -111,27 +110,66 @@ static void test_forward_via(void **state)
     gw_arena_t a;
     gw_arena_init(&a, 4096, 0, NULL);
     gw_header_t h[] = {hdr("Via", "1.0 fred"), hdr("X-A", "1"), hdr("VIA", "1.1 p.example:8080"),
-                       hdr("Connection", "close")};
+                       hdr("Connection", "close"), hdr("Connection", "via")};
     gw_header_ops_t none = {0};
-    gw_http1_via_t gw11 = {"prequal-gw", 1, 1}, gw10 = {"edge", 1, 0}, off = {NULL, 1, 1};
+    gw_http1_via_t gw11 = {.name = "prequal-gw", .major = 1, .minor = 1},
+                   gw10 = {.name = "edge", .major = 1, .minor = 0}, off = {.major = 1, .minor = 1};
     /* Lines combined in order, the gateway's element last, after the other headers. */
-    assert_string_equal(forward(&a, h, 4, "", &none, &gw11),
+    assert_string_equal(forward(&a, h, 4, &none, &gw11),
                         "X-A: 1\r\nVia: 1.0 fred, 1.1 p.example:8080, 1.1 prequal-gw\r\n");
     /* The version is the one the message was received with. */
-    assert_string_equal(forward(&a, h + 1, 1, "", &none, &gw10), "X-A: 1\r\nVia: 1.0 edge\r\n");
+    assert_string_equal(forward(&a, h + 1, 1, &none, &gw10), "X-A: 1\r\nVia: 1.0 edge\r\n");
     /* via = false: Via passes like any other header. */
-    assert_string_equal(forward(&a, h, 4, "", &none, &off),
+    assert_string_equal(forward(&a, h, 4, &none, &off),
                         "Via: 1.0 fred\r\nX-A: 1\r\nVIA: 1.1 p.example:8080\r\n");
     /* A Via the sender marked hop-by-hop is not forwarded; the gateway's own still is. */
-    assert_string_equal(forward(&a, h, 4, "close, via", &none, &gw11),
-                        "X-A: 1\r\nVia: 1.1 prequal-gw\r\n");
+    assert_string_equal(forward(&a, h, 5, &none, &gw11), "X-A: 1\r\nVia: 1.1 prequal-gw\r\n");
     /* A route that sets or removes Via decides it alone. */
     char *rm[] = {"via"};
     gw_header_ops_t remove = {.remove = rm, .nremove = 1};
-    assert_string_equal(forward(&a, h, 4, "", &remove, &gw11), "X-A: 1\r\n");
+    assert_string_equal(forward(&a, h, 4, &remove, &gw11), "X-A: 1\r\n");
     gw_header_kv_t kv = {"via", "1.1 front"};
     gw_header_ops_t set = {.set = &kv, .nset = 1};
-    assert_string_equal(forward(&a, h, 4, "", &set, &gw11), "X-A: 1\r\nvia: 1.1 front\r\n");
+    assert_string_equal(forward(&a, h, 4, &set, &gw11), "X-A: 1\r\nvia: 1.1 front\r\n");
+    gw_arena_free(&a);
+}
+
+/* X-Forwarded-For: lines combined, the client appended; a route that sets or removes it decides
+ * it alone, as nginx's proxy_set_header does. */
+static void test_forward_x_forwarded_for(void **state)
+{
+    (void)state;
+    gw_arena_t a;
+    gw_arena_init(&a, 4096, 0, NULL);
+    gw_header_t h[] = {hdr("X-Forwarded-For", "203.0.113.1"), hdr("X-A", "1"),
+                       hdr("x-forwarded-for", "10.0.0.1")};
+    gw_header_ops_t none = {0};
+    gw_http1_via_t client = {.major = 1, .minor = 1, .forwarded_for = S("127.0.0.1")};
+    assert_string_equal(forward(&a, h, 3, &none, &client),
+                        "X-A: 1\r\nX-Forwarded-For: 203.0.113.1, 10.0.0.1, 127.0.0.1\r\n");
+    char *rm[] = {"X-Forwarded-For"};
+    gw_header_ops_t remove = {.remove = rm, .nremove = 1};
+    assert_string_equal(forward(&a, h, 3, &remove, &client), "X-A: 1\r\n");
+    gw_header_kv_t kv = {"x-forwarded-for", "198.51.100.1"};
+    gw_header_ops_t set = {.set = &kv, .nset = 1};
+    assert_string_equal(forward(&a, h, 3, &set, &client),
+                        "X-A: 1\r\nx-forwarded-for: 198.51.100.1\r\n");
+    gw_arena_free(&a);
+}
+
+/* A Connection list split over several lines is one list: a name on any line is hop-by-hop. */
+static void test_forward_connection_lines(void **state)
+{
+    (void)state;
+    gw_arena_t a;
+    gw_arena_init(&a, 4096, 0, NULL);
+    gw_header_t h[] = {hdr("Connection", "x-secret"), hdr("X-Secret", "1"), hdr("X-Other", "2"),
+                       hdr("X-Hop", "3"), hdr("CONNECTION", "keep-alive, X-HOP")};
+    gw_header_ops_t none = {0};
+    gw_http1_via_t off = {.major = 1, .minor = 1};
+    assert_string_equal(forward(&a, h, 5, &none, &off), "X-Other: 2\r\n");
+    assert_true(gw_http1_field_has(h, 5, S("connection"), S("x-hop")));
+    assert_false(gw_http1_field_has(h, 5, S("connection"), S("x-other")));
     gw_arena_free(&a);
 }
 
@@ -367,6 +405,8 @@ int main(void)
         cmocka_unit_test(test_list_next),
         cmocka_unit_test(test_list_header_combines_lines),
         cmocka_unit_test(test_forward_via),
+        cmocka_unit_test(test_forward_connection_lines),
+        cmocka_unit_test(test_forward_x_forwarded_for),
         cmocka_unit_test(test_reason_and_methods),
         cmocka_unit_test(test_parse_u64),
         cmocka_unit_test(test_buf_grows_in_arena),
