@@ -9,6 +9,8 @@
  * Usage:
  *   pgw-backend [--listen HOST:PORT] [--port N] [--name NAME] [--service-ms MEAN]
  *               [--dist fixed|exp] [--slowdown F] [--stall-ms MS --stall-every-ms MS]
+ *               [--concurrency N] [--freeze-ms MS --freeze-every-ms MS]
+ *               [--slow-factor F --slow-ms MS --slow-every-ms MS]
  *               [--piggyback] [--health-file PATH] [--seed N] [--quiet]
  *
  *   --listen HOST:PORT   address to bind (default 127.0.0.1:9001; port 0 picks an ephemeral port;
@@ -24,6 +26,19 @@
  *                        every EVERY ms (from start-up) the backend "stalls" for MS ms: a timed
  *                        request that would finish inside [k*EVERY, k*EVERY+MS) finishes at the
  *                        window's end. Probes are still answered during a stall.
+ *   --concurrency N      N service slots (default 0 = unlimited: every request's service time runs
+ *                        at once, overlapping). A timed request (ordinary paths, /delay/MS) holds a
+ *                        slot for its service time; with all N busy it waits in one FIFO queue
+ *                        shared by all connections. N = 1 serves one request at a time.
+ *   --freeze-ms MS --freeze-every-ms EVERY
+ *                        the whole process stops for MS ms at EVERY, 2*EVERY, ... ms after start-up
+ *                        (like a stop-the-world pause): nothing is read, answered or accepted,
+ *                        probes and /health included. Service times keep running; a request due
+ *                        during a freeze is answered when it ends.
+ *   --slow-factor F --slow-ms MS --slow-every-ms EVERY
+ *                        a service time that starts inside [k*EVERY, k*EVERY+MS) after start-up,
+ *                        k >= 1, is F times longer (on top of --slowdown): a replica that turns
+ *                        slow for a while. Probes stay fast.
  *   --piggyback          every response also carries X-Prequal-RIF and X-Prequal-Latency-Us.
  *   --health-file PATH   /health answers 503 {"status":"failing"} while PATH exists.
  *   --seed N             seed of the service-time RNG (default: from the clock and pid).
@@ -44,8 +59,9 @@
  * handed to uv_write; /probe, /health and /metrics are control-plane requests and are neither
  * counted nor sampled. Each finished request records (rif_at_arrival, latency) where rif_at_arrival
  * is the RIF it found (itself excluded), so a probe at RIF r predicts what a request sent now would
- * see. The samples live in one small ring per RIF value; a probe takes the median of those from the
- * last second at r-1..r+1, or 0 when there is none.
+ * see. With --concurrency, the RIF includes the requests waiting for a slot and the latency their
+ * wait. The samples live in one small ring per RIF value; a probe takes the median of those from
+ * the last second at r-1..r+1, or 0 when there is none.
  *
  * Ownership. A connection owns its requests (parsed, queued, or being parsed) and frees itself only
  * when both of its handles (the TCP stream and the linger timer) have closed. A request that has a
@@ -72,6 +88,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 #include <string.h>
+#include <time.h>
 
 #include <llhttp.h>
 #include <uv.h>
@@ -102,12 +119,16 @@ static struct {
     int dist_exp;
     double slowdown;
     uint64_t stall_ms, stall_every_ms;
+    uint32_t concurrency; /* service slots; 0 = unlimited */
+    uint64_t freeze_ms, freeze_every_ms;
+    double slow_factor;
+    uint64_t slow_ms, slow_every_ms;
     int piggyback;
     const char *health_file; /* /health answers 503 while this file exists */
     uint64_t seed;
     int seeded;
     int quiet;
-} cfg = {.host = "127.0.0.1", .port = 9001, .slowdown = 1.0};
+} cfg = {.host = "127.0.0.1", .port = 9001, .slowdown = 1.0, .slow_factor = 1.0};
 
 typedef struct be_conn be_conn_t;
 typedef struct be_req be_req_t;
@@ -116,12 +137,15 @@ static struct {
     uv_loop_t loop;
     uv_tcp_t listener;
     uv_signal_t sigint, sigterm;
+    uv_timer_t freeze; /* --freeze-*: fires at the start of each freeze */
     int stopping;
     be_conn_t *conns; /* every open connection, for shutdown */
     uint64_t rng;
     uint64_t start_ns; /* uv_hrtime() at start-up: stall windows count from here */
     uint32_t rif;
     uint64_t requests_total, probes_total, connections_total;
+    be_req_t *svc_head, *svc_tail; /* --concurrency: timed requests waiting for a slot, FIFO */
+    uint32_t svc_busy;             /* slots in use */
 } g;
 
 typedef struct {
@@ -480,6 +504,8 @@ struct be_req {
     be_conn_t *conn;
     uv_timer_t timer;
     int has_timer;
+    enum { SVC_NONE, SVC_QUEUED, SVC_RUNNING } svc; /* --concurrency only */
+    be_req_t *svc_prev, *svc_next;                  /* in g.svc_head..svc_tail while queued */
     be_route_t route;
     uint64_t arg; /* N, CODE or MS of the special paths; the status of R_ERROR */
     uint8_t method, http_major, http_minor;
@@ -574,9 +600,19 @@ static void req_free(be_req_t *r)
         req_dealloc(r);
 }
 
+static void svc_unlink(be_req_t *r);
+static void svc_dispatch(void);
+
 /* Drops a request that will never be answered (its connection is going away). */
 static void req_abort(be_req_t *r)
 {
+    if (r->svc == SVC_QUEUED) {
+        svc_unlink(r);
+    } else if (r->svc == SVC_RUNNING) {
+        r->svc = SVC_NONE;
+        g.svc_busy--;
+        svc_dispatch();
+    }
     if (r->counted) {
         g.rif--;
         r->counted = 0;
@@ -1355,14 +1391,30 @@ static void on_service_done(uv_timer_t *t)
 {
     be_req_t *r = t->data;
     r->ready = 1;
+    if (r->svc == SVC_RUNNING) {
+        r->svc = SVC_NONE;
+        g.svc_busy--;
+        svc_dispatch();
+    }
     conn_try_flush(r->conn);
 }
 
-/* When `r`, complete now, is done (uv_hrtime() base): after the simulated service time, pushed to
- * the end of a stall window it would otherwise end in. Returns 0 for "at once". */
+/* Whether `t_ns` (uv_hrtime() base) falls in one of the windows [k*every, k*every+len), k >= 1,
+ * counted from start-up. */
+static int in_periodic_window(uint64_t t_ns, uint64_t len_ms, uint64_t every_ms)
+{
+    if (len_ms == 0 || t_ns < g.start_ns)
+        return 0;
+    uint64_t rel = t_ns - g.start_ns, every = every_ms * 1000000;
+    return rel >= every && rel % every < len_ms * 1000000;
+}
+
+/* When `r`, starting its service now, is done (uv_hrtime() base): after the simulated service time,
+ * pushed to the end of a stall window it would otherwise end in. Returns 0 for "at once". */
 static uint64_t service_finish_ns(const be_req_t *r)
 {
     double ms;
+    uint64_t now = uv_hrtime();
     if (r->route == R_DELAY) {
         ms = (double)r->arg;
     } else if (r->route == R_NORMAL) {
@@ -1370,6 +1422,8 @@ static uint64_t service_finish_ns(const be_req_t *r)
         if (cfg.dist_exp && ms > 0)
             ms = -ms * log(1.0 - rng_unit());
         ms *= cfg.slowdown;
+        if (in_periodic_window(now, cfg.slow_ms, cfg.slow_every_ms))
+            ms *= cfg.slow_factor;
         if (ms > (double)BE_MAX_DELAY_MS)
             ms = (double)BE_MAX_DELAY_MS;
     } else {
@@ -1378,7 +1432,7 @@ static uint64_t service_finish_ns(const be_req_t *r)
     uint64_t d = (uint64_t)(ms * 1e6);
     if (d == 0 && cfg.stall_ms == 0)
         return 0;
-    uint64_t fin = uv_hrtime() + d;
+    uint64_t fin = now + d;
     if (cfg.stall_ms > 0) {
         uint64_t every = cfg.stall_every_ms * 1000000, stall = cfg.stall_ms * 1000000;
         uint64_t rel = fin - g.start_ns;
@@ -1389,22 +1443,89 @@ static uint64_t service_finish_ns(const be_req_t *r)
     return fin;
 }
 
-/* Starts r's service timer, or marks it ready. Timers have millisecond resolution and the loop's
- * clock is truncated to the millisecond, so the due time is rounded to the nearest millisecond of
- * that clock: a timer then fires within about +-0.5 ms of `fin`, and the mean service time (even a
- * fractional one) comes out right instead of half a millisecond late. */
-static void req_schedule(be_req_t *r)
+/* Starts r's service timer, due at `fin` (uv_hrtime() base; 0 = at once, in the next loop
+ * iteration). Timers have millisecond resolution and the loop's clock is truncated to the
+ * millisecond, so the due time is rounded to the nearest millisecond of that clock: a timer then
+ * fires within about +-0.5 ms of `fin`, and the mean service time (even a fractional one) comes out
+ * right instead of half a millisecond late. */
+static void req_timer_start(be_req_t *r, uint64_t fin)
 {
-    uint64_t fin = service_finish_ns(r);
-    if (fin == 0) {
-        r->ready = 1;
-        return;
-    }
     uint64_t due_ms = (fin + 500000) / 1000000, now_ms = uv_now(&g.loop);
     uv_timer_init(&g.loop, &r->timer);
     r->timer.data = r;
     r->has_timer = 1;
     uv_timer_start(&r->timer, on_service_done, due_ms > now_ms ? due_ms - now_ms : 0, 0);
+}
+
+static void svc_unlink(be_req_t *r)
+{
+    if (r->svc_prev)
+        r->svc_prev->svc_next = r->svc_next;
+    else
+        g.svc_head = r->svc_next;
+    if (r->svc_next)
+        r->svc_next->svc_prev = r->svc_prev;
+    else
+        g.svc_tail = r->svc_prev;
+    r->svc_prev = r->svc_next = NULL;
+    r->svc = SVC_NONE;
+}
+
+/* Starts the service of queued requests while a slot is free. It only starts timers (a zero
+ * service time too): answering happens in on_service_done, so this is safe to call from anywhere,
+ * a connection's teardown included. */
+static void svc_dispatch(void)
+{
+    while (g.svc_head && g.svc_busy < cfg.concurrency) {
+        be_req_t *r = g.svc_head;
+        svc_unlink(r);
+        r->svc = SVC_RUNNING;
+        g.svc_busy++;
+        req_timer_start(r, service_finish_ns(r));
+    }
+}
+
+/* Starts r's service (or queues it for a slot with --concurrency), or marks it ready. */
+static void req_schedule(be_req_t *r)
+{
+    if (cfg.concurrency > 0 && (r->route == R_NORMAL || r->route == R_DELAY)) {
+        r->svc = SVC_QUEUED;
+        r->svc_prev = g.svc_tail;
+        if (g.svc_tail)
+            g.svc_tail->svc_next = r;
+        else
+            g.svc_head = r;
+        g.svc_tail = r;
+        svc_dispatch();
+        return;
+    }
+    uint64_t fin = service_finish_ns(r);
+    if (fin == 0) {
+        r->ready = 1;
+        return;
+    }
+    req_timer_start(r, fin);
+}
+
+/* --freeze-*: the process stops, as in a stop-the-world pause. Blocking the only thread is the
+ * point: the kernel still queues connections and bytes, and nothing is read or answered until the
+ * pause ends, probes included. The pause ends at its scheduled time (not MS after a late timer),
+ * so the windows stay where --freeze-every-ms puts them. */
+static void on_freeze(uv_timer_t *t)
+{
+    uint64_t every = cfg.freeze_every_ms * 1000000, now = uv_hrtime();
+    /* the nearest window start: the timer may fire a little early (millisecond clock) or late */
+    uint64_t k = (now - g.start_ns + every / 2) / every;
+    uint64_t end = g.start_ns + k * every + cfg.freeze_ms * 1000000;
+    if (k >= 1 && now < end) { /* uv_hrtime() is CLOCK_MONOTONIC */
+        struct timespec ts = {(time_t)(end / 1000000000), (long)(end % 1000000000)};
+        while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+            ; /* a signal: libuv handles it once the pause is over */
+    }
+    uv_update_time(&g.loop);
+    now = uv_hrtime();
+    uint64_t next = g.start_ns + (k + 1) * every;
+    uv_timer_start(t, on_freeze, next > now ? (next - now + 999999) / 1000000 : 0, 0);
 }
 
 static int on_message_complete(llhttp_t *p)
@@ -1508,6 +1629,7 @@ static void on_signal(uv_signal_t *s, int signum)
     uv_close((uv_handle_t *)&g.listener, on_handle_closed);
     uv_close((uv_handle_t *)&g.sigint, on_handle_closed);
     uv_close((uv_handle_t *)&g.sigterm, on_handle_closed);
+    uv_close((uv_handle_t *)&g.freeze, on_handle_closed);
     while (g.conns)
         conn_close(g.conns);
 }
@@ -1515,6 +1637,8 @@ static void on_signal(uv_signal_t *s, int signum)
 static const char usage[] =
     "usage: pgw-backend [--listen HOST:PORT] [--port N] [--name NAME] [--service-ms MEAN]\n"
     "                   [--dist fixed|exp] [--slowdown F] [--stall-ms MS --stall-every-ms MS]\n"
+    "                   [--concurrency N] [--freeze-ms MS --freeze-every-ms MS]\n"
+    "                   [--slow-factor F --slow-ms MS --slow-every-ms MS]\n"
     "                   [--piggyback] [--health-file PATH] [--seed N] [--quiet]\n"
     "\n"
     "An example HTTP/1.1 backend for prequal-gw that simulates service time and reports Prequal\n"
@@ -1528,6 +1652,15 @@ static const char usage[] =
     "  --slowdown F         multiply service times by F (default 1)\n"
     "  --stall-ms MS        with --stall-every-ms EVERY: a timed request that would finish in\n"
     "  --stall-every-ms MS    [k*EVERY, k*EVERY+MS) after start-up finishes at the window's end\n"
+    "                       (probes are still answered during a stall)\n"
+    "  --concurrency N      N service slots, the rest wait in one FIFO queue (default 0 =\n"
+    "                       unlimited overlap; 1 = one request served at a time)\n"
+    "  --freeze-ms MS       with --freeze-every-ms EVERY: at EVERY, 2*EVERY, ... ms after\n"
+    "  --freeze-every-ms MS   start-up the process stops for MS ms: nothing answers, probes\n"
+    "                         and /health included\n"
+    "  --slow-factor F      with --slow-ms MS --slow-every-ms EVERY: a service time that\n"
+    "  --slow-ms MS           starts in [k*EVERY, k*EVERY+MS) after start-up (k >= 1) is\n"
+    "  --slow-every-ms MS     F times longer, e.g. 20, 2000, 10000\n"
     "  --piggyback          add X-Prequal-RIF / X-Prequal-Latency-Us to every response\n"
     "  --health-file PATH   /health answers 503 while PATH exists (to try health checks)\n"
     "  --seed N             RNG seed for service times (default: clock and pid)\n"
@@ -1610,9 +1743,25 @@ static void parse_listen(const char *v)
     cfg.port = (int)arg_u64(colon + 1, 65535, "--listen");
 }
 
+/* A periodic window option pair: both or neither, and the window shorter than its period. */
+static void check_period(int have_len, int have_every, uint64_t len, uint64_t every,
+                         const char *what)
+{
+    char msg[160];
+    if (have_len != have_every) {
+        snprintf(msg, sizeof msg, "--%s-ms and --%s-every-ms go together", what, what);
+        die_usage("%s", msg);
+    }
+    if (have_len && len > 0 && every <= len) {
+        snprintf(msg, sizeof msg, "--%s-every-ms must be larger than --%s-ms", what, what);
+        die_usage("%s", msg);
+    }
+}
+
 static void parse_args(int argc, char **argv)
 {
-    int have_stall = 0, have_every = 0;
+    int have_stall = 0, have_every = 0, have_freeze = 0, have_freeze_every = 0;
+    int have_slow = 0, have_slow_every = 0, have_slow_factor = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -1647,6 +1796,23 @@ static void parse_args(int argc, char **argv)
         } else if ((v = opt(argc, argv, &i, "--stall-every-ms"))) {
             cfg.stall_every_ms = arg_u64(v, BE_MAX_DELAY_MS, "--stall-every-ms");
             have_every = 1;
+        } else if ((v = opt(argc, argv, &i, "--concurrency"))) {
+            cfg.concurrency = (uint32_t)arg_u64(v, 1000000, "--concurrency");
+        } else if ((v = opt(argc, argv, &i, "--freeze-ms"))) {
+            cfg.freeze_ms = arg_u64(v, BE_MAX_DELAY_MS, "--freeze-ms");
+            have_freeze = 1;
+        } else if ((v = opt(argc, argv, &i, "--freeze-every-ms"))) {
+            cfg.freeze_every_ms = arg_u64(v, BE_MAX_DELAY_MS, "--freeze-every-ms");
+            have_freeze_every = 1;
+        } else if ((v = opt(argc, argv, &i, "--slow-factor"))) {
+            cfg.slow_factor = arg_double(v, "--slow-factor");
+            have_slow_factor = 1;
+        } else if ((v = opt(argc, argv, &i, "--slow-ms"))) {
+            cfg.slow_ms = arg_u64(v, BE_MAX_DELAY_MS, "--slow-ms");
+            have_slow = 1;
+        } else if ((v = opt(argc, argv, &i, "--slow-every-ms"))) {
+            cfg.slow_every_ms = arg_u64(v, BE_MAX_DELAY_MS, "--slow-every-ms");
+            have_slow_every = 1;
         } else if ((v = opt(argc, argv, &i, "--seed"))) {
             cfg.seed = arg_u64(v, UINT64_MAX, "--seed");
             cfg.seeded = 1;
@@ -1660,10 +1826,11 @@ static void parse_args(int argc, char **argv)
             die_usage("unknown option %s", argv[i]);
         }
     }
-    if (have_stall != have_every)
-        die_usage("%s", "--stall-ms and --stall-every-ms go together");
-    if (have_stall && cfg.stall_ms > 0 && cfg.stall_every_ms <= cfg.stall_ms)
-        die_usage("%s", "--stall-every-ms must be larger than --stall-ms");
+    check_period(have_stall, have_every, cfg.stall_ms, cfg.stall_every_ms, "stall");
+    check_period(have_freeze, have_freeze_every, cfg.freeze_ms, cfg.freeze_every_ms, "freeze");
+    check_period(have_slow, have_slow_every, cfg.slow_ms, cfg.slow_every_ms, "slow");
+    if (have_slow_factor != have_slow)
+        die_usage("%s", "--slow-factor goes with --slow-ms and --slow-every-ms");
 }
 
 static void init_parser_settings(void)
@@ -1731,9 +1898,16 @@ int main(int argc, char **argv)
         snprintf(cfg.name, sizeof cfg.name, "%s", where);
     printf("listening on %s\n", where);
     fflush(stdout);
-    logf_("%s: service %.3f ms %s x%.2f, stall %" PRIu64 "/%" PRIu64 " ms, piggyback %s", cfg.name,
-          cfg.service_ms, cfg.dist_exp ? "exp" : "fixed", cfg.slowdown, cfg.stall_ms,
-          cfg.stall_every_ms, cfg.piggyback ? "on" : "off");
+    logf_("%s: service %.3f ms %s x%.2f, concurrency %" PRIu32 ", stall %" PRIu64 "/%" PRIu64
+          " ms, freeze %" PRIu64 "/%" PRIu64 " ms, slow x%.2f %" PRIu64 "/%" PRIu64
+          " ms, piggyback %s",
+          cfg.name, cfg.service_ms, cfg.dist_exp ? "exp" : "fixed", cfg.slowdown, cfg.concurrency,
+          cfg.stall_ms, cfg.stall_every_ms, cfg.freeze_ms, cfg.freeze_every_ms, cfg.slow_factor,
+          cfg.slow_ms, cfg.slow_every_ms, cfg.piggyback ? "on" : "off");
+
+    uv_timer_init(&g.loop, &g.freeze);
+    if (cfg.freeze_ms > 0)
+        uv_timer_start(&g.freeze, on_freeze, cfg.freeze_every_ms, 0);
 
     uv_signal_init(&g.loop, &g.sigint);
     uv_signal_init(&g.loop, &g.sigterm);
