@@ -3,7 +3,8 @@
  *
  * Open loop: requests ARRIVE as a Poisson process at --rate R per second, whether or not earlier
  * ones have been answered. Each arrival goes out on an idle keep-alive connection from a pool of at
- * most --connections N (opened on demand); when none is idle it waits in a FIFO queue. Latency is
+ * most --connections N (opened on demand, or --open N of them at start; idle ones are reused
+ * longest-idle first); when none is idle it waits in a FIFO queue. Latency is
  * measured from the INTENDED arrival time (not from when a connection became free), so queueing
  * anywhere -- in the target, in its backends, or in our own pool -- shows up in the numbers instead
  * of being hidden by coordinated omission (a closed-loop client simply stops sending while the
@@ -26,7 +27,7 @@
  * The X-Backend response header of every ok response is counted per value (each backend's share).
  *
  *   pgw-loadgen --url http://127.0.0.1:PORT/path --rate R [--duration S] [--warmup S]
- *               [--connections N] [--timeout-ms MS] [--seed N] [--save FILE] [--quiet]
+ *               [--connections N] [--open N] [--timeout-ms MS] [--seed N] [--save FILE] [--quiet]
  *   pgw-loadgen --calibrate --url URL [--connections N] [--duration S] [--warmup S]
  *   pgw-loadgen --merge FILE...
  *
@@ -78,14 +79,16 @@ static struct {
     double duration_s, warmup_s;
     int duration_set, warmup_set;
     unsigned connections;
+    unsigned open; /* connections opened at start (--open) */
     uint64_t timeout_ms;
     uint64_t seed;
     int calibrate;
     int quiet;
-    int coarse; /* --coarse-timer: no timerfd, only the 1 ms tick and the check handle */
+    int coarse;          /* --coarse-timer: no timerfd, only the 1 ms tick and the check handle */
     uint64_t quantum_us; /* --timer-us: wake-ups for arrivals at most this often (timerfd) */
     const char *save;
-} opt = {.duration_s = 10, .warmup_s = 1, .connections = 256, .timeout_ms = 5000, .quantum_us = 200};
+} opt = {
+    .duration_s = 10, .warmup_s = 1, .connections = 256, .timeout_ms = 5000, .quantum_us = 200};
 
 static char host[256];
 static int port = 80;
@@ -148,9 +151,12 @@ static int tfd = -1;
 static uv_signal_t sigint_h, sigterm_h;
 static conn_t **pool; /* slots, NULL = free */
 static unsigned nopen, nconnecting;
-static conn_t **idle; /* stack of idle connections */
+/* Idle connections, a FIFO ring: the one idle longest is reused first, so every open connection
+ * carries about the same share of the requests (a connection-level balancer in front of several
+ * targets then splits the load evenly instead of by how recently each connection was used). */
+static conn_t **idle;
 static uint64_t conns_opened;
-static unsigned nidle;
+static unsigned nidle, idle_head;
 
 static arrival_t *q; /* FIFO ring of waiting arrivals */
 static size_t qcap, qhead, qlen;
@@ -312,11 +318,23 @@ static arrival_t q_pop(void)
 static void dispatch(void);
 static void maybe_finish(void);
 
+static conn_t *idle_pop(void)
+{
+    conn_t *c = idle[idle_head];
+    idle_head = (idle_head + 1) % opt.connections;
+    nidle--;
+    return c;
+}
+
+/* Rare (an idle connection closed by its peer): O(n) keeps the ring simple. */
 static void idle_remove(conn_t *c)
 {
     for (unsigned i = 0; i < nidle; i++)
-        if (idle[i] == c) {
-            idle[i] = idle[--nidle];
+        if (idle[(idle_head + i) % opt.connections] == c) {
+            for (unsigned k = i; k + 1 < nidle; k++)
+                idle[(idle_head + k) % opt.connections] =
+                    idle[(idle_head + k + 1) % opt.connections];
+            nidle--;
             return;
         }
 }
@@ -356,7 +374,7 @@ static void conn_fail(conn_t *c, int result)
 static void conn_make_idle(conn_t *c)
 {
     c->state = C_IDLE;
-    idle[nidle++] = c;
+    idle[(idle_head + nidle++) % opt.connections] = c;
 }
 
 static void on_written(uv_write_t *w, int status)
@@ -614,7 +632,7 @@ static void dispatch(void)
         if (now >= t_end)
             return;
         while (nidle > 0)
-            conn_send(idle[--nidle], now, now >= t_measure && now < t_end);
+            conn_send(idle_pop(), now, now >= t_measure && now < t_end);
         if (consecutive_connect_fail > 100)
             die("cannot connect to %s:%d", host, port);
         while (nopen < opt.connections)
@@ -623,7 +641,7 @@ static void dispatch(void)
     }
     while (qlen > 0 && nidle > 0) {
         arrival_t a = q_pop();
-        conn_send(idle[--nidle], a.intended, a.measured);
+        conn_send(idle_pop(), a.intended, a.measured);
     }
     /* each attempt either adds a connecting connection or fails (charging a queued request) */
     while (qlen > nconnecting && nopen < opt.connections)
@@ -804,7 +822,8 @@ static void report(stats_t *s, const char *what)
         printf("    mean %.3f  p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n", mean,
                pct(s, .50), pct(s, .90), pct(s, .99), pct(s, .999), pct(s, 1.0));
         if (lag_n)
-            printf("  send lag (intended -> written; loadgen queue + timer): mean %.3f ms, max %.3f ms, %.2f%% > 1 ms\n",
+            printf("  send lag (intended -> written; loadgen queue + timer): mean %.3f ms, max "
+                   "%.3f ms, %.2f%% > 1 ms\n",
                    (double)lag_sum / (double)lag_n / 1e6, (double)lag_max / 1e6,
                    100.0 * (double)lag_over_1ms / (double)lag_n);
         if (s->nnames) {
@@ -898,15 +917,17 @@ static void merge_one(stats_t *s, const char *file)
 
 static void usage(int code)
 {
-    fprintf(code ? stderr : stdout,
-            "usage: pgw-loadgen --url http://127.0.0.1:PORT/path --rate R [--duration S] [--warmup S]\n"
-            "                   [--connections N] [--timeout-ms MS] [--seed N] [--save FILE] [--quiet]\n"
-            "       pgw-loadgen --calibrate --url URL [--connections N] [--duration S] [--warmup S]\n"
-            "       pgw-loadgen --merge FILE...\n"
-            "Open loop: Poisson arrivals at R req/s; latency counts from each request's intended\n"
-            "send time. Defaults: --duration 10 (3 with --calibrate), --warmup 1, --connections 256,\n"
-            "--timeout-ms 5000. Last line: RESULT rate= sent= ok= errors= timeouts= p50_ms= p90_ms=\n"
-            "p99_ms= p999_ms= max_ms= share=NAME:FRACTION,... (or CAPACITY rps= with --calibrate).\n");
+    fprintf(
+        code ? stderr : stdout,
+        "usage: pgw-loadgen --url http://127.0.0.1:PORT/path --rate R [--duration S] [--warmup S]\n"
+        "                   [--connections N] [--open N] [--timeout-ms MS] [--seed N]\n"
+        "                   [--save FILE] [--quiet]\n"
+        "       pgw-loadgen --calibrate --url URL [--connections N] [--duration S] [--warmup S]\n"
+        "       pgw-loadgen --merge FILE...\n"
+        "Open loop: Poisson arrivals at R req/s; latency counts from each request's intended\n"
+        "send time. Defaults: --duration 10 (3 with --calibrate), --warmup 1, --connections 256,\n"
+        "--timeout-ms 5000. Last line: RESULT rate= sent= ok= errors= timeouts= p50_ms= p90_ms=\n"
+        "p99_ms= p999_ms= max_ms= share=NAME:FRACTION,... (or CAPACITY rps= with --calibrate).\n");
     exit(code);
 }
 
@@ -962,6 +983,8 @@ int main(int argc, char **argv)
             opt.warmup_s = arg_num(NEXT(), a, 0, 86400), opt.warmup_set = 1;
         else if (!strcmp(a, "--connections"))
             opt.connections = (unsigned)arg_num(NEXT(), a, 1, 1000000);
+        else if (!strcmp(a, "--open"))
+            opt.open = (unsigned)arg_num(NEXT(), a, 0, 1000000);
         else if (!strcmp(a, "--timeout-ms"))
             opt.timeout_ms = (uint64_t)arg_num(NEXT(), a, 1, 3600000);
         else if (!strcmp(a, "--seed"))
@@ -1015,9 +1038,9 @@ int main(int argc, char **argv)
         die("--connections %u exceeds the open-file limit %llu", opt.connections,
             (unsigned long long)rl.rlim_cur);
 
-    int rl_len = snprintf(NULL, 0,
-                          "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: pgw-loadgen\r\n\r\n", path,
-                          host, port);
+    int rl_len =
+        snprintf(NULL, 0, "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: pgw-loadgen\r\n\r\n", path,
+                 host, port);
     request_buf = xrealloc(NULL, (size_t)rl_len + 1);
     snprintf(request_buf, (size_t)rl_len + 1,
              "GET %s HTTP/1.1\r\nHost: %s:%d\r\nUser-Agent: pgw-loadgen\r\n\r\n", path, host, port);
@@ -1067,6 +1090,9 @@ int main(int argc, char **argv)
 #endif
     if (opt.calibrate)
         dispatch();
+    else
+        for (unsigned i = 0; i < opt.open && i < opt.connections; i++)
+            conn_open();
     uv_run(loop, UV_RUN_DEFAULT);
 
     if (opt.calibrate) {
