@@ -52,28 +52,13 @@ HOST=127.0.0.1
 log() { printf '%s\n' "$*" >&2; }
 
 # ---- dependencies (idempotent) -------------------------------------------------------------
-./scripts/install-deps
-missing=()
-for p in nginx-light haproxy; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  log "installing: ${missing[*]}"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+. bench/lib.sh
+bench_deps nginx-light haproxy
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
 
 # ---- build ---------------------------------------------------------------------------------
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-if ! cmake --build build -j"$(nproc)" >/tmp/pgw-prequal-bench-build.log 2>&1; then
-  # core/ is a moving target; a bench can still run on the last good binaries
-  [ -x build/prequal-gw ] && [ -x build/pgw-backend ] || { cat /tmp/pgw-prequal-bench-build.log >&2; exit 1; }
-  log "warning: build failed (/tmp/pgw-prequal-bench-build.log); using the existing binaries"
-fi
+bench_build prequal-gw pgw-backend pgw-loadgen
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 tmp=$(mktemp -d /tmp/pgw-prequal-bench.XXXXXX)
