@@ -498,6 +498,22 @@ class Matrix:
             b.stop()
         self.backends = []
 
+    def drain(self, limit=60.0):
+        """Waits until no replica has a request in flight: an overloaded replica (round robin
+        into the slow one) keeps its queue after the segment ends, and the next target would
+        inherit it. Returns the seconds waited, or None if the replicas did not drain."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            busy = 0
+            for b in self.backends:
+                st, body = http_get(b.port, "/metrics", timeout=1)
+                m = re.search(r"^backend_in_flight (\d+)", body, re.M) if st == 200 else None
+                busy += int(m.group(1)) if m else 1  # no answer (frozen): ask again
+            if busy == 0:
+                return time.monotonic() - t0
+            time.sleep(0.05)
+        return None
+
     def dead_backends(self):
         return ["%s (%s)" % (b.name, b.why()) for b in self.backends if not b.alive()]
 
@@ -593,7 +609,13 @@ class Matrix:
                         if dead:
                             invalid = "INVALID: backend died in round %d: %s" % (rnd, ", ".join(dead))
                             log("  " + invalid)
-                        time.sleep(0.2)
+                        waited = self.drain()
+                        if waited is None:
+                            log("    warning: the replicas did not drain within 60 s after %s"
+                                % t.name)
+                        elif waited > 1:
+                            log("    (the replicas took %.1f s to drain after %s)"
+                                % (waited, t.name))
                     order = order[1:] + order[:1]
                 for t in self.targets:
                     self.rows.append(self.row(scn, slots, n, cname, load, rate, cap, theo, t,
