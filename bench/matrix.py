@@ -732,9 +732,9 @@ class Matrix:
                 continue
             name = "plot-%dr-%gpct%s.png" % (n, load, "" if slots == 1 else "-%sslots" % slots)
             png = os.path.join(self.out, name)
-            ymax = max(max(r["p999_ms"], r["p99_ms"]) for r in rows) * 1.6
+            ymax = max(max(r["p999_ms"], r["p99_ms"]) for r in rows) * 5  # room for the key
             ymin = min(r["p50_ms"] for r in rows) / 1.6
-            script = ['set terminal pngcairo size %d,%d font ",10"' % (
+            script = ['set terminal pngcairo noenhanced size %d,%d font ",10"' % (
                           max(900, 560 * len(cls)), 300 * len(scns) + 60),
                       'set output "%s"' % png,
                       'set multiplot layout %d,%d title "%s"' % (
@@ -802,6 +802,29 @@ class Matrix:
         log("table: %s" % os.path.join(self.out, "results.md"))
 
 
+def replot(a):
+    with open(os.path.join(a.replot, "results.tsv")) as fh:
+        keys = fh.readline().rstrip("\n").split("\t")
+        rows = [dict(zip(keys, ln.rstrip("\n").split("\t"))) for ln in fh]
+    for r in rows:
+        for k in ("slots", "replicas"):
+            r[k] = int(r[k])
+        for k in ("load", "p50_ms", "p99_ms", "p999_ms"):
+            if r.get(k):
+                r[k] = float(r[k])
+            else:
+                r.pop(k, None)
+    m = Matrix.__new__(Matrix)
+    m.a, m.out, m.rows = a, a.replot, rows
+    m.work = os.path.join(a.replot, "work")
+    os.makedirs(m.work, exist_ok=True)
+    with open(os.path.join(a.replot, "results.md")) as fh:
+        a.started = fh.readline().split(", ", 1)[-1].strip()
+    for p in m.plot():
+        log("plot: %s" % p)
+    return 0
+
+
 def parse_list(s, conv, what):
     try:
         return [conv(x) for x in s.split(",") if x]
@@ -852,7 +875,10 @@ def main():
     ap.add_argument("--open", type=int, default=48,
                     help="loadgen connections opened at start (a multiple of 3 splits evenly)")
     ap.add_argument("--out", help="results dir (default bench/out/matrix-DATE)")
+    ap.add_argument("--replot", metavar="DIR", help="only redraw the plots of DIR/results.tsv")
     a = ap.parse_args()
+    if a.replot:
+        return replot(a)
 
     base = FULL if a.full else QUICK
     a.mode = "full" if a.full else "quick"
