@@ -578,9 +578,15 @@ class Matrix:
                 per = {t.name: [] for t in self.targets}
                 pq = {t.name: [0, 0, 0] for t in self.targets}
                 split = {t.name: [0.0] * len(t.admin_ports) for t in self.targets}
-                order = [t for t in self.targets if not t.skip]
+                live = [t for t in self.targets if not t.skip]
                 invalid = None
                 for rnd in range(1, rounds + 1):
+                    # rotated each round, and reversed every other round: no target runs first
+                    # every time, nor always right after the same other target
+                    k = (rnd - 1) % len(live)
+                    order = live[k:] + live[:k]
+                    if rnd % 2 == 0:
+                        order.reverse()
                     for t in order:
                         if t.failed or invalid:
                             continue
@@ -616,7 +622,6 @@ class Matrix:
                         elif waited > 1:
                             log("    (the replicas took %.1f s to drain after %s)"
                                 % (waited, t.name))
-                    order = order[1:] + order[:1]
                 for t in self.targets:
                     self.rows.append(self.row(scn, slots, n, cname, load, rate, cap, theo, t,
                                               per[t.name], pq[t.name], split[t.name], invalid))
