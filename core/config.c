@@ -1471,6 +1471,61 @@ static int gw_cfg_prequal(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     return 0;
 }
 
+/* `hedge = {...}` (hedge.h): exactly one of after_ms and after_quantile; absent means off. */
+static int gw_cfg_hedge(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
+{
+    static const char *const keys[] = {"after_ms", "after_quantile", "max", "budget_percent", NULL};
+    gw_hedge_cfg_t *h = &u->hedge;
+    memset(h, 0, sizeof *h);
+    h->max = 1;
+    h->budget_percent = 10;
+    size_t old = gw_cfg_field(c, ut, "hedge");
+    int rc = gw_cfg_record(c, keys);
+    if (rc > 0) {
+        int ht = lua_gettop(c->L);
+        h->enabled = true;
+        uint64_t v = 0;
+        size_t o2 = gw_cfg_field(c, ht, "after_ms");
+        bool has_ms = lua_type(c->L, -1) != LUA_TNIL;
+        rc = gw_cfg_uint(c, 1, 60000, &v);
+        h->after_ms = (uint32_t)v;
+        gw_cfg_field_done(c, o2);
+        if (rc == 0) {
+            o2 = gw_cfg_field(c, ht, "after_quantile");
+            int type = lua_type(c->L, -1);
+            double q = type == LUA_TNUMBER ? lua_tonumber(c->L, -1) : 0;
+            if (type != LUA_TNIL && (type != LUA_TNUMBER || !(q > 0 && q < 1)))
+                rc = gw_cfg_fail(c, "expected a number above 0 and below 1, got %s",
+                                 type == LUA_TNUMBER ? lua_tostring(c->L, -1)
+                                                     : lua_typename(c->L, type));
+            else if (type != LUA_TNIL && has_ms)
+                rc = gw_cfg_fail(c, "give after_ms or after_quantile, not both");
+            else if (type == LUA_TNIL && !has_ms)
+                rc = gw_cfg_fail(c, "needs after_ms or after_quantile");
+            h->after_quantile = type == LUA_TNIL ? 0 : q;
+            gw_cfg_field_done(c, o2);
+        }
+        if (rc == 0) {
+            o2 = gw_cfg_field(c, ht, "max");
+            v = h->max;
+            rc = gw_cfg_uint(c, 0, UINT32_MAX, &v);
+            if (rc == 0 && v != 1)
+                rc = gw_cfg_fail(c, "only 1 is supported (one hedge per request), got %llu",
+                                 (unsigned long long)v);
+            gw_cfg_field_done(c, o2);
+        }
+        if (rc == 0) {
+            o2 = gw_cfg_field(c, ht, "budget_percent");
+            v = h->budget_percent;
+            rc = gw_cfg_uint(c, 1, 100, &v);
+            h->budget_percent = (uint32_t)v;
+            gw_cfg_field_done(c, o2);
+        }
+    }
+    gw_cfg_field_done(c, old);
+    return rc < 0 ? -1 : 0;
+}
+
 static int gw_cfg_backend(gw_cfg_ctx_t *c, int bt, gw_backend_cfg_t *b)
 {
     static const char *const keys[] = {"url", "weight", "meta", NULL};
@@ -1600,8 +1655,9 @@ static int gw_cfg_health_checks(gw_cfg_ctx_t *c, int ht, gw_health_cfg_t *h)
 
 static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
-    static const char *const keys[] = {"backends", "strategy", "fallback_strategy", "timeouts",
-                                       "retries",  "keepalive", "health", "prequal", NULL};
+    static const char *const keys[] = {
+        "backends",  "strategy", "fallback_strategy", "timeouts", "retries",
+        "keepalive", "health",   "prequal",           "hedge",    NULL};
     static const char *const hkeys[] = {"max_fails",   "eject_ms",          "max_eject_ms",
                                         "max_ejected_percent", "path",  "interval_ms",
                                         "timeout_ms",  "healthy_threshold", "unhealthy_threshold",
@@ -1630,7 +1686,7 @@ static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     u->health.healthy_threshold = 2;
     u->health.unhealthy_threshold = 3;
     if (gw_cfg_backends(c, ut, u) < 0 || gw_cfg_strategy(c, ut, u) < 0 ||
-        gw_cfg_prequal(c, ut, u) < 0)
+        gw_cfg_prequal(c, ut, u) < 0 || gw_cfg_hedge(c, ut, u) < 0)
         return -1;
 
     size_t old = gw_cfg_field(c, ut, "timeouts");

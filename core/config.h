@@ -80,6 +80,15 @@ typedef struct gw_health_cfg {
     uint32_t unhealthy_threshold; /* health.unhealthy_threshold, default 3: failures to go down */
 } gw_health_cfg_t;
 
+/* `upstreams.X.hedge = {...}` (hedge.h); `enabled` false when the key is absent (the default). */
+typedef struct gw_hedge_cfg {
+    bool enabled;
+    uint32_t after_ms;       /* fixed delay in ms, 0 when after_quantile is used */
+    double after_quantile;   /* 0 < q < 1, or 0 when after_ms is used */
+    uint32_t max;            /* hedges per request, 1 */
+    uint32_t budget_percent; /* 1..100, default 10 */
+} gw_hedge_cfg_t;
+
 typedef struct gw_upstream_cfg {
     char *name;
     char *strategy; /* `strategy`, default "prequal"; see gw_lb_names() */
@@ -95,6 +104,7 @@ typedef struct gw_upstream_cfg {
     gw_health_cfg_t health;
     gw_prequal_params_t prequal; /* `prequal = {...}`: PREQUAL.md §2, with the paper's defaults */
     char *probe_path;            /* prequal.probe_path, default "/probe" */
+    gw_hedge_cfg_t hedge;        /* `hedge = {...}`: off unless given (hedge.h) */
     bool lua_strategy;           /* `strategy` is a Lua table; `strategy` holds its name */
     char *fallback_strategy;     /* native strategy when the Lua one fails; default round_robin */
     /* Slots: backends[0..nbackends) are the static backends; with registration on, the slots

@@ -30,16 +30,18 @@ typedef struct gw_lb_ctx {
 } gw_lb_ctx_t;
 
 enum gw_lb_outcome {
-    GW_LB_OK = 0,          /* a response head arrived (any status) */
-    GW_LB_CONNECT_ERROR,   /* could not connect */
-    GW_LB_TIMEOUT,         /* connect or read timeout */
-    GW_LB_PROTOCOL_ERROR,  /* malformed response, reset mid-response */
+    GW_LB_OK = 0,         /* a response head arrived (any status) */
+    GW_LB_CONNECT_ERROR,  /* could not connect */
+    GW_LB_TIMEOUT,        /* connect or read timeout */
+    GW_LB_PROTOCOL_ERROR, /* malformed response, reset mid-response */
+    GW_LB_CANCELLED,      /* the gateway gave up waiting (a hedge race was lost): latency_ms is
+                           * how long it had waited, a lower bound of the real latency */
 };
 
 typedef struct gw_lb_result {
     enum gw_lb_outcome outcome;
     int status;            /* HTTP status when outcome is GW_LB_OK */
-    double latency_ms;     /* time to the response head */
+    double latency_ms;     /* time to the response head (0 for a failure) */
     uint32_t rif_at_start; /* the backend's in-flight count (all workers) when it was sent */
     bool has_signals;      /* the response carried X-Prequal-RIF / X-Prequal-Latency-Us */
     uint32_t sig_rif;

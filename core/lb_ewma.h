@@ -146,7 +146,8 @@ static inline int gw_lb_ewma_pick_min(gw_lb_ewma_t *e, const gw_lb_ctx_t *ctx,
     return -1;
 }
 
-/* on_result of the lb.h contract: a sample, or the penalty sample on failure. */
+/* on_result of the lb.h contract: a sample, or the penalty sample on failure. A cancelled
+ * attempt's wait is a lower bound of its latency: it counts only when above the estimate. */
 static inline void gw_lb_ewma_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx,
                                         const gw_lb_result_t *r)
 {
@@ -155,6 +156,11 @@ static inline void gw_lb_ewma_on_result(void *state, const gw_lb_ctx_t *ctx, siz
         return;
     gw_lb_ewma_peer_t *p = &e->peers[idx];
     double sample = r->latency_ms;
+    if (r->outcome == GW_LB_CANCELLED) {
+        if (sample > gw_lb_ewma_latency(p, ctx->now_ms))
+            gw_lb_ewma_observe(p, ctx->now_ms, sample);
+        return;
+    }
     if (r->outcome != GW_LB_OK) {
         double penalty =
             GW_MAX(2.0 * gw_lb_ewma_latency(p, ctx->now_ms), GW_LB_EWMA_PENALTY_MIN_MS);

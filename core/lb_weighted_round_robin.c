@@ -125,12 +125,13 @@ static int gw_lb_wrr_pick(void *state, const gw_lb_ctx_t *ctx)
     return -1;
 }
 
-/* A failure costs the backend its configured weight of effective weight (floored at 0). */
+/* A failure costs the backend its configured weight of effective weight (floored at 0). A
+ * cancelled attempt (a lost hedge race) is no failure. */
 static void gw_lb_wrr_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx,
                                 const gw_lb_result_t *r)
 {
     gw_lb_wrr_t *w = state;
-    if (r->outcome == GW_LB_OK || idx >= w->cap || idx >= ctx->n)
+    if (r->outcome == GW_LB_OK || r->outcome == GW_LB_CANCELLED || idx >= w->cap || idx >= ctx->n)
         return;
     gw_lb_wrr_peer_t *p = &w->peers[idx];
     int64_t weight = gw_lb_wrr_weight(ctx->backends[idx]);

@@ -71,6 +71,7 @@ gw_metrics_shard_t *gw_metrics_shard_new(const gw_config_t *cfg)
     s->upstream_latency = gw_metrics_xcalloc(s->nbackends, sizeof(*s->upstream_latency));
     s->upstream_errors = gw_metrics_xcalloc(s->nbackends, sizeof(*s->upstream_errors));
     s->retries = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->retries));
+    s->hedges = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->hedges));
     s->prequal = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal));
     s->prequal_probe_rtt = gw_metrics_xcalloc(s->nupstreams, sizeof(*s->prequal_probe_rtt));
     s->prequal_mode = gw_metrics_xcalloc(s->nbackends, sizeof(*s->prequal_mode));
@@ -110,6 +111,7 @@ void gw_metrics_shard_free(gw_metrics_shard_t *s)
     free(s->upstream_latency);
     free(s->upstream_errors);
     free(s->retries);
+    free(s->hedges);
     free(s->prequal);
     free(s->prequal_probe_rtt);
     free(s->prequal_mode);
@@ -489,6 +491,24 @@ static void gw_render_upstreams(const gw_render_ctx_t *x)
         gw_mbuf_label(x->tmp, true, "upstream", x->cfg->upstreams[u].name);
         gw_mbuf_printf(x->b, "gw_retries_total{%s} %" PRIu64 "\n", x->tmp->oom ? "" : x->tmp->p,
                        sum);
+    }
+
+    gw_mbuf_family(x->b, "gw_hedges_total", "counter",
+                   "Hedged requests of upstreams with hedging on, by outcome.");
+    for (size_t u = 0; u < x->cfg->nupstreams; u++) {
+        if (!x->cfg->upstreams[u].hedge.enabled)
+            continue;
+        for (int o = 0; o < GW_HEDGE_OUTCOMES; o++) {
+            uint64_t sum = 0;
+            for (size_t k = 0; k < x->nshards; k++)
+                if (u < x->shards[k]->nupstreams)
+                    sum += GW_RELAXED_LOAD(x->shards[k]->hedges[u][o]);
+            x->tmp->len = 0;
+            gw_mbuf_label(x->tmp, true, "upstream", x->cfg->upstreams[u].name);
+            gw_mbuf_label(x->tmp, false, "outcome", gw_hedge_outcome_name((gw_hedge_outcome_t)o));
+            gw_mbuf_printf(x->b, "gw_hedges_total{%s} %" PRIu64 "\n", x->tmp->oom ? "" : x->tmp->p,
+                           sum);
+        }
     }
 }
 

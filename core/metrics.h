@@ -12,6 +12,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "hedge.h"
 #include "prequal.h"
 
 /* Upper bounds in seconds: 0.5ms .. 30s, then +Inf. */
@@ -54,6 +55,7 @@ typedef struct gw_metrics_shard {
     gw_histogram_t *upstream_latency;        /* [nbackends]: time to response head */
     uint64_t (*upstream_errors)[GW_UERR_MAX]; /* [nbackends][kind] */
     uint64_t *retries;                       /* [nupstreams] */
+    uint64_t (*hedges)[GW_HEDGE_OUTCOMES];   /* [nupstreams][outcome] */
     uint64_t connections_active;             /* gauge: the worker increments and decrements */
     uint64_t connections_total;
     /* Prequal (PREQUAL.md §5), for upstreams whose strategy is prequal; NULL elsewhere. The

@@ -31,6 +31,7 @@ static llhttp_settings_t resp_settings;
 static uv_once_t resp_once = UV_ONCE_INIT;
 
 static void proxy_attempt(gw_conn_t *c);
+static void proxy_hedge_arm(gw_conn_t *c);
 static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind, bool connect_phase);
 static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u);
 
@@ -189,11 +190,19 @@ static void resp_settings_init(void)
 
 /* ---- attaching and detaching ---- */
 
-static void proxy_attach(gw_conn_t *c, gw_upconn_t *u)
+/* Makes `u` carry an attempt of c's request: the request's only one (or the original of a
+ * hedged one) in c->up, or its hedge in c->hedge. */
+static void proxy_attach(gw_conn_t *c, gw_upconn_t *u, bool hedge)
 {
     uv_once(&resp_once, resp_settings_init);
-    c->up = u;
+    if (hedge)
+        c->hedge = u;
+    else
+        c->up = u;
     u->conn = c;
+    u->is_hedge = hedge;
+    u->inflight = false;
+    u->start_ns = 0;
     u->head_done = u->message_done = u->got_bytes = false;
     u->dechunk = u->close_delimited = u->rechunk = false;
     u->buffering = u->too_large = false;
@@ -207,29 +216,39 @@ static void proxy_attach(gw_conn_t *c, gw_upconn_t *u)
     u->parser.data = u;
 }
 
-static void proxy_release_inflight(gw_conn_t *c)
+static void proxy_release_inflight(gw_upconn_t *u)
 {
-    if (c->req.inflight && c->req.backend) {
-        GW_ATOMIC_ADD(c->req.backend->inflight, (uint32_t)-1);
-        c->req.inflight = false;
+    if (u->inflight) {
+        GW_ATOMIC_ADD(u->pool->backend->inflight, (uint32_t)-1);
+        u->inflight = false;
     }
 }
 
-/* Detaches and closes the request's upstream connection (it cannot be reused). */
-static void proxy_drop_upstream(gw_conn_t *c)
+/* Detaches attempt `u` from its request and closes its connection (it cannot be reused). */
+static void proxy_drop_attempt(gw_conn_t *c, gw_upconn_t *u)
 {
-    gw_upconn_t *u = c->up;
-    proxy_release_inflight(c);
-    if (!u)
-        return;
-    c->up = NULL;
+    proxy_release_inflight(u);
+    if (c->up == u)
+        c->up = NULL;
+    if (c->hedge == u)
+        c->hedge = NULL;
     u->conn = NULL;
     gw_upconn_close(u);
 }
 
-void gw_proxy_abort(gw_conn_t *c)
+/* Detaches and closes the request's upstream connections, a hedge's included, and forgets a
+ * hedge that was due. */
+static void proxy_drop_upstream(gw_conn_t *c)
 {
     uv_timer_stop(&c->aux_timer);
+    if (c->hedge)
+        proxy_drop_attempt(c, c->hedge);
+    if (c->up)
+        proxy_drop_attempt(c, c->up);
+}
+
+void gw_proxy_abort(gw_conn_t *c)
+{
     proxy_drop_upstream(c);
 }
 
@@ -247,28 +266,30 @@ static gw_lb_ctx_t proxy_lb_ctx(gw_conn_t *c)
                          .conn = c};
 }
 
-/* Tells the strategy how the request to r->backend went; `u` (may be NULL) has the response
- * head, for strategies that read piggybacked load signals. */
-static void proxy_report(gw_conn_t *c, gw_upconn_t *u, enum gw_lb_outcome outcome, int status)
+/* Tells the strategy how an attempt to backend `b` went, `latency_ns` after it was sent (0 for
+ * a failure). `u` (may be NULL) is the attempt's connection: the in-flight count when it was sent
+ * comes from it, and, with a response head, the piggybacked load signals. */
+static void proxy_report(gw_conn_t *c, gw_backend_t *b, gw_upconn_t *u, enum gw_lb_outcome outcome,
+                         int status, uint64_t latency_ns)
 {
-    gw_request_t *r = &c->req;
-    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
-    if (!wu->lb->on_result || !r->backend)
+    gw_worker_upstream_t *wu = &c->w->ups[c->req.upstream];
+    if (!wu->lb->on_result || !b)
         return;
     gw_lb_ctx_t ctx = proxy_lb_ctx(c);
     gw_lb_result_t res = {
         .outcome = outcome,
         .status = status,
-        .latency_ms = r->upstream_head_ns ? (double)(r->upstream_head_ns - r->upstream_start_ns) / 1e6 : 0,
-        .rif_at_start = r->rif_at_start,
+        .latency_ms = (double)latency_ns / 1e6,
+        .rif_at_start = u ? u->rif_at_start : 0,
     };
     gw_probe_signals_t sig;
-    if (u && wu->lb->wants_signals && gw_probe_parse_headers(u->headers, u->nheaders, &sig)) {
+    if (u && outcome == GW_LB_OK && wu->lb->wants_signals &&
+        gw_probe_parse_headers(u->headers, u->nheaders, &sig)) {
         res.has_signals = true;
         res.sig_rif = sig.rif;
         res.sig_latency_us = sig.latency_us;
     }
-    wu->lb->on_result(wu->lb_state, &ctx, r->backend->index, &res);
+    wu->lb->on_result(wu->lb_state, &ctx, b->index, &res);
 }
 
 /* ---- sending the request ---- */
@@ -309,6 +330,8 @@ static void proxy_up_written(gw_upconn_t *u, int status)
     }
     if (!u->head_done)
         gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
+    if (u != c->up)
+        return; /* a hedge: no body, no 100 Continue */
     if (u->write_kind == GW_UW_HEAD && c->req.expect_continue && !c->req.body_done &&
         !c->req.response_started)
         gw_conn_send_continue(c);
@@ -356,11 +379,12 @@ static void proxy_send_head(gw_conn_t *c, gw_upconn_t *u)
         return;
     }
     uv_buf_t bufs[2] = {uv_buf_init(r->up_head.p, (unsigned)r->up_head.len), uv_buf_init(tail.p, (unsigned)tail.len)};
+    gw_backend_t *b = u->pool->backend;
     r->upstream_sent = true;
-    r->upstream_start_ns = gw_now_ns();
-    r->rif_at_start = GW_ATOMIC_ADD(r->backend->inflight, 1) - 1;
-    r->inflight = true;
-    GW_COUNTER_INC(c->w->metrics->upstream_requests[r->backend->cfg->gindex]);
+    u->start_ns = gw_now_ns();
+    u->rif_at_start = GW_ATOMIC_ADD(b->inflight, 1) - 1;
+    u->inflight = true;
+    GW_COUNTER_INC(c->w->metrics->upstream_requests[b->cfg->gindex]);
     if (gw_upconn_read_start(u) != 0) {
         proxy_fail(c, u, GW_UERR_RESET, false);
         return;
@@ -400,21 +424,51 @@ static void proxy_on_backoff(uv_timer_t *t)
     proxy_attempt(c);
 }
 
-static void proxy_attempt(gw_conn_t *c)
+/* Asks the upstream's strategy for a backend this request has not tried (retries and hedges
+ * share the tried set) and marks it tried. NULL when none is left. */
+static gw_backend_t *proxy_pick(gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
-    gw_worker_t *w = c->w;
-    gw_worker_upstream_t *wu = &w->ups[r->upstream];
-    if (wu->nmembers == 0) {
-        gw_conn_respond_error(c, 503, "no_backend", "the upstream has no backends");
-        return;
-    }
+    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
     if (wu->nmembers < wu->n)
         for (size_t i = 0; i < GW_ARRAY_LEN(r->tried); i++)
             r->tried[i] |= wu->absent[i];
     gw_lb_ctx_t ctx = proxy_lb_ctx(c);
     int idx = wu->lb->pick(wu->lb_state, &ctx);
-    if (idx < 0 || (size_t)idx >= wu->n) {
+    if (idx < 0 || (size_t)idx >= wu->n || gw_lb_tried(&ctx, (size_t)idx))
+        return NULL;
+    gw_lb_set_tried(r->tried, (size_t)idx);
+    return wu->backends[idx];
+}
+
+/* Starts an attempt on backend `b`: on a pooled connection the head goes out at once, on a new
+ * one when it connects. Returns false when not even a connection could be started. */
+static bool proxy_launch(gw_conn_t *c, gw_backend_t *b, bool hedge)
+{
+    gw_pool_t *pool = &c->w->pools[b->cfg->gindex];
+    gw_upconn_t *u = gw_pool_lease(pool);
+    bool reused = u != NULL;
+    if (!u && !(u = gw_upconn_connect(c->w, pool)))
+        return false;
+    proxy_attach(c, u, hedge);
+    u->reused = reused;
+    if (!hedge)
+        proxy_hedge_arm(c);
+    if (reused)
+        proxy_send_head(c, u);
+    return true;
+}
+
+static void proxy_attempt(gw_conn_t *c)
+{
+    gw_request_t *r = &c->req;
+    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
+    if (wu->nmembers == 0) {
+        gw_conn_respond_error(c, 503, "no_backend", "the upstream has no backends");
+        return;
+    }
+    gw_backend_t *b = proxy_pick(c);
+    if (!b) {
         if (r->attempts == 0)
             gw_conn_respond_error(c, 503, "no_healthy_backend", "no backend is available");
         else if (r->last_error == GW_UERR_TIMEOUT)
@@ -423,31 +477,104 @@ static void proxy_attempt(gw_conn_t *c)
             gw_conn_respond_error(c, 502, "upstream_unavailable", "no upstream could be reached");
         return;
     }
-    if ((size_t)idx < 64 * GW_ARRAY_LEN(r->tried))
-        gw_lb_set_tried(r->tried, (size_t)idx);
-    gw_backend_t *b = wu->backends[idx];
     r->backend = b;
     r->attempts++;
-    gw_pool_t *pool = &w->pools[b->cfg->gindex];
-    gw_upconn_t *u = gw_pool_lease(pool);
-    if (u) {
-        proxy_attach(c, u);
-        u->reused = true;
-        proxy_send_head(c, u);
-        return;
-    }
-    u = gw_upconn_connect(w, pool);
-    if (!u) {
+    if (!proxy_launch(c, b, false))
         proxy_fail(c, NULL, GW_UERR_CONNECT, true);
+}
+
+/* ---- hedging (hedge.h has the budget and the delay) ---- */
+
+static void proxy_hedge_count(gw_conn_t *c, gw_hedge_outcome_t o)
+{
+    GW_COUNTER_INC(c->w->metrics->hedges[c->req.upstream][o]);
+}
+
+/* The hedge delay runs on the aux timer, which is free: a retry's backoff waits only while no
+ * attempt is in flight, and the delay only while one is. */
+static void proxy_on_hedge_due(uv_timer_t *t)
+{
+    gw_conn_t *c = t->data;
+    gw_request_t *r = &c->req;
+    gw_upconn_t *orig = c->up;
+    /* Never once a backend began to answer, nor after anything (a relayed 1xx before a retry)
+     * went to the client: a hedge must not follow response bytes. */
+    if (c->state != GW_CS_PROXY || !orig || orig->got_bytes || c->hedge || r->response_started ||
+        r->bytes_out)
+        return;
+    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
+    r->hedges++;
+    if (!gw_hedge_take(&wu->hedge)) {
+        proxy_hedge_count(c, GW_HEDGE_SKIPPED_BUDGET);
         return;
     }
-    proxy_attach(c, u);
-    u->reused = false;
+    gw_backend_t *b = proxy_pick(c);
+    if (!b) {
+        gw_hedge_refund(&wu->hedge);
+        proxy_hedge_count(c, GW_HEDGE_SKIPPED_NO_BACKEND);
+        return;
+    }
+    proxy_hedge_count(c, GW_HEDGE_SENT);
+    if (!proxy_launch(c, b, true)) {
+        GW_COUNTER_INC(c->w->metrics->upstream_errors[b->cfg->gindex][GW_UERR_CONNECT]);
+        proxy_report(c, b, NULL, GW_LB_CONNECT_ERROR, 0, 0);
+        proxy_hedge_count(c, GW_HEDGE_FAILED);
+    }
+}
+
+/* An attempt started: a request that may be hedged gets its hedge delay (again, after a retry). */
+static void proxy_hedge_arm(gw_conn_t *c)
+{
+    gw_request_t *r = &c->req;
+    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
+    if (r->hedgeable && r->hedges < wu->cfg->hedge.max)
+        uv_timer_start(&c->aux_timer, proxy_on_hedge_due, gw_hedge_delay_ms(&wu->hedge), 0);
+}
+
+/* A racing attempt lost: the strategy hears it was cancelled and how long it had waited, its
+ * in-flight count goes, and its connection is closed, so the response it may still send never
+ * reaches another request. */
+static void proxy_cancel(gw_conn_t *c, gw_upconn_t *u)
+{
+    gw_worker_upstream_t *wu = &c->w->ups[c->req.upstream];
+    uint64_t waited = u->start_ns ? gw_now_ns() - u->start_ns : 0;
+    proxy_report(c, u->pool->backend, u, GW_LB_CANCELLED, 0, waited);
+    /* An original that lost took at least this long: leaving it out of the latencies would pull
+     * the hedge quantile down, below the delays that made hedges win. */
+    if (!u->is_hedge && waited)
+        gw_hedge_observe(&wu->hedge, waited / 1000);
+    proxy_drop_attempt(c, u);
+}
+
+/* The request's first response head (a 1xx included) arrived, on `u`: that attempt answers the
+ * request, the one racing it is cancelled, and no hedge starts any more. */
+static void proxy_settle(gw_conn_t *c, gw_upconn_t *u)
+{
+    uv_timer_stop(&c->aux_timer);
+    gw_upconn_t *loser = !c->hedge ? NULL : u == c->hedge ? c->up : c->hedge;
+    if (u->is_hedge)
+        proxy_hedge_count(c, GW_HEDGE_WON);
+    else if (loser)
+        proxy_hedge_count(c, GW_HEDGE_LOST);
+    if (loser)
+        proxy_cancel(c, loser);
+    u->is_hedge = false; /* from here on it is the request's attempt: counted once */
+    c->up = u;
+    c->hedge = NULL;
+    c->req.backend = u->pool->backend;
 }
 
 void gw_proxy_start(gw_conn_t *c)
 {
-    c->req.attempts = 0;
+    gw_request_t *r = &c->req;
+    gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
+    r->attempts = 0;
+    /* Only what can be sent twice without harm, and only before anything was streamed: a body
+     * is read once, an upgrade or an expectation binds the client to one backend. */
+    r->hedgeable = wu->cfg->hedge.enabled && (r->method == HTTP_GET || r->method == HTTP_HEAD) &&
+                   !r->has_body && !r->is_upgrade && !r->expect_continue;
+    if (r->hedgeable)
+        gw_hedge_earn(&wu->hedge);
     proxy_attempt(c);
 }
 
@@ -473,26 +600,40 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
     gw_request_t *r = &c->req;
     gw_worker_t *w = c->w;
     const gw_upstream_cfg_t *ucfg = w->ups[r->upstream].cfg;
-    if (r->backend)
-        GW_COUNTER_INC(w->metrics->upstream_errors[r->backend->cfg->gindex][kind]);
-    proxy_report(c, NULL, kind == GW_UERR_TIMEOUT ? GW_LB_TIMEOUT
-                    : kind == GW_UERR_CONNECT ? GW_LB_CONNECT_ERROR
-                                              : GW_LB_PROTOCOL_ERROR,
-                 0);
+    gw_backend_t *b = u ? u->pool->backend : r->backend;
+    if (b)
+        GW_COUNTER_INC(w->metrics->upstream_errors[b->cfg->gindex][kind]);
+    proxy_report(c, b, u,
+                 kind == GW_UERR_TIMEOUT   ? GW_LB_TIMEOUT
+                 : kind == GW_UERR_CONNECT ? GW_LB_CONNECT_ERROR
+                                           : GW_LB_PROTOCOL_ERROR,
+                 0, 0);
     bool stale = u && u->reused && !u->got_bytes && kind == GW_UERR_RESET;
     bool replayable = gw_http1_method_idempotent(r->method) && !r->has_body;
-    if (r->backend && !stale) {
+    if (b && !stale) {
         gw_worker_upstream_t *wu = &w->ups[r->upstream];
-        if (gw_health_on_failure(r->backend, wu->backends, wu->n, &ucfg->health, uv_now(&w->loop)))
+        if (gw_health_on_failure(b, wu->backends, wu->n, &ucfg->health, uv_now(&w->loop)))
             gw_log_warn("upstream %s: backend %s ejected after %u failures in a row", ucfg->name,
-                        r->backend->cfg->url, ucfg->health.max_fails);
+                        b->cfg->url, ucfg->health.max_fails);
     }
     if (u) {
+        bool racing = c->hedge != NULL;
+        if (u->is_hedge)
+            proxy_hedge_count(c, GW_HEDGE_FAILED);
         u->reusable = false;
-        proxy_drop_upstream(c);
-    } else {
-        proxy_release_inflight(c);
+        proxy_drop_attempt(c, u);
+        if (racing) {
+            /* The other attempt goes on alone: a failed original hands the request to its hedge
+             * (neither is retried while the other may still answer). */
+            if (!c->up) {
+                c->up = c->hedge;
+                c->hedge = NULL;
+                r->backend = c->up->pool->backend;
+            }
+            return;
+        }
     }
+    uv_timer_stop(&c->aux_timer); /* a hedge due for the failed attempt has nothing to race */
     r->last_error = kind;
     if (r->response_started) {
         gw_conn_close(c);
@@ -549,7 +690,8 @@ void gw_proxy_on_timeout(gw_upconn_t *u)
         return;
     }
     if (c->req.response_started) {
-        GW_COUNTER_INC(c->w->metrics->upstream_errors[c->req.backend->cfg->gindex][GW_UERR_TIMEOUT]);
+        GW_COUNTER_INC(
+            c->w->metrics->upstream_errors[u->pool->backend->cfg->gindex][GW_UERR_TIMEOUT]);
         gw_conn_close(c);
         return;
     }
@@ -562,7 +704,7 @@ void gw_proxy_on_timeout(gw_upconn_t *u)
 static void proxy_finish(gw_conn_t *c, gw_upconn_t *u)
 {
     gw_request_t *r = &c->req;
-    proxy_release_inflight(c);
+    proxy_release_inflight(u);
     c->up = NULL;
     u->conn = NULL;
     if (!r->body_done || u->close_delimited || !llhttp_should_keep_alive(&u->parser))
@@ -869,11 +1011,15 @@ static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
 {
     gw_request_t *r = &c->req;
     gw_worker_t *w = c->w;
+    gw_worker_upstream_t *wu = &w->ups[r->upstream];
+    r->upstream_start_ns = u->start_ns;
     r->upstream_head_ns = gw_now_ns();
-    gw_histogram_observe(&w->metrics->upstream_latency[r->backend->cfg->gindex],
-                         (r->upstream_head_ns - r->upstream_start_ns) / 1000);
+    uint64_t latency_ns = r->upstream_head_ns - r->upstream_start_ns;
+    gw_histogram_observe(&w->metrics->upstream_latency[r->backend->cfg->gindex], latency_ns / 1000);
     gw_health_on_success(r->backend);
-    proxy_report(c, u, GW_LB_OK, u->parser.status_code);
+    proxy_report(c, r->backend, u, GW_LB_OK, u->parser.status_code, latency_ns);
+    if (wu->cfg->hedge.enabled)
+        gw_hedge_observe(&wu->hedge, latency_ns / 1000);
     /* A rough latency figure per backend for /status (last writer wins across workers). */
     uint64_t us = (r->upstream_head_ns - r->upstream_start_ns) / 1000;
     uint64_t old = GW_RELAXED_LOAD(r->backend->latency_ewma_us);
@@ -913,6 +1059,7 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
             u->parsed = 0;
             continue;
         }
+        proxy_settle(c, u);
         int status = u->parser.status_code;
         if (status >= 100 && status < 200 && status != 101) {
             int rc = proxy_relay_interim(c, u);

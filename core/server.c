@@ -418,6 +418,8 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         }
         if (wu->lb->create(wu->cfg, wu->n, &wu->lb_state) != 0)
             abort();
+        if (wu->cfg->hedge.enabled && gw_hedge_init(&wu->hedge, &wu->cfg->hedge) != 0)
+            abort();
     }
     if (cfg->uses_lua && gw_lua_new(w, &w->lua, err) != 0)
         return -EINVAL;
@@ -478,6 +480,7 @@ static void worker_free(gw_worker_t *w)
         if (w->ups[u].lb && w->ups[u].lb_state)
             w->ups[u].lb->destroy(w->ups[u].lb_state);
         free(w->ups[u].backends);
+        gw_hedge_free(&w->ups[u].hedge);
     }
     for (uint32_t i = 0; i < w->nfree_bufs; i++)
         free(w->free_bufs[i]);

@@ -18,6 +18,7 @@
 #include "backend.h"
 #include "common.h"
 #include "config.h"
+#include "hedge.h"
 #include "http1.h"
 #include "lb.h"
 #include "metrics.h"
@@ -78,6 +79,7 @@ typedef struct gw_worker_upstream {
      * registration slots at the end cost nothing per request (free slots are taken lowest
      * first). */
     size_t n_active;
+    gw_hedge_t hedge; /* budget and delay, when cfg->hedge.enabled */
 } gw_worker_upstream_t;
 
 typedef struct gw_server gw_server_t;
@@ -170,19 +172,19 @@ typedef struct gw_request {
     int route;             /* index, -1 when none */
     int upstream;          /* index, -1 when none */
     uint64_t start_ns;     /* head complete */
-    uint64_t upstream_start_ns; /* request head sent to the backend */
+    uint64_t upstream_start_ns; /* request head sent to the backend that answered */
     uint64_t upstream_head_ns;  /* response head received from the backend */
     bool open;             /* begun (its first byte arrived) and not ended (conn.c) */
     int status;            /* status sent to the client */
     uint64_t bytes_out;    /* response bytes handed to the socket; at its end, those sent */
-    gw_backend_t *backend; /* last backend tried, NULL if none */
+    gw_backend_t *backend; /* last backend tried (the one that answered), NULL if none */
     gw_buf_t up_head;      /* the serialised head sent upstream */
     uint64_t tried[GW_MAX_UPSTREAM_BACKENDS / 64]; /* tried backends (and absent slots) by slot */
     uint32_t attempts;
     uint32_t stale_retries;
     int last_error;        /* enum gw_upstream_error of the last failure */
-    bool inflight;         /* counted in backend->inflight */
-    uint32_t rif_at_start; /* backend->inflight (all workers) before this request was sent */
+    bool hedgeable;        /* its upstream hedges, and it is a GET or HEAD without a body */
+    uint8_t hedges;        /* hedges due so far (sent or skipped) */
     bool upstream_sent;    /* bytes of this request reached a backend */
     bool response_started; /* the response head went to the client */
     bool close_after;      /* close the client connection after this response */
@@ -240,6 +242,7 @@ struct gw_conn {
     gw_request_t req;
     gw_arena_t arena;
     gw_upconn_t *up;       /* the upstream connection for the current request */
+    gw_upconn_t *hedge;    /* a hedge racing `up` until a response head arrives, or NULL */
     char client_ip[48];
     uint16_t client_port;
     uv_write_t wreq;       /* the one client write batch in flight */
@@ -325,6 +328,11 @@ struct gw_upconn {
     gw_worker_t *w;
     gw_pool_t *pool;
     gw_conn_t *conn;     /* the request's connection while leased */
+    /* The attempt of conn's request this connection carries (proxy.c). */
+    bool inflight;         /* counted in backend->inflight */
+    bool is_hedge;         /* sent as a hedge */
+    uint32_t rif_at_start; /* backend->inflight (all workers) before the request was sent */
+    uint64_t start_ns;     /* the request head was sent, 0 before */
     enum gw_upconn_state state;
     llhttp_t parser;
     char *in;
