@@ -35,12 +35,21 @@ def slow(delay):
 
 
 def head_then_slow_body(conn):
-    """Sends the response head at once and its body 300 ms later."""
+    """Sends the response head at once and its body 500 ms later."""
     while True:
         conn.read_request()
         conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Backend: trickle\r\n\r\n")
-        time.sleep(0.3)
+        time.sleep(0.5)
         conn.send(b"body")
+
+
+def early_hints_then_slow(conn):
+    """Sends a 103 at once and the final response 500 ms later."""
+    while True:
+        conn.read_request()
+        conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
+        time.sleep(0.5)
+        conn.respond(200, b"late", {"X-Backend": "early"})
 
 
 class HedgeTest(GwTestCase):
@@ -76,13 +85,16 @@ class HedgeTest(GwTestCase):
             slowest = max(slowest, took)
         # Without the hedge a third of them would wait for the 10 s read timeout.
         self.assertLess(slowest, 2.0)
-        # Only originals reach the frozen replica: a fast one answers before its hedge is due.
+        # Every original on the frozen replica was hedged, and its hedge won. (A fast replica
+        # answers before its hedge is due, unless the machine stalls it for 25 ms: then its
+        # hedge may go to the frozen one and lose.)
         frozen_picks = len(f.requests)
         self.assertGreaterEqual(frozen_picks, 6)
         h = self.hedges(gw)
-        self.assertEqual(h["sent"], frozen_picks, h)
-        self.assertEqual(h["won"], frozen_picks, h)
-        self.assertEqual(h["lost"] + h["failed"] + h["skipped_budget"] + h["skipped_no_backend"], 0, h)
+        self.assertEqual(h["won"] + h["lost"], h["sent"], h)
+        self.assertGreaterEqual(h["sent"], frozen_picks, h)
+        self.assertGreaterEqual(h["won"], frozen_picks - h["lost"], h)
+        self.assertEqual(h["failed"] + h["skipped_budget"] + h["skipped_no_backend"], 0, h)
         # Every cancelled attempt's connection was closed, none pooled for another request.
         self.assertTrue(f.wait_for(lambda: f.state.get("eofs", 0) == frozen_picks, 5), f.state)
         self.assertEqual(f.accepted, frozen_picks)
@@ -128,13 +140,27 @@ class HedgeTest(GwTestCase):
     def test_no_hedge_once_the_response_began(self):
         t = self.raw_server(head_then_slow_body)
         a = self.backend("a")
-        gw = self.gw_for([t.url, a.url], {"after_ms": 25, "budget_percent": 100})
+        gw = self.gw_for([t.url, a.url], {"after_ms": 150, "budget_percent": 100})
         for i in range(4):
             r, _ = self.timed_get(gw, path="/t%d" % i)
             self.assertEqual(r.status, 200, r)
         h = self.hedges(gw)
         self.assertEqual(sum(h.values()), 0, h)
         self.assertEqual(len(t.requests), 2)
+        # A relayed 1xx is a response head too: the attempt that sent it answers the request.
+        e = self.raw_server(early_hints_then_slow)
+        gw2 = self.gw_for([e.url, a.url], {"after_ms": 150, "budget_percent": 100})
+        answered = set()
+        for i in range(4):
+            r, _ = self.timed_get(gw2, path="/e%d" % i)
+            self.assertEqual(r.status, 200, r)
+            if r.interim:
+                self.assertEqual([x.status for x in r.interim], [103])
+            answered.add(r.header("x-backend"))
+        self.assertEqual(answered, {"early", "a"})
+        h = self.hedges(gw2)
+        self.assertEqual(sum(h.values()), 0, h)
+        self.assertEqual(len(e.requests), 2)
 
     def test_budget_caps_hedges(self):
         a = self.backend("a")
@@ -158,13 +184,12 @@ class HedgeTest(GwTestCase):
             th.join()
         h = self.hedges(gw)
         self.assertEqual(len(statuses), n)
-        # 30 requests earn 3 hedges at 10 %; each frozen original wanted one.
+        # 30 requests earn 3 hedges at 10 %, though half of them, on the frozen replica, each
+        # wanted one: the others waited for their read timeout.
         self.assertLessEqual(h["sent"], 3, h)
-        self.assertGreaterEqual(h["skipped_budget"], 10, h)
-        self.assertEqual(statuses.count(504), h["skipped_budget"], (statuses, h))
-        self.assertEqual(h["won"], h["sent"], h)
-        # Only originals reach the frozen replica, and each was due a hedge.
-        self.assertEqual(len(f.requests), h["sent"] + h["skipped_budget"], h)
+        self.assertGreaterEqual(statuses.count(504), 10, statuses)
+        self.assertGreaterEqual(h["skipped_budget"], statuses.count(504), (statuses, h))
+        self.assertEqual(h["won"] + h["lost"], h["sent"], h)
 
     def test_after_quantile_and_no_backend_left(self):
         f = self.raw_server(frozen)
@@ -176,9 +201,11 @@ class HedgeTest(GwTestCase):
             self.assertEqual(r.status, 200, r)
             took.append(t)
         h = self.hedges(gw)
+        # The originals on the frozen replica all won by their hedge; at the median, some on
+        # the fast one may be hedged too (to the frozen one, and lose).
         self.assertGreaterEqual(h["sent"], 20, h)
-        self.assertEqual(h["sent"], len(f.requests), h)
-        self.assertEqual(h["won"], h["sent"], h)
+        self.assertGreaterEqual(h["won"], 15, h)
+        self.assertEqual(h["won"] + h["lost"], h["sent"], h)
         # Until 16 latencies are known the delay is 100 ms; then it is their median (about a
         # millisecond here), so the later requests no longer wait 100 ms for their hedge.
         later = sorted(took[24:])

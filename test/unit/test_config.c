@@ -674,6 +674,57 @@ static void test_prequal_params(void **state)
               "gw.lua:3: upstreams.api.prequal.delta: expected number, got string");
 }
 
+static void test_hedge(void **state)
+{
+    gw_config_t *cfg =
+        load_ok("return {\n upstreams = {\n"
+                "  api = { backends = { 'http://127.0.0.1:1' }, hedge = { after_ms = 25 } },\n"
+                "  web = { backends = { 'http://127.0.0.1:2' },\n"
+                "          hedge = { after_quantile = 0.95, max = 1, budget_percent = 5 } },\n"
+                "  off = { backends = { 'http://127.0.0.1:3' } } },\n" MINIMAL_ROUTES "}");
+    const gw_hedge_cfg_t *h = &cfg->upstreams[0].hedge;
+    assert_true(h->enabled);
+    assert_int_equal(h->after_ms, 25);
+    assert_true(h->after_quantile == 0);
+    assert_int_equal(h->max, 1);
+    assert_int_equal(h->budget_percent, 10); /* the default */
+    h = &cfg->upstreams[2].hedge;            /* upstreams are sorted by name: api, off, web */
+    assert_true(h->enabled);
+    assert_int_equal(h->after_ms, 0);
+    assert_true(h->after_quantile == 0.95);
+    assert_int_equal(h->budget_percent, 5);
+    assert_false(cfg->upstreams[1].hedge.enabled); /* off unless given */
+    gw_config_free(cfg);
+#define HEDGE_UP "return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n  hedge = "
+    check_err(HEDGE_UP "{} } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.hedge: needs after_ms or after_quantile");
+    check_err(
+        HEDGE_UP "{ after_ms = 25,\n after_quantile = 0.9 } } },\n" MINIMAL_ROUTES "}",
+        "gw.lua:4: upstreams.api.hedge.after_quantile: give after_ms or after_quantile, not both");
+    check_err(
+        HEDGE_UP "{ after_ms = 0 } } },\n" MINIMAL_ROUTES "}",
+        "gw.lua:3: upstreams.api.hedge.after_ms: expected an integer between 1 and 60000, got 0");
+    check_err(HEDGE_UP "{ after_quantile = 1 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.hedge.after_quantile: expected a number above 0 and below "
+              "1, got 1");
+    check_err(
+        HEDGE_UP "{ after_quantile = '0.9' } } },\n" MINIMAL_ROUTES "}",
+        "gw.lua:3: upstreams.api.hedge.after_quantile: expected a number above 0 and below 1, got "
+        "string");
+    check_err(
+        HEDGE_UP "{ after_ms = 25, max = 2 } } },\n" MINIMAL_ROUTES "}",
+        "gw.lua:3: upstreams.api.hedge.max: only 1 is supported (one hedge per request), got 2");
+    check_err(
+        HEDGE_UP "{ after_ms = 25, budget_percent = 101 } } },\n" MINIMAL_ROUTES "}",
+        "gw.lua:3: upstreams.api.hedge.budget_percent: expected an integer between 1 and 100, "
+        "got 101");
+    check_err(HEDGE_UP "{ after_ms = 25, delay = 1 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.hedge.delay: unknown key");
+    check_err(HEDGE_UP "true } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.hedge: expected table, got boolean");
+#undef HEDGE_UP
+}
+
 static void test_lua_hooks_and_strategies(void **state)
 {
     gw_config_t *cfg = load_ok(
@@ -1105,6 +1156,7 @@ int main(void)
         cmocka_unit_test(test_health),
         cmocka_unit_test(test_lua_hooks_and_strategies),
         cmocka_unit_test(test_prequal_params),
+        cmocka_unit_test(test_hedge),
         cmocka_unit_test(test_bad_urls),
         cmocka_unit_test(test_bad_addresses),
         cmocka_unit_test(test_route_errors),
