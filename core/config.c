@@ -1500,11 +1500,11 @@ static int gw_cfg_hedge(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
                                                      : lua_typename(c->L, type));
             else if (type != LUA_TNIL && has_ms)
                 rc = gw_cfg_fail(c, "give after_ms or after_quantile, not both");
-            else if (type == LUA_TNIL && !has_ms)
-                rc = gw_cfg_fail(c, "needs after_ms or after_quantile");
             h->after_quantile = type == LUA_TNIL ? 0 : q;
             gw_cfg_field_done(c, o2);
         }
+        if (rc == 0 && !has_ms && h->after_quantile == 0)
+            rc = gw_cfg_fail(c, "needs after_ms or after_quantile");
         if (rc == 0) {
             o2 = gw_cfg_field(c, ht, "max");
             v = h->max;

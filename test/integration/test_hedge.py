@@ -6,6 +6,8 @@ response already began are never hedged; the budget caps the extra requests;
 gw_hedges_total counts every outcome."""
 
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -99,6 +101,11 @@ class HedgeTest(GwTestCase):
         self.assertTrue(f.wait_for(lambda: f.state.get("eofs", 0) == frozen_picks, 5), f.state)
         self.assertEqual(f.accepted, frozen_picks)
         self.assertEqual(gw.metric("gw_upstream_in_flight", upstream="u", backend=f.url), 0)
+        promtool = shutil.which("promtool")
+        if promtool:
+            p = subprocess.run([promtool, "check", "metrics"], input=gw.metrics().encode(),
+                               capture_output=True, timeout=30)
+            self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
 
     def test_first_head_wins_either_way(self):
         s0, s2 = self.raw_server(slow(0.15)), self.raw_server(slow(0.15))
