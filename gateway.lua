@@ -37,6 +37,9 @@ return {
       },
       timeouts = { connect_ms = 1000, read_ms = 30000 },
       retries  = { max = 2 },
+      -- Hedging (off by default): a GET or HEAD still without a response head after 25 ms goes
+      -- once more to another backend, at most 10 % extra requests (README, "Hedging").
+      -- hedge    = { after_ms = 25 },
       -- Passive ejection after 3 transport failures in a row, and active checks of /health.
       health   = { max_fails = 3, eject_ms = 1000, path = "/health", interval_ms = 2000 },
     },
