@@ -216,18 +216,10 @@ static void proxy_attach(gw_conn_t *c, gw_upconn_t *u, bool hedge)
     u->parser.data = u;
 }
 
-static void proxy_release_inflight(gw_upconn_t *u)
-{
-    if (u->inflight) {
-        GW_ATOMIC_ADD(u->pool->backend->inflight, (uint32_t)-1);
-        u->inflight = false;
-    }
-}
-
-/* Detaches attempt `u` from its request and closes its connection (it cannot be reused). */
+/* Detaches attempt `u` from its request and closes its connection (it cannot be reused); the
+ * close releases its in-flight count. */
 static void proxy_drop_attempt(gw_conn_t *c, gw_upconn_t *u)
 {
-    proxy_release_inflight(u);
     if (c->up == u)
         c->up = NULL;
     if (c->hedge == u)
@@ -310,7 +302,11 @@ static void proxy_up_written(gw_upconn_t *u, int status)
 {
     gw_conn_t *c = u->conn;
     if (!c) {
-        gw_upconn_close(u);
+        /* A cancelled attempt (proxy_cancel) waits for its response head to close. */
+        if (status < 0 || !u->inflight)
+            gw_upconn_close(u);
+        else
+            gw_upconn_arm(u, u->pool->ucfg->read_timeout_ms);
         return;
     }
     if (status < 0) {
@@ -531,9 +527,13 @@ static void proxy_hedge_arm(gw_conn_t *c)
         uv_timer_start(&c->aux_timer, proxy_on_hedge_due, gw_hedge_delay_ms(&wu->hedge), 0);
 }
 
-/* A racing attempt lost: the strategy hears it was cancelled and how long it had waited, its
- * in-flight count goes, and its connection is closed, so the response it may still send never
- * reaches another request. */
+/* A racing attempt lost: the strategy hears it was cancelled and how long it had waited, and it
+ * leaves the request. Its connection is never pooled, so the response it may still send never
+ * reaches another request; it is closed when that response begins (or fails, or read_ms runs
+ * out), and until then it stays counted in flight. The backend is still busy with the request:
+ * a count that dropped at once would make a stuck backend, whose every request is being
+ * hedged away, look idle to the strategies that balance on it, and draw new requests into it.
+ * An attempt that was not sent yet is closed at once. */
 static void proxy_cancel(gw_conn_t *c, gw_upconn_t *u)
 {
     gw_worker_upstream_t *wu = &c->w->ups[c->req.upstream];
@@ -543,7 +543,16 @@ static void proxy_cancel(gw_conn_t *c, gw_upconn_t *u)
      * the hedge quantile down, below the delays that made hedges win. */
     if (!u->is_hedge && waited)
         gw_hedge_observe(&wu->hedge, waited / 1000);
-    proxy_drop_attempt(c, u);
+    if (!u->inflight) {
+        proxy_drop_attempt(c, u);
+        return;
+    }
+    if (c->up == u)
+        c->up = NULL;
+    if (c->hedge == u)
+        c->hedge = NULL;
+    u->conn = NULL;
+    u->reusable = false;
 }
 
 /* The request's first response head (a 1xx included) arrived, on `u`: that attempt answers the
@@ -704,7 +713,7 @@ void gw_proxy_on_timeout(gw_upconn_t *u)
 static void proxy_finish(gw_conn_t *c, gw_upconn_t *u)
 {
     gw_request_t *r = &c->req;
-    proxy_release_inflight(u);
+    gw_upconn_release_inflight(u);
     c->up = NULL;
     u->conn = NULL;
     if (!r->body_done || u->close_delimited || !llhttp_should_keep_alive(&u->parser))

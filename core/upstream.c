@@ -3,9 +3,11 @@
  *
  * Ownership: a gw_upconn_t belongs to its worker (linked in worker->upconns) from creation until
  * both of its handles have closed. While leased, `conn` points at the downstream connection whose
- * request it serves, and that connection's `up` points back; gw_proxy_* clears both sides before
- * the upconn is released or closed. An idle connection sits in its pool with reading on, so a
- * backend that closes it (or, wrongly, sends bytes) is noticed and the connection discarded
+ * request it serves, and that connection's `up` (or `hedge`) points back; gw_proxy_* clears both
+ * sides before the upconn is released or closed. An attempt that lost a hedge race stays leased
+ * with `conn` NULL, still counted in flight, until its backend's answer, an error or the read
+ * timeout reaches proxy.c, which closes it. An idle connection sits in its pool with reading on, so
+ * a backend that closes it (or, wrongly, sends bytes) is noticed and the connection discarded
  * instead of being handed to the next request.
  */
 #include <stdlib.h>
@@ -25,10 +27,19 @@ static void upconn_on_close(uv_handle_t *h)
     free(u);
 }
 
+void gw_upconn_release_inflight(gw_upconn_t *u)
+{
+    if (u->inflight) {
+        GW_ATOMIC_ADD(u->pool->backend->inflight, (uint32_t)-1);
+        u->inflight = false;
+    }
+}
+
 void gw_upconn_close(gw_upconn_t *u)
 {
     if (u->state == GW_US_CLOSING)
         return;
+    gw_upconn_release_inflight(u);
     if (u->state == GW_US_IDLE) {
         gw_list_remove(&u->link);
         u->pool->nidle--;

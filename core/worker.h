@@ -329,7 +329,7 @@ struct gw_upconn {
     gw_pool_t *pool;
     gw_conn_t *conn;     /* the request's connection while leased */
     /* The attempt of conn's request this connection carries (proxy.c). */
-    bool inflight;         /* counted in backend->inflight */
+    bool inflight;         /* counted in backend->inflight (released by close or completion) */
     bool is_hedge;         /* sent as a hedge */
     uint32_t rif_at_start; /* backend->inflight (all workers) before the request was sent */
     uint64_t start_ns;     /* the request head was sent, 0 before */
@@ -371,8 +371,12 @@ gw_upconn_t *gw_upconn_connect(gw_worker_t *w, gw_pool_t *pool);
 gw_upconn_t *gw_pool_lease(gw_pool_t *pool);
 /** Gives a connection back after a complete response (or closes it if it is not reusable). */
 void gw_pool_release(gw_upconn_t *u);
-/** Closes an upstream connection (idempotent). */
+/** Closes an upstream connection (idempotent), releasing the in-flight count of the attempt it
+ * carried, if any: whoever closes it (a failure, a cancelled attempt, shutdown), the backend's
+ * count stays right. */
 void gw_upconn_close(gw_upconn_t *u);
+/** The attempt `u` carried is over: its backend's in-flight count goes (once). */
+void gw_upconn_release_inflight(gw_upconn_t *u);
 /** Closes every upstream connection of the worker. */
 void gw_upconn_close_all(gw_worker_t *w);
 int gw_upconn_read_start(gw_upconn_t *u);
