@@ -147,10 +147,14 @@ class Target:
 
 
 def gw_config(t, port, admin, workers, backends):
+    """`hedge.KEY=V` parameters go to the upstream's hedge table, the others to prequal."""
+    kvs = [kv.split("=", 1) for kv in t.params.split(",")] if t.params else []
     pq = ""
-    if t.params:
-        pq = ", prequal = { %s }" % ", ".join(
-            "%s = %s" % (k, v) for k, v in (kv.split("=", 1) for kv in t.params.split(",")))
+    for table in ("prequal", "hedge"):
+        fields = ["%s = %s" % (k.split(".")[-1], v) for k, v in kvs
+                  if (k.split(".")[0] if "." in k else "prequal") == table]
+        if fields:
+            pq += ", %s = { %s }" % (table, ", ".join(fields))
     blist = ", ".join('"http://%s:%d"' % (HOST, p) for p in backends)
     return ('return {\n  listen = "%s:%d", workers = %d, admin = { listen = "%s:%d" },\n'
             '  upstreams = { b = { strategy = "%s", backends = { %s }%s } },\n'
@@ -331,10 +335,12 @@ class Matrix:
                 m.group(4) or ""
             if name in PEERS or name in extra:
                 sys.exit("matrix: --gw name %s is taken" % name)
-            if params and strat != "prequal":
-                sys.exit("matrix: --gw %s: key=value parameters are prequal.* parameters; "
-                         "strategy %s takes none" % (name, strat))
-            if params and not all(re.match(r"^[a-z_]+=[0-9.]+$", kv) for kv in params.split(",")):
+            if params and strat != "prequal" and not all(kv.startswith("hedge.")
+                                                         for kv in params.split(",")):
+                sys.exit("matrix: --gw %s: key=value parameters other than hedge.* are prequal.* "
+                         "parameters; strategy %s takes none" % (name, strat))
+            if params and not all(re.match(r"^(hedge\.)?[a-z_]+=[0-9.]+$", kv)
+                                  for kv in params.split(",")):
                 sys.exit("matrix: --gw %s: parameters are key=number,key=number" % name)
             extra[name] = (path, strat, params)
         names = a.targets.split(",") if a.targets else DEFAULT_TARGETS + list(extra)
@@ -870,7 +876,8 @@ def main():
     ap.add_argument("--warmup", type=float, default=1.0, help="unmeasured s before each segment")
     ap.add_argument("--gw", action="append", default=[], metavar="NAME=PATH[:strategy[:k=v,...]]",
                     help="an extra prequal-gw build or variant as target NAME (strategy prequal "
-                         "by default; k=v are prequal.* parameters); repeatable")
+                         "by default; k=v are prequal.* parameters, hedge.k=v the hedge's); "
+                         "repeatable")
     ap.add_argument("--base-gw", default=os.path.join(ROOT, "build", "prequal-gw"),
                     help="the binary of the built-in prequal-gw targets (default build/prequal-gw)")
     ap.add_argument("--build", default=os.path.join(ROOT, "build"),
