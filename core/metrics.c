@@ -493,8 +493,13 @@ static void gw_render_upstreams(const gw_render_ctx_t *x)
                        sum);
     }
 
-    gw_mbuf_family(x->b, "gw_hedges_total", "counter",
-                   "Hedged requests of upstreams with hedging on, by outcome.");
+    /* Only where some upstream hedges: the family is noise everywhere else. */
+    bool hedging = false;
+    for (size_t u = 0; u < x->cfg->nupstreams; u++)
+        hedging |= x->cfg->upstreams[u].hedge.enabled;
+    if (hedging)
+        gw_mbuf_family(x->b, "gw_hedges_total", "counter",
+                       "Hedged requests of upstreams with hedging on, by outcome.");
     for (size_t u = 0; u < x->cfg->nupstreams; u++) {
         if (!x->cfg->upstreams[u].hedge.enabled)
             continue;

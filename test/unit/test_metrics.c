@@ -304,6 +304,33 @@ static void test_render_lua_memory(void **state)
     free(text);
 }
 
+/* gw_hedges_total: every outcome of each upstream with `hedge`, summed over the workers, and no
+ * family at all when no upstream hedges. */
+static void test_render_hedges(void **state)
+{
+    fixture_t *f = *state;
+    f->shards[0]->hedges[1][GW_HEDGE_SENT] = 4;
+    f->shards[1]->hedges[1][GW_HEDGE_SENT] = 3;
+    f->shards[1]->hedges[1][GW_HEDGE_WON] = 5;
+    f->shards[0]->hedges[1][GW_HEDGE_SKIPPED_BUDGET] = 2;
+    char *text = render(f, f->backends);
+    assert_no_line_prefix(text, "# HELP gw_hedges_total");
+    assert_no_line_prefix(text, "gw_hedges_total");
+    free(text);
+    f->upstreams[1].hedge =
+        (gw_hedge_cfg_t){.enabled = true, .after_ms = 25, .max = 1, .budget_percent = 10};
+    text = render(f, f->backends);
+    assert_line(text, "# TYPE gw_hedges_total counter");
+    assert_line(text, "gw_hedges_total{upstream=\"static\",outcome=\"sent\"} 7");
+    assert_line(text, "gw_hedges_total{upstream=\"static\",outcome=\"won\"} 5");
+    assert_line(text, "gw_hedges_total{upstream=\"static\",outcome=\"lost\"} 0");
+    assert_line(text, "gw_hedges_total{upstream=\"static\",outcome=\"failed\"} 0");
+    assert_line(text, "gw_hedges_total{upstream=\"static\",outcome=\"skipped_budget\"} 2");
+    assert_line(text, "gw_hedges_total{upstream=\"static\",outcome=\"skipped_no_backend\"} 0");
+    assert_no_line_prefix(text, "gw_hedges_total{upstream=\"api\"");
+    free(text);
+}
+
 /* Every sample line belongs to the family announced by the closest # TYPE line above it. */
 static void test_render_families(void **state)
 {
@@ -338,6 +365,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_render_upstreams, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_process, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_lua_memory, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_render_hedges, setup, teardown),
         cmocka_unit_test_setup_teardown(test_render_families, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
