@@ -603,6 +603,16 @@ void gw_proxy_on_connect(gw_upconn_t *u, int status)
     proxy_send_head(c, u);
 }
 
+/* Passive health: one more transport failure of `b` in a row, which may eject it. */
+static void proxy_health_failure(gw_worker_t *w, gw_backend_t *b)
+{
+    gw_worker_upstream_t *wu = &w->ups[b->upstream];
+    const gw_upstream_cfg_t *ucfg = wu->cfg;
+    if (gw_health_on_failure(b, wu->backends, wu->n, &ucfg->health, uv_now(&w->loop)))
+        gw_log_warn("upstream %s: backend %s ejected after %u failures in a row", ucfg->name,
+                    b->cfg->url, ucfg->health.max_fails);
+}
+
 /* A backend failed this request. Counts it, then retries or answers with an error. */
 static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind, bool connect_phase)
 {
@@ -619,12 +629,8 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
                  0, 0);
     bool stale = u && u->reused && !u->got_bytes && kind == GW_UERR_RESET;
     bool replayable = gw_http1_method_idempotent(r->method) && !r->has_body;
-    if (b && !stale) {
-        gw_worker_upstream_t *wu = &w->ups[r->upstream];
-        if (gw_health_on_failure(b, wu->backends, wu->n, &ucfg->health, uv_now(&w->loop)))
-            gw_log_warn("upstream %s: backend %s ejected after %u failures in a row", ucfg->name,
-                        b->cfg->url, ucfg->health.max_fails);
-    }
+    if (b && !stale)
+        proxy_health_failure(w, b);
     if (u) {
         bool racing = c->hedge != NULL;
         if (u->is_hedge)
@@ -691,6 +697,13 @@ void gw_proxy_on_timeout(gw_upconn_t *u)
 {
     gw_conn_t *c = u->conn;
     if (!c) {
+        /* A cancelled attempt that never got an answer is still the backend's timeout: without
+         * it, a backend that answers nothing but whose every request is hedged away would never
+         * be ejected. */
+        if (u->inflight) {
+            GW_COUNTER_INC(u->w->metrics->upstream_errors[u->pool->backend->cfg->gindex][GW_UERR_TIMEOUT]);
+            proxy_health_failure(u->w, u->pool->backend);
+        }
         gw_upconn_close(u);
         return;
     }

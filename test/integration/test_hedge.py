@@ -114,6 +114,29 @@ class HedgeTest(GwTestCase):
                                capture_output=True, timeout=30)
             self.assertEqual(p.returncode, 0, p.stdout.decode() + p.stderr.decode())
 
+    def test_cancelled_attempts_still_count_for_passive_health(self):
+        # A replica that answers nothing, every request of which is hedged away: the cancelled
+        # attempts' read timeouts still eject it.
+        a = self.backend("a")
+        f = self.raw_server(frozen)
+        gw = self.gw_for([f.url, a.url], {"after_ms": 20, "budget_percent": 100},
+                         timeouts={"connect_ms": 1000, "read_ms": 600},
+                         health={"max_fails": 2, "eject_ms": 10000})
+        for i in range(6):
+            r, took = self.timed_get(gw, path="/h%d" % i)
+            self.assertEqual(r.status, 200, r)
+            self.assertLess(took, 0.5)  # answered by the hedge, not after read_ms
+        self.assertGreaterEqual(len(f.requests), 2)
+        self.assertTrue(wait_until(lambda: gw.metric("gw_upstream_healthy", upstream="u",
+                                                     backend=f.url) == 0, 5))
+        self.assertGreaterEqual(gw.metric("gw_upstream_errors_total", upstream="u",
+                                          backend=f.url, kind="timeout"), 2)
+        picked = len(f.requests)
+        for i in range(4):
+            r, _ = self.timed_get(gw, path="/after%d" % i)
+            self.assertEqual(r.status, 200, r)
+        self.assertEqual(len(f.requests), picked)  # ejected: no longer picked
+
     def test_first_head_wins_either_way(self):
         s0, s2 = self.raw_server(slow(0.15)), self.raw_server(slow(0.15))
         f = self.raw_server(frozen)
