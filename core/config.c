@@ -1702,6 +1702,15 @@ static int gw_cfg_upstream(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     gw_cfg_field_done(c, old);
     if (rc < 0)
         return -1;
+    if (u->hedge.after_ms >= u->read_timeout_ms) {
+        /* The read timeout would always come first: the hedge could never be sent. */
+        old = gw_cfg_field(c, ut, "hedge");
+        size_t o2 = gw_cfg_field(c, lua_gettop(L), "after_ms");
+        gw_cfg_fail(c, "must be below timeouts.read_ms (%u)", u->read_timeout_ms);
+        gw_cfg_field_done(c, o2);
+        gw_cfg_field_done(c, old);
+        return -1;
+    }
 
     old = gw_cfg_field(c, ut, "retries");
     rc = gw_cfg_record(c, rkeys);

@@ -720,6 +720,8 @@ static void test_hedge(void **state)
         "got 101");
     check_err(HEDGE_UP "{ after_ms = 25, delay = 1 } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.hedge.delay: unknown key");
+    check_err(HEDGE_UP "{ after_ms = 500 },\n timeouts = { read_ms = 500 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.hedge.after_ms: must be below timeouts.read_ms (500)");
     check_err(HEDGE_UP "true } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.hedge: expected table, got boolean");
 #undef HEDGE_UP
