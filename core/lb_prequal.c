@@ -26,17 +26,18 @@ typedef struct lb_pq {
     gw_prequal_t *pq;
     const gw_upstream_cfg_t *ucfg;
     size_t n;
-    gw_worker_t *w;             /* bound at the first pick */
+    gw_worker_t *w; /* bound at the first pick */
     uint32_t upstream;
     gw_backend_t *const *backends;
     uv_timer_t idle_timer;
     bool timer_on;
     bool stopping;
-    size_t n_healthy;           /* counted at the last pick (Eq. 1's n), used until the next */
-    size_t n_active;            /* ctx->n of the last pick: slots past it are not members */
-    bool *eligible;             /* [n] scratch */
-    uint32_t *targets;          /* [n] scratch */
-    uint64_t *excluded;         /* [(n+63)/64] scratch: tried or unhealthy */
+    size_t n_healthy;        /* counted at the last pick (Eq. 1's n), used until the next */
+    size_t n_active;         /* ctx->n of the last pick: slots past it are not members */
+    bool *eligible;          /* [n] scratch */
+    uint32_t *targets;       /* [n] scratch */
+    uint64_t *excluded;      /* [(n+63)/64] scratch: tried or unhealthy */
+    gw_prequal_load_t *load; /* [n] scratch: the backends' shared counters at this pick */
 } lb_pq_t;
 
 static int lb_pq_create(const gw_upstream_cfg_t *u, size_t n, void **state)
@@ -52,11 +53,13 @@ static int lb_pq_create(const gw_upstream_cfg_t *u, size_t n, void **state)
     s->eligible = calloc(n ? n : 1, sizeof *s->eligible);
     s->targets = calloc(n ? n : 1, sizeof *s->targets);
     s->excluded = calloc((n + 63) / 64 + 1, sizeof *s->excluded);
-    if (!s->pq || !s->eligible || !s->targets || !s->excluded) {
+    s->load = calloc(n ? n : 1, sizeof *s->load);
+    if (!s->pq || !s->eligible || !s->targets || !s->excluded || !s->load) {
         gw_prequal_free(s->pq);
         free(s->eligible);
         free(s->targets);
         free(s->excluded);
+        free(s->load);
         free(s);
         return -1;
     }
@@ -71,6 +74,7 @@ static void lb_pq_destroy(void *state)
     free(s->eligible);
     free(s->targets);
     free(s->excluded);
+    free(s->load);
     free(s);
 }
 
@@ -123,8 +127,8 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
     size_t neligible = 0, n = s->n_active;
     for (size_t i = 0; i < n; i++) {
         gw_backend_t *b = s->backends[i];
-        s->eligible[i] = GW_RELAXED_LOAD(b->healthy) && GW_RELAXED_LOAD(b->member) &&
-                         !gw_probe_busy(w, b);
+        s->eligible[i] =
+            GW_RELAXED_LOAD(b->healthy) && GW_RELAXED_LOAD(b->member) && !gw_probe_busy(w, b);
         neligible += s->eligible[i];
     }
     if (neligible == 0)
@@ -143,9 +147,12 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
             gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_SKIPPED);
             continue;
         }
-        if (gw_probe_send(w, b, s->ucfg->probe_path, s->ucfg->prequal.probe_timeout_ms, lb_pq_on_probe,
-                          s) != 0)
+        uint32_t inflight = GW_RELAXED_LOAD(b->inflight);
+        if (gw_probe_send(w, b, s->ucfg->probe_path, s->ucfg->prequal.probe_timeout_ms,
+                          lb_pq_on_probe, s) != 0)
             gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_SKIPPED);
+        else
+            gw_prequal_probe_sent(s->pq, i, now, inflight);
     }
 }
 
@@ -220,6 +227,7 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     size_t healthy = 0;
     for (size_t i = 0; i < s->n_active; i++) {
         const gw_backend_t *b = ctx->backends[i];
+        s->load[i].inflight = GW_RELAXED_LOAD(b->inflight);
         if (GW_RELAXED_LOAD(b->member) && GW_RELAXED_LOAD(b->healthy))
             healthy++;
         else
@@ -227,7 +235,7 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     }
     s->n_healthy = healthy;
     gw_prequal_branch_t branch;
-    int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, &branch);
+    int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, s->load, &branch);
     if (idx < 0 || (size_t)idx >= s->n_active)
         idx = lb_pq_fallback(s, ctx);
     if (s->w)
@@ -235,7 +243,8 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     return idx;
 }
 
-static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx, const gw_lb_result_t *r)
+static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx,
+                            const gw_lb_result_t *r)
 {
     lb_pq_t *s = state;
     if (idx >= s->n)
@@ -249,7 +258,8 @@ static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx, con
     gw_prequal_record_latency(s->pq, i, r->rif_at_start, (uint64_t)(r->latency_ms * 1000.0),
                               ctx->now_ms);
     if (r->has_signals && s->w) {
-        gw_prequal_on_piggyback(s->pq, i, r->sig_rif, r->sig_latency_us, ctx->now_ms, s->n_healthy,
+        gw_prequal_on_piggyback(s->pq, i, r->sig_rif, r->sig_latency_us, ctx->now_ms,
+                                GW_RELAXED_LOAD(ctx->backends[i]->inflight), s->n_healthy,
                                 ctx->rng);
         lb_pq_publish_mode(s, i);
     }

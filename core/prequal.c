@@ -19,8 +19,10 @@
  * - Selection (§4 "Replica selection"): RIF is judged against the q_rif quantile of the RIFs
  *   recently reported by *all* backends (not a backend's own history). Cold entries (rif <= thr)
  *   compete on latency, hot ones on RIF: latency is the better signal until a backend is
- *   overloaded, and then RIF predicts the queue better. The chosen entry's RIF is incremented to
- *   account for the request just sent, so a burst does not land on one backend.
+ *   overloaded, and then RIF predicts the queue better.
+ * - Effective RIF (ours): an entry's RIF is the probed one corrected by the gateway's own requests
+ *   to that backend since the probe went out (sent minus completed, every worker), so a burst does
+ *   not land on one backend and a backend that drained its queue is seen as such.
  * - Failures (ours; the paper leaves "sinkholing" open): a failing backend's entry is purged
  *   because a fast failure looks like an idle backend and would attract traffic.
  * - Passive mode (ours, PREQUAL.md §4): backends without the probe endpoint get synthetic entries
@@ -46,7 +48,8 @@ typedef struct gw_prequal_entry {
     uint64_t seq;        /* insertion order: breaks recv_ms ties so "oldest" is deterministic */
     uint64_t latency_us; /* reported latency estimate */
     uint32_t backend;
-    uint32_t rif;       /* reported RIF, plus one per request sent with this entry */
+    uint32_t rif;       /* reported RIF */
+    uint32_t base;      /* the gateway's in-flight count to the backend when the probe went out */
     uint32_t uses_left; /* > 0 while in the pool */
 } gw_prequal_entry_t;
 
@@ -62,6 +65,7 @@ typedef struct gw_prequal_backend {
     uint8_t nosig;        /* consecutive no-signal probe replies (probe mode) */
     uint8_t sample_next;  /* next write position in samples */
     uint8_t sample_count; /* valid samples, <= GW_PREQUAL_LAT_SAMPLES */
+    uint32_t probe_base;  /* gateway in-flight count when the last probe went out */
     uint64_t retry_at_ms; /* passive/piggyback: when to try an explicit probe again */
     gw_prequal_sample_t samples[GW_PREQUAL_LAT_SAMPLES];
 } gw_prequal_backend_t;
@@ -72,6 +76,7 @@ struct gw_prequal {
     gw_prequal_backend_t *backends; /* nbackends (at least one allocated) */
     uint32_t *scratch;              /* nbackends: candidates of choose_probe_targets */
     gw_prequal_entry_t *pool;       /* params.pool_size */
+    uint32_t *eff;                  /* params.pool_size: effective RIF of pool[i] during a pick */
     uint32_t pool_len;
     uint32_t *rif_ring;   /* params.rif_history, FIFO of the last probe RIFs */
     uint32_t *rif_sorted; /* the same rif_len values, ascending */
@@ -149,9 +154,10 @@ gw_prequal_t *gw_prequal_new(const gw_prequal_params_t *params, size_t nbackends
         return NULL;
     p->params = *params;
     p->pool = calloc(params->pool_size, sizeof(*p->pool));
+    p->eff = calloc(params->pool_size, sizeof(*p->eff));
     p->rif_ring = calloc(params->rif_history, sizeof(*p->rif_ring));
     p->rif_sorted = calloc(params->rif_history, sizeof(*p->rif_sorted));
-    if (p->pool == NULL || p->rif_ring == NULL || p->rif_sorted == NULL ||
+    if (p->pool == NULL || p->eff == NULL || p->rif_ring == NULL || p->rif_sorted == NULL ||
         gw_prequal_resize(p, nbackends) != 0) {
         gw_prequal_free(p);
         return NULL;
@@ -166,6 +172,7 @@ void gw_prequal_free(gw_prequal_t *p)
     free(p->backends);
     free(p->scratch);
     free(p->pool);
+    free(p->eff);
     free(p->rif_ring);
     free(p->rif_sorted);
     free(p);
@@ -183,6 +190,7 @@ static void gw_prequal_remove_slot(gw_prequal_t *p, uint32_t slot, gw_prequal_re
     p->backends[p->pool[slot].backend].slot = -1;
     if (slot != last) {
         p->pool[slot] = p->pool[last];
+        p->eff[slot] = p->eff[last];
         p->backends[p->pool[slot].backend].slot = (int32_t)slot;
     }
     p->pool_len = last;
@@ -361,7 +369,7 @@ static uint32_t gw_prequal_oldest(const gw_prequal_t *p)
 }
 
 static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
-                              uint64_t recv_ms, size_t n_healthy, uint64_t *rng,
+                              uint64_t recv_ms, uint32_t base, size_t n_healthy, uint64_t *rng,
                               gw_prequal_probe_stat_t stat)
 {
     if (backend >= p->nbackends)
@@ -382,34 +390,60 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
         .latency_us = latency_us,
         .backend = backend,
         .rif = rif,
+        .base = base,
         .uses_left = uses,
     };
     GW_COUNTER_INC(p->stats.probes[stat]);
     GW_RELAXED_STORE(p->stats.pool_entries, (uint64_t)p->pool_len);
 }
 
+void gw_prequal_probe_sent(gw_prequal_t *p, uint32_t backend, uint64_t now_ms, uint32_t inflight)
+{
+    GW_UNUSED(now_ms);
+    if (backend < p->nbackends)
+        p->backends[backend].probe_base = inflight;
+}
+
 void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
                          uint64_t recv_ms, size_t n_healthy, uint64_t *rng)
 {
-    gw_prequal_insert(p, backend, rif, latency_us, recv_ms, n_healthy, rng,
-                      GW_PREQUAL_PROBE_STAT_OK);
+    if (backend >= p->nbackends)
+        return;
+    gw_prequal_insert(p, backend, rif, latency_us, recv_ms, p->backends[backend].probe_base,
+                      n_healthy, rng, GW_PREQUAL_PROBE_STAT_OK);
+}
+
+/* The effective RIF of an entry: the probed RIF corrected by this gateway's own traffic since the
+ * probe went out. The in-flight count now minus the count then is exactly (requests sent since)
+ * − (requests completed since), counted by every worker; unlike adding one per pick it also falls
+ * when requests complete and sees other workers' requests. A request that was already in flight
+ * when the probe went out and completes since is in the probed RIF too, so subtracting it is
+ * right; the clamp covers requests the backend had not yet counted when it answered. */
+static uint32_t gw_prequal_eff_rif(const gw_prequal_entry_t *e, const gw_prequal_load_t *load)
+{
+    if (load == NULL)
+        return e->rif;
+    int64_t v = (int64_t)e->rif + (int64_t)load[e->backend].inflight - (int64_t)e->base;
+    return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
 /* HCL orders. Cold: lower latency, then lower RIF, then lower backend index. Hot: lower RIF, then
  * lower latency, then lower index. The index makes the choice independent of pool order. */
-static bool gw_prequal_cold_better(const gw_prequal_entry_t *a, const gw_prequal_entry_t *b)
+static bool gw_prequal_cold_better(const gw_prequal_t *p, uint32_t i, uint32_t j)
 {
+    const gw_prequal_entry_t *a = &p->pool[i], *b = &p->pool[j];
     if (a->latency_us != b->latency_us)
         return a->latency_us < b->latency_us;
-    if (a->rif != b->rif)
-        return a->rif < b->rif;
+    if (p->eff[i] != p->eff[j])
+        return p->eff[i] < p->eff[j];
     return a->backend < b->backend;
 }
 
-static bool gw_prequal_hot_better(const gw_prequal_entry_t *a, const gw_prequal_entry_t *b)
+static bool gw_prequal_hot_better(const gw_prequal_t *p, uint32_t i, uint32_t j)
 {
-    if (a->rif != b->rif)
-        return a->rif < b->rif;
+    const gw_prequal_entry_t *a = &p->pool[i], *b = &p->pool[j];
+    if (p->eff[i] != p->eff[j])
+        return p->eff[i] < p->eff[j];
     if (a->latency_us != b->latency_us)
         return a->latency_us < b->latency_us;
     return a->backend < b->backend;
@@ -421,19 +455,20 @@ static bool gw_prequal_hot_better(const gw_prequal_entry_t *a, const gw_prequal_
 static uint32_t gw_prequal_worst(const gw_prequal_t *p, uint64_t thr)
 {
     uint32_t best = 0;
-    bool best_hot = p->pool[0].rif > thr;
+    bool best_hot = p->eff[0] > thr;
     for (uint32_t i = 1; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i], *b = &p->pool[best];
-        bool hot = e->rif > thr;
+        uint32_t er = p->eff[i], br = p->eff[best];
+        bool hot = er > thr;
         bool worse;
         if (hot != best_hot)
             worse = hot;
-        else if (hot && e->rif != b->rif)
-            worse = e->rif > b->rif;
+        else if (hot && er != br)
+            worse = er > br;
         else if (e->latency_us != b->latency_us)
             worse = e->latency_us > b->latency_us;
-        else if (e->rif != b->rif)
-            worse = e->rif > b->rif;
+        else if (er != br)
+            worse = er > br;
         else
             worse = e->seq < b->seq;
         if (worse) {
@@ -450,7 +485,7 @@ static bool gw_prequal_tried(const uint64_t *tried, uint32_t i)
 }
 
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
-                    gw_prequal_branch_t *branch)
+                    const gw_prequal_load_t *load, gw_prequal_branch_t *branch)
 {
     p->any_request = true;
     p->last_request_ms = now_ms;
@@ -459,15 +494,17 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     uint64_t thr = gw_prequal_rif_threshold(p);
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
+    for (uint32_t i = 0; i < p->pool_len; i++)
+        p->eff[i] = gw_prequal_eff_rif(&p->pool[i], load);
     for (uint32_t i = 0; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i];
         if (gw_prequal_tried(tried, e->backend))
             continue;
         usable++;
-        if (e->rif > thr) {
-            if (hot < 0 || gw_prequal_hot_better(e, &p->pool[hot]))
+        if (p->eff[i] > thr) {
+            if (hot < 0 || gw_prequal_hot_better(p, i, (uint32_t)hot))
                 hot = (int32_t)i;
-        } else if (cold < 0 || gw_prequal_cold_better(e, &p->pool[cold])) {
+        } else if (cold < 0 || gw_prequal_cold_better(p, i, (uint32_t)cold)) {
             cold = (int32_t)i;
         }
     }
@@ -485,8 +522,6 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     uint32_t slot = (uint32_t)(cold >= 0 ? cold : hot);
     gw_prequal_entry_t *e = &p->pool[slot];
     uint32_t backend = e->backend;
-    if (e->rif < UINT32_MAX)
-        e->rif++; /* the request we are about to send is not in the probed RIF */
     if (--e->uses_left == 0)
         gw_prequal_remove_slot(p, slot, GW_PREQUAL_RM_REUSE);
 
@@ -566,13 +601,13 @@ gw_prequal_probe_action_t gw_prequal_probe_action(gw_prequal_t *p, uint32_t back
 }
 
 void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
-                             uint64_t recv_ms, size_t n_healthy, uint64_t *rng)
+                             uint64_t recv_ms, uint32_t inflight, size_t n_healthy, uint64_t *rng)
 {
     if (backend >= p->nbackends)
         return;
     if (p->backends[backend].mode == GW_PREQUAL_MODE_PASSIVE)
         p->backends[backend].mode = GW_PREQUAL_MODE_PIGGYBACK;
-    gw_prequal_insert(p, backend, rif, latency_us, recv_ms, n_healthy, rng,
+    gw_prequal_insert(p, backend, rif, latency_us, recv_ms, inflight, n_healthy, rng,
                       GW_PREQUAL_PROBE_STAT_PIGGYBACK);
 }
 
@@ -627,7 +662,7 @@ void gw_prequal_synthesize(gw_prequal_t *p, uint32_t backend, uint32_t inflight,
                            size_t n_healthy, uint64_t *rng)
 {
     uint64_t latency = gw_prequal_synthetic_latency(p, backend, inflight, now_ms);
-    gw_prequal_insert(p, backend, inflight, latency, now_ms, n_healthy, rng,
+    gw_prequal_insert(p, backend, inflight, latency, now_ms, inflight, n_healthy, rng,
                       GW_PREQUAL_PROBE_STAT_SYNTHETIC);
 }
 

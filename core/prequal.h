@@ -115,6 +115,13 @@ typedef struct gw_prequal_entry_info {
     uint32_t uses_left;
 } gw_prequal_entry_info_t;
 
+/* What the gateway itself knows about a backend now (the caller reads the backend's shared
+ * counters, which count every worker). */
+typedef struct gw_prequal_load {
+    uint32_t inflight;  /* this gateway's requests in flight to the backend now */
+    uint64_t completed; /* this gateway's requests to the backend completed so far (monotonic) */
+} gw_prequal_load_t;
+
 typedef struct gw_prequal gw_prequal_t;
 
 /** Fills `p` with the defaults of PREQUAL.md §2. */
@@ -169,25 +176,35 @@ uint32_t gw_prequal_idle_probes(const gw_prequal_t *p);
  * max_reuse. Check value: m=16, n=100, r_probe=3, r_remove=1, δ=1 gives 1.316. */
 double gw_prequal_reuse_budget(const gw_prequal_params_t *params, size_t n_healthy);
 
-/** A probe reply with signals from `backend`, received at `recv_ms` (receipt, not send time).
- * Pushes `rif` into the RIF history, replaces the backend's entry if it has one, else evicts the
- * oldest entry when the pool is full (reason capacity), and inserts the entry with uses_left =
- * the reuse budget for `n_healthy` healthy backends, randomly rounded to floor or ceil so the
- * expectation is exact. Counts the probe as ok. Out-of-range backends are ignored. No allocation.
+/** A probe to `backend` goes out at now_ms while the gateway has `inflight` requests in flight
+ * to it (all workers): the reply's RIF is corrected by what the gateway sends and completes after
+ * this moment (gw_prequal_pick's effective RIF). */
+void gw_prequal_probe_sent(gw_prequal_t *p, uint32_t backend, uint64_t now_ms, uint32_t inflight);
+
+/** A probe reply with signals from `backend`, received at `recv_ms` (receipt, not send time),
+ * to the probe last announced with gw_prequal_probe_sent() (without one, the correction starts
+ * from 0 requests in flight). Pushes `rif` into the RIF history, replaces the backend's entry if it
+ * has one, else evicts the oldest entry when the pool is full (reason capacity), and inserts the
+ * entry with uses_left = the reuse budget for `n_healthy` healthy backends, randomly rounded to
+ * floor or ceil so the expectation is exact. Counts the probe as ok. Out-of-range backends are
+ * ignored. No allocation.
  */
 void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
                          uint64_t recv_ms, size_t n_healthy, uint64_t *rng);
 
 /** Selects a backend by the hot-cold lexicographic rule (PREQUAL.md §3), ignoring entries of
- * backends whose bit is set in `tried` (bit i of tried[i / 64]; may be NULL). Expired entries are
+ * backends whose bit is set in `tried` (bit i of tried[i / 64]; may be NULL). `load` has one
+ * element per backend (NULL: nothing in flight). Each entry is judged by its effective RIF: the
+ * probed RIF + the gateway's in-flight count now − its in-flight count when the probe was sent
+ * (requests sent since the probe minus those completed since), at least 0. Expired entries are
  * dropped first (reason age). Returns the backend index and sets *branch to COLD or HOT; with
  * fewer than 2 usable entries returns -1 and sets FALLBACK: the caller then picks a uniformly
- * random healthy untried backend itself. After a selection the entry's RIF is incremented
- * (compensation), its uses_left decremented (removed at 0, reason reuse), and
- * take(&acc, removes_per_request) removals run, alternating oldest and worst. Records now_ms as
- * the last request time for gw_prequal_idle_probe_due(). No allocation; O(pool_size). */
+ * random healthy untried backend itself. After a selection the entry's uses_left is decremented
+ * (removed at 0, reason reuse), and take(&acc, removes_per_request) removals run, alternating
+ * oldest and worst. Records now_ms as the last request time for gw_prequal_idle_probe_due().
+ * No allocation; O(pool_size). */
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
-                    gw_prequal_branch_t *branch);
+                    const gw_prequal_load_t *load, gw_prequal_branch_t *branch);
 
 /** The current hot/cold threshold: nearest-rank q_rif quantile of the RIF history,
  * sorted[floor(q·(K−1))]; GW_PREQUAL_THR_INF when q_rif >= 1 or the history is empty. O(1). */
@@ -218,9 +235,10 @@ gw_prequal_probe_action_t gw_prequal_probe_action(gw_prequal_t *p, uint32_t back
                                                   uint64_t now_ms);
 
 /** X-Prequal headers seen on a normal response of `backend`: a passive backend switches to
- * piggyback mode, and the signals enter the pool like a probe reply (counted as piggyback). */
+ * piggyback mode, and the signals enter the pool like a probe reply (counted as piggyback) whose
+ * RIF is corrected from `inflight`, the gateway's in-flight count to it when the response came. */
 void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
-                             uint64_t recv_ms, size_t n_healthy, uint64_t *rng);
+                             uint64_t recv_ms, uint32_t inflight, size_t n_healthy, uint64_t *rng);
 
 /** Records a finished request to `backend`: the gateway's in-flight count to it (all workers)
  * when the request was sent, and its latency. Kept in a ring of the last GW_PREQUAL_LAT_SAMPLES

@@ -2,7 +2,7 @@
  * Unit tests for core/prequal.c, the pure Prequal module (PREQUAL.md §6): the hot-cold rule and
  * its edges, the quantile, Eq. 1 and its random rounding, the fractional-rate accumulator, the
  * pool's expiry, reuse, capacity, one-entry-per-backend and alternating removal rules,
- * compensation, fallback, tried backends, probe target sampling, purges and membership, passive /
+ * the effective RIF, fallback, tried backends, probe target sampling, purges and membership, passive /
  * piggyback modes with synthetic entries, and an end-to-end simulation against round robin.
  * Time and randomness are injected, so every expected value is exact.
  */
@@ -27,8 +27,13 @@ static gw_prequal_params_t defaults(void)
     return pp;
 }
 
+/* The gateway's side of the effective RIF: what tests have "sent" and not completed per backend.
+ * pick() sends to what it picked, as the gateway does; mk() resets it. */
+static gw_prequal_load_t g_load[1024];
+
 static gw_prequal_t *mk(const gw_prequal_params_t *pp, size_t n)
 {
+    memset(g_load, 0, sizeof(g_load));
     gw_prequal_t *p = gw_prequal_new(pp, n);
     assert_non_null(p);
     return p;
@@ -38,12 +43,25 @@ static gw_prequal_t *mk(const gw_prequal_params_t *pp, size_t n)
 static void probe(gw_prequal_t *p, uint32_t b, uint32_t rif, uint64_t lat, uint64_t t)
 {
     uint64_t rng = SEED;
+    gw_prequal_probe_sent(p, b, t, g_load[b].inflight);
     gw_prequal_on_probe(p, b, rif, lat, t, 5, &rng);
 }
 
+/* A pick, and the request sent to the backend picked. */
 static int pick(gw_prequal_t *p, uint64_t now, const uint64_t *tried, gw_prequal_branch_t *br)
 {
-    return gw_prequal_pick(p, now, tried, br);
+    int b = gw_prequal_pick(p, now, tried, g_load, br);
+    if (b >= 0)
+        g_load[b].inflight++;
+    return b;
+}
+
+/* A request to b completes. */
+static void done(uint32_t b)
+{
+    assert_true(g_load[b].inflight > 0);
+    g_load[b].inflight--;
+    g_load[b].completed++;
 }
 
 static const gw_prequal_stats_t *st(const gw_prequal_t *p)
@@ -167,7 +185,7 @@ static void test_hcl_cold_beats_hot(void **state)
     assert_int_equal(pick(p, 1000, NULL, &br), 2);
     assert_int_equal(br, GW_PREQUAL_COLD);
     assert_int_equal(st(p)->rif_threshold, 2);
-    /* Compensation made backend 2 hot (rif 3 > 2): the remaining cold one wins. */
+    /* The request sent made backend 2 hot (effective RIF 3 > 2): the remaining cold one wins. */
     assert_int_equal(pick(p, 1000, NULL, &br), 1);
     assert_int_equal(br, GW_PREQUAL_COLD);
     assert_int_equal(pick(p, 1000, NULL, &br), 1); /* rif 2, still cold */
@@ -573,7 +591,9 @@ static void test_tried_excluded(void **state)
     gw_prequal_free(p);
 }
 
-static void test_compensation(void **state)
+/* Effective RIF: probed RIF + requests sent since the probe went out − requests completed since,
+ * by every worker, at least 0. */
+static void test_effective_rif(void **state)
 {
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
@@ -586,10 +606,26 @@ static void test_compensation(void **state)
     assert_int_equal(pick(p, 0, NULL, &br), 0);
     gw_prequal_entry_info_t e;
     assert_true(entry_of(p, 0, 0, &e));
-    assert_int_equal(e.rif, 2);        /* +1 for the request just sent */
+    assert_int_equal(e.rif, 1);        /* the probed RIF is kept as reported */
     assert_int_equal(e.uses_left, 15); /* budget 16 (n <= 24) minus one */
-    /* Backend 0 is now hot (2 > thr 1), so the slower but cold backend 1 wins. */
+    /* Backend 0 is now at 2 > thr 1 (hot), so the slower but cold backend 1 wins. */
     assert_int_equal(pick(p, 0, NULL, &br), 1);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    /* Both at 2; 0 completes one (back to 1): cold again, and faster. */
+    done(0);
+    assert_int_equal(pick(p, 0, NULL, &br), 0);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    /* Another worker sends two requests to backend 0: it counts too (the counters are shared). */
+    g_load[0].inflight += 2;
+    assert_int_equal(pick(p, 0, NULL, &br), 1); /* 0 at 4, 1 at 2 */
+    /* Completions of requests that were in flight before the probe went out are in the probed
+     * RIF; the effective RIF never goes below 0. */
+    g_load[1].inflight = 5;
+    probe(p, 1, 2, 200, 0); /* base 5 */
+    g_load[1].inflight = 0;
+    g_load[0].inflight = 0;
+    probe(p, 0, 3, 100, 0);                     /* base 0: hot at 3 */
+    assert_int_equal(pick(p, 0, NULL, &br), 1); /* cold at max(0, 2 + 0 − 5) = 0 */
     assert_int_equal(br, GW_PREQUAL_COLD);
     gw_prequal_free(p);
 }
@@ -920,12 +956,12 @@ static void test_piggyback_switch(void **state)
     gw_prequal_t *p = mk(&pp, 2);
     uint64_t rng = SEED;
     /* Piggybacked headers from a probe-mode backend feed the pool but keep the mode. */
-    gw_prequal_on_piggyback(p, 0, 2, 300, 10, 2, &rng);
+    gw_prequal_on_piggyback(p, 0, 2, 300, 10, 0, 2, &rng);
     assert_int_equal(gw_prequal_mode(p, 0), GW_PREQUAL_MODE_PROBE);
     for (int i = 0; i < 3; i++)
         gw_prequal_on_probe_result(p, 1, GW_PREQUAL_PROBE_NO_SIGNALS, 0);
     assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PASSIVE);
-    gw_prequal_on_piggyback(p, 1, 4, 700, 20, 2, &rng);
+    gw_prequal_on_piggyback(p, 1, 4, 700, 20, 0, 2, &rng);
     assert_int_equal(gw_prequal_mode(p, 1), GW_PREQUAL_MODE_PIGGYBACK);
     gw_prequal_entry_info_t e;
     assert_true(entry_of(p, 1, 20, &e));
@@ -1124,7 +1160,10 @@ static void simulate(bool use_prequal, sim_result_t *res)
         int b;
         if (use_prequal) {
             gw_prequal_branch_t br;
-            b = gw_prequal_pick(p, now, NULL, &br);
+            gw_prequal_load_t load[SIM_B];
+            for (int i = 0; i < SIM_B; i++)
+                load[i] = (gw_prequal_load_t){.inflight = (uint32_t)be[i].n};
+            b = gw_prequal_pick(p, now, NULL, load, &br);
             if (b < 0)
                 b = (int)gw_rand_below(&rng, SIM_B);
             uint32_t k = gw_prequal_probes_for_request(p), out[SIM_B];
@@ -1133,6 +1172,7 @@ static void simulate(bool use_prequal, sim_result_t *res)
             size_t got = gw_prequal_choose_probe_targets(p, eligible, SIM_B, k, &rng, out);
             for (size_t i = 0; i < got; i++) {
                 uint32_t rif = (uint32_t)be[out[i]].n;
+                gw_prequal_probe_sent(p, out[i], now, rif);
                 gw_prequal_on_probe(p, out[i], rif,
                                     gw_prequal_synthetic_latency(meter, out[i], rif, now), now,
                                     SIM_B, &rng);
@@ -1200,7 +1240,7 @@ int main(void)
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_fallback_under_two),
         cmocka_unit_test(test_tried_excluded),
-        cmocka_unit_test(test_compensation),
+        cmocka_unit_test(test_effective_rif),
         cmocka_unit_test(test_one_entry_per_backend),
         cmocka_unit_test(test_uses_never_exceed_budget),
         cmocka_unit_test(test_capacity_evicts_oldest),
