@@ -17,8 +17,10 @@
  *   backend that is bad now should not linger as a last resort). Entries older than max_age_ms
  *   are dropped lazily when selecting.
  * - Selection (§4 "Replica selection"): RIF is judged against the q_rif quantile of the RIFs
- *   recently reported by *all* backends (not a backend's own history). Cold entries (rif <= thr)
- *   compete on latency, hot ones on RIF: latency is the better signal until a backend is
+ *   reported by *all* backends (not a backend's own history), one value per backend: its latest
+ *   report, corrected like an entry (ours; the paper's history of reports lets the backend that
+ *   is herded onto, and so probed most, fill it and lift the threshold above itself). Cold entries
+ * (rif <= thr) compete on latency, hot ones on RIF: latency is the better signal until a backend is
  *   overloaded, and then RIF predicts the queue better.
  * - Effective RIF (ours): an entry's RIF is the probed one corrected by the gateway's own requests
  *   to that backend since the probe went out (sent minus completed, every worker), so a burst does
@@ -32,8 +34,8 @@
  * allocated by gw_prequal_new()/gw_prequal_resize(); every other function runs in bounded time
  * without allocating. The pool is a small unordered array (swap-remove) with a per-backend slot
  * index for O(1) replacement; scans are O(pool_size) and pool_size is small (16 by default). The
- * RIF history is a FIFO ring plus a sorted mirror of the same multiset, updated in O(K) memmove
- * per probe, so the quantile costs O(1) per request and no sorting happens on the request path.
+ * threshold is a quickselect over one value per backend, O(n) per request like the caller's own
+ * health scan.
  */
 #include <errno.h>
 #include <math.h>
@@ -66,6 +68,10 @@ typedef struct gw_prequal_backend {
     uint8_t sample_next;  /* next write position in samples */
     uint8_t sample_count; /* valid samples, <= GW_PREQUAL_LAT_SAMPLES */
     uint32_t probe_base;  /* gateway in-flight count when the last probe went out */
+    bool has_report;      /* the latest report (probe, piggyback or synthetic), for the threshold */
+    uint32_t report_rif;
+    uint32_t report_base;
+    uint64_t report_ms;
     uint64_t retry_at_ms; /* passive/piggyback: when to try an explicit probe again */
     gw_prequal_sample_t samples[GW_PREQUAL_LAT_SAMPLES];
 } gw_prequal_backend_t;
@@ -78,10 +84,6 @@ struct gw_prequal {
     gw_prequal_entry_t *pool;       /* params.pool_size */
     uint32_t *eff;                  /* params.pool_size: effective RIF of pool[i] during a pick */
     uint32_t pool_len;
-    uint32_t *rif_ring;   /* params.rif_history, FIFO of the last probe RIFs */
-    uint32_t *rif_sorted; /* the same rif_len values, ascending */
-    uint32_t rif_next;    /* ring write position */
-    uint32_t rif_len;
     double probe_acc; /* take() accumulators */
     double remove_acc;
     bool remove_worst_next; /* alternation of the per-request removals; starts with the oldest */
@@ -155,10 +157,7 @@ gw_prequal_t *gw_prequal_new(const gw_prequal_params_t *params, size_t nbackends
     p->params = *params;
     p->pool = calloc(params->pool_size, sizeof(*p->pool));
     p->eff = calloc(params->pool_size, sizeof(*p->eff));
-    p->rif_ring = calloc(params->rif_history, sizeof(*p->rif_ring));
-    p->rif_sorted = calloc(params->rif_history, sizeof(*p->rif_sorted));
-    if (p->pool == NULL || p->eff == NULL || p->rif_ring == NULL || p->rif_sorted == NULL ||
-        gw_prequal_resize(p, nbackends) != 0) {
+    if (p->pool == NULL || p->eff == NULL || gw_prequal_resize(p, nbackends) != 0) {
         gw_prequal_free(p);
         return NULL;
     }
@@ -173,8 +172,6 @@ void gw_prequal_free(gw_prequal_t *p)
     free(p->scratch);
     free(p->pool);
     free(p->eff);
-    free(p->rif_ring);
-    free(p->rif_sorted);
     free(p);
 }
 
@@ -314,46 +311,69 @@ static uint32_t gw_prequal_random_round(double x, uint64_t *rng)
     return (uint32_t)fl + (u < x - fl ? 1u : 0u);
 }
 
-/* Adds v to the RIF history, evicting the oldest value when the ring is full, and keeps
- * rif_sorted sorted by binary search + memmove. */
-static void gw_prequal_history_push(gw_prequal_t *p, uint32_t v)
+/* The k-th smallest (0-based) of v[0..n-1], k < n; reorders v. Quickselect with a Hoare
+ * partition around the middle element: O(n) expected, no allocation. */
+static uint32_t gw_prequal_select(uint32_t *v, uint32_t n, uint32_t k)
 {
-    uint32_t cap = p->params.rif_history;
-    uint32_t *s = p->rif_sorted;
-    if (p->rif_len == cap) {
-        uint32_t old = p->rif_ring[p->rif_next];
-        uint32_t lo = 0, hi = p->rif_len; /* lower bound of old; it is present */
-        while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (s[mid] < old)
-                lo = mid + 1;
-            else
-                hi = mid;
-        }
-        memmove(&s[lo], &s[lo + 1], (p->rif_len - lo - 1) * sizeof(*s));
-        p->rif_len--;
-    }
-    uint32_t lo = 0, hi = p->rif_len; /* upper bound of v */
+    int64_t lo = 0, hi = (int64_t)n - 1;
     while (lo < hi) {
-        uint32_t mid = lo + (hi - lo) / 2;
-        if (s[mid] <= v)
-            lo = mid + 1;
+        uint32_t pivot = v[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
+            if (i <= j) {
+                uint32_t t = v[i];
+                v[i++] = v[j];
+                v[j--] = t;
+            }
+        }
+        /* Now v[lo..j] <= pivot <= v[i..hi], and everything strictly between j and i is the
+         * pivot. */
+        if ((int64_t)k <= j)
+            hi = j;
+        else if ((int64_t)k >= i)
+            lo = i;
         else
-            hi = mid;
+            return v[k];
     }
-    memmove(&s[lo + 1], &s[lo], (p->rif_len - lo) * sizeof(*s));
-    s[lo] = v;
-    p->rif_len++;
-    p->rif_ring[p->rif_next] = v;
-    p->rif_next = p->rif_next + 1 == cap ? 0 : p->rif_next + 1;
+    return v[k];
 }
 
-uint64_t gw_prequal_rif_threshold(const gw_prequal_t *p)
+/* The effective RIF of an entry: the probed RIF corrected by this gateway's own traffic since the
+ * probe went out. The in-flight count now minus the count then is exactly (requests sent since)
+ * − (requests completed since), counted by every worker; unlike adding one per pick it also falls
+ * when requests complete and sees other workers' requests. A request that was already in flight
+ * when the probe went out and completes since is in the probed RIF too, so subtracting it is
+ * right; the clamp covers requests the backend had not yet counted when it answered. */
+static uint32_t gw_prequal_eff(uint32_t rif, uint32_t base, uint32_t inflight)
 {
-    if (p->params.q_rif >= 1.0 || p->rif_len == 0)
+    int64_t v = (int64_t)rif + (int64_t)inflight - (int64_t)base;
+    return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+}
+
+uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_prequal_load_t *load)
+{
+    if (p->params.q_rif >= 1.0)
         return GW_PREQUAL_THR_INF;
-    size_t rank = (size_t)floor(p->params.q_rif * (double)(p->rif_len - 1));
-    return p->rif_sorted[rank];
+    /* One value per backend: its latest report, corrected like an entry. A history of reports
+     * would let the backend that gets the most probes (the one being herded onto) set the
+     * threshold by itself; here it is one voice among n whatever its load. */
+    uint32_t cnt = 0;
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        const gw_prequal_backend_t *b = &p->backends[i];
+        if (!b->has_report ||
+            (now_ms > b->report_ms && now_ms - b->report_ms > p->params.max_age_ms))
+            continue;
+        p->scratch[cnt++] =
+            gw_prequal_eff(b->report_rif, b->report_base, load ? load[i].inflight : b->report_base);
+    }
+    if (cnt == 0)
+        return GW_PREQUAL_THR_INF;
+    uint32_t rank = (uint32_t)floor(p->params.q_rif * (double)(cnt - 1));
+    return gw_prequal_select(p->scratch, cnt, rank);
 }
 
 /* Index of the oldest entry (earliest receipt, then earliest insertion); pool must not be empty. */
@@ -374,7 +394,11 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
 {
     if (backend >= p->nbackends)
         return;
-    gw_prequal_history_push(p, rif);
+    gw_prequal_backend_t *rb = &p->backends[backend];
+    rb->has_report = true;
+    rb->report_rif = rif;
+    rb->report_base = base;
+    rb->report_ms = recv_ms;
     uint32_t uses = gw_prequal_random_round(gw_prequal_reuse_budget(&p->params, n_healthy), rng);
     uses = GW_MIN(GW_MAX(uses, 1u), p->params.max_reuse);
     int32_t slot = p->backends[backend].slot;
@@ -413,18 +437,9 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
                       n_healthy, rng, GW_PREQUAL_PROBE_STAT_OK);
 }
 
-/* The effective RIF of an entry: the probed RIF corrected by this gateway's own traffic since the
- * probe went out. The in-flight count now minus the count then is exactly (requests sent since)
- * − (requests completed since), counted by every worker; unlike adding one per pick it also falls
- * when requests complete and sees other workers' requests. A request that was already in flight
- * when the probe went out and completes since is in the probed RIF too, so subtracting it is
- * right; the clamp covers requests the backend had not yet counted when it answered. */
 static uint32_t gw_prequal_eff_rif(const gw_prequal_entry_t *e, const gw_prequal_load_t *load)
 {
-    if (load == NULL)
-        return e->rif;
-    int64_t v = (int64_t)e->rif + (int64_t)load[e->backend].inflight - (int64_t)e->base;
-    return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+    return load ? gw_prequal_eff(e->rif, e->base, load[e->backend].inflight) : e->rif;
 }
 
 /* HCL orders. Cold: lower latency, then lower RIF, then lower backend index. Hot: lower RIF, then
@@ -491,7 +506,7 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     p->last_request_ms = now_ms;
     gw_prequal_expire(p, now_ms);
 
-    uint64_t thr = gw_prequal_rif_threshold(p);
+    uint64_t thr = gw_prequal_rif_threshold(p, now_ms, load);
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
     for (uint32_t i = 0; i < p->pool_len; i++)

@@ -33,7 +33,7 @@ typedef struct gw_prequal_params {
     double delta;                  /* δ of Eq. 1, 0..100 */
     uint32_t max_reuse;            /* cap of the reuse budget, 1..1024 */
     double q_rif;                  /* hot/cold quantile, 0..1 (1 = latency only) */
-    uint32_t rif_history;          /* K: RIF ring length, 1..4096 */
+    uint32_t rif_history;          /* unused (was the RIF ring's length), 1..4096: still accepted */
     uint32_t probe_timeout_ms;     /* caller's probe timeout, 1..60000 (validated only) */
     uint32_t idle_probe_ms;        /* idle probing period, 1..60000 */
     uint32_t max_probes_in_flight; /* caller's per-worker cap, 1..65536 (validated only) */
@@ -183,8 +183,8 @@ void gw_prequal_probe_sent(gw_prequal_t *p, uint32_t backend, uint64_t now_ms, u
 
 /** A probe reply with signals from `backend`, received at `recv_ms` (receipt, not send time),
  * to the probe last announced with gw_prequal_probe_sent() (without one, the correction starts
- * from 0 requests in flight). Pushes `rif` into the RIF history, replaces the backend's entry if it
- * has one, else evicts the oldest entry when the pool is full (reason capacity), and inserts the
+ * from 0 requests in flight). Makes it the backend's latest report, replaces the backend's entry if
+ * it has one, else evicts the oldest entry when the pool is full (reason capacity), and inserts the
  * entry with uses_left = the reuse budget for `n_healthy` healthy backends, randomly rounded to
  * floor or ceil so the expectation is exact. Counts the probe as ok. Out-of-range backends are
  * ignored. No allocation.
@@ -206,9 +206,12 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
                     const gw_prequal_load_t *load, gw_prequal_branch_t *branch);
 
-/** The current hot/cold threshold: nearest-rank q_rif quantile of the RIF history,
- * sorted[floor(q·(K−1))]; GW_PREQUAL_THR_INF when q_rif >= 1 or the history is empty. O(1). */
-uint64_t gw_prequal_rif_threshold(const gw_prequal_t *p);
+/** The current hot/cold threshold: the nearest-rank q_rif quantile, sorted[floor(q·(c−1))], of
+ * one value per backend: the effective RIF (see gw_prequal_pick, with `load`; NULL: no change
+ * since) of its latest report (probe, piggyback or synthetic) that is not older than max_age_ms,
+ * c being the number of such backends. GW_PREQUAL_THR_INF when q_rif >= 1 or c = 0.
+ * O(nbackends), no allocation. */
+uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_prequal_load_t *load);
 
 /** Drops the entry of `backend` if there is one (reason is FAILURE for a connect error, timeout
  * or 5xx, MEMBERSHIP for a removed backend). Returns whether an entry was dropped. */

@@ -2,9 +2,9 @@
  * Unit tests for core/prequal.c, the pure Prequal module (PREQUAL.md §6): the hot-cold rule and
  * its edges, the quantile, Eq. 1 and its random rounding, the fractional-rate accumulator, the
  * pool's expiry, reuse, capacity, one-entry-per-backend and alternating removal rules,
- * the effective RIF, fallback, tried backends, probe target sampling, purges and membership, passive /
- * piggyback modes with synthetic entries, and an end-to-end simulation against round robin.
- * Time and randomness are injected, so every expected value is exact.
+ * the effective RIF, fallback, tried backends, probe target sampling, purges and membership,
+ * passive / piggyback modes with synthetic entries, and an end-to-end simulation against round
+ * robin. Time and randomness are injected, so every expected value is exact.
  */
 #include <math.h>
 #include <setjmp.h>
@@ -62,6 +62,11 @@ static void done(uint32_t b)
     assert_true(g_load[b].inflight > 0);
     g_load[b].inflight--;
     g_load[b].completed++;
+}
+
+static uint64_t thr(gw_prequal_t *p, uint64_t now)
+{
+    return gw_prequal_rif_threshold(p, now, g_load);
 }
 
 static const gw_prequal_stats_t *st(const gw_prequal_t *p)
@@ -180,36 +185,51 @@ static void test_hcl_cold_beats_hot(void **state)
     probe(p, 1, 1, 500, 1000);
     probe(p, 2, 2, 300, 1000);
     /* RIFs sorted [1, 2, 10]; rank floor(0.84 * 2) = 1 -> thr 2: backend 0 is hot. */
-    assert_int_equal(gw_prequal_rif_threshold(p), 2);
+    assert_int_equal(thr(p, 1000), 2);
     gw_prequal_branch_t br;
     assert_int_equal(pick(p, 1000, NULL, &br), 2);
     assert_int_equal(br, GW_PREQUAL_COLD);
     assert_int_equal(st(p)->rif_threshold, 2);
-    /* The request sent made backend 2 hot (effective RIF 3 > 2): the remaining cold one wins. */
-    assert_int_equal(pick(p, 1000, NULL, &br), 1);
+    /* Another worker sends 10 to backend 2 (effective 13): thr is now 10, and the cold ones are
+     * 0 (10, the fastest) and 1. */
+    g_load[2].inflight += 10;
+    assert_int_equal(thr(p, 1000), 10);
+    assert_int_equal(pick(p, 1000, NULL, &br), 0);
     assert_int_equal(br, GW_PREQUAL_COLD);
-    assert_int_equal(pick(p, 1000, NULL, &br), 1); /* rif 2, still cold */
-    /* Now rifs are 10, 3, 3: all hot; lowest RIF, tie broken by lower latency (300 < 500). */
-    assert_int_equal(pick(p, 1000, NULL, &br), 2);
-    assert_int_equal(br, GW_PREQUAL_HOT);
-    assert_int_equal(st(p)->picks[GW_PREQUAL_COLD], 3);
-    assert_int_equal(st(p)->picks[GW_PREQUAL_HOT], 1);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_COLD], 2);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_HOT], 0);
     assert_int_equal(st(p)->picks[GW_PREQUAL_FALLBACK], 0);
     gw_prequal_free(p);
-}
 
+    /* Every usable entry hot: the lowest RIF wins, whatever its latency. */
+    pp.q_rif = 0.5;
+    p = mk(&pp, 4);
+    probe(p, 0, 10, 100, 1000);
+    probe(p, 1, 8, 900, 1000);
+    probe(p, 2, 1, 50, 1000);
+    probe(p, 3, 2, 50, 1000);
+    assert_int_equal(thr(p, 1000), 2); /* [1, 2, 8, 10][floor(0.5 * 3)] */
+    uint64_t tried[1] = {(1u << 2) | (1u << 3)};
+    assert_int_equal(pick(p, 1000, tried, &br), 1);
+    assert_int_equal(br, GW_PREQUAL_HOT);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_HOT], 1);
+    gw_prequal_free(p);
+}
 static void test_hcl_all_hot_min_rif(void **state)
 {
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
     pp.q_rif = 0.0;
     pp.removes_per_request = 0;
-    gw_prequal_t *p = mk(&pp, 3);
-    probe(p, 0, 0, 1, 1000);   /* puts 0 into the history ... */
-    probe(p, 0, 5, 1, 1000);   /* ... and is replaced */
+    gw_prequal_t *p = mk(&pp, 4);
+    probe(p, 0, 0, 1, 1000); /* replaced by the next report: no longer counts */
+    probe(p, 0, 5, 1, 1000);
     probe(p, 1, 3, 900, 1000); /* the slowest, but the least loaded */
     probe(p, 2, 4, 50, 1000);
-    assert_int_equal(gw_prequal_rif_threshold(p), 0); /* min of [0, 5, 3, 4] */
+    /* One value per backend, and a purged entry's report still counts: min of [5, 3, 4, 0]. */
+    probe(p, 3, 0, 1, 1000);
+    assert_true(gw_prequal_purge(p, 3, GW_PREQUAL_RM_FAILURE));
+    assert_int_equal(thr(p, 1000), 0);
     gw_prequal_branch_t br;
     assert_int_equal(pick(p, 1000, NULL, &br), 1);
     assert_int_equal(br, GW_PREQUAL_HOT);
@@ -243,7 +263,7 @@ static void test_hcl_hot_ties(void **state)
     pp.q_rif = 0.0;
     pp.removes_per_request = 0;
     gw_prequal_t *p = mk(&pp, 4);
-    probe(p, 3, 0, 1, 1000); /* history min 0 */
+    probe(p, 3, 0, 1, 1000); /* its report (0) stays after the purge: thr 0 */
     assert_true(gw_prequal_purge(p, 3, GW_PREQUAL_RM_FAILURE));
     probe(p, 2, 2, 200, 1000);
     probe(p, 0, 2, 300, 1000);
@@ -284,7 +304,7 @@ static void test_hcl_q0_q1(void **state)
     pp.q_rif = 1.0;
     p = mk(&pp, 3);
     hcl_edge_setup(p);
-    assert_true(gw_prequal_rif_threshold(p) == GW_PREQUAL_THR_INF);
+    assert_true(thr(p, 1000) == GW_PREQUAL_THR_INF);
     assert_int_equal(pick(p, 1000, NULL, &br), 2);
     assert_int_equal(br, GW_PREQUAL_COLD);
     assert_true(st(p)->rif_threshold == GW_PREQUAL_THR_INF);
@@ -299,31 +319,30 @@ static void test_quantile_nearest_rank(void **state)
 {
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
-    gw_prequal_t *p = mk(&pp, 1);
-    assert_true(gw_prequal_rif_threshold(p) == GW_PREQUAL_THR_INF); /* no history yet */
+    gw_prequal_t *p = mk(&pp, 5);
+    assert_true(thr(p, 0) == GW_PREQUAL_THR_INF); /* no report yet */
     probe(p, 0, 7, 1, 0);
-    assert_int_equal(gw_prequal_rif_threshold(p), 7); /* K = 1 */
-    gw_prequal_free(p);
-
-    p = mk(&pp, 1);
+    assert_int_equal(thr(p, 0), 7); /* one backend */
     const uint32_t v[] = {50, 10, 40, 20, 30};
-    for (size_t i = 0; i < GW_ARRAY_LEN(v); i++)
-        probe(p, 0, v[i], 1, 0);
+    for (uint32_t i = 0; i < GW_ARRAY_LEN(v); i++)
+        probe(p, i, v[i], 1, 0);
     /* sorted [10, 20, 30, 40, 50]; floor(0.84 * 4) = 3 -> 40 */
-    assert_int_equal(gw_prequal_rif_threshold(p), 40);
-    gw_prequal_free(p);
-
-    /* The ring keeps only the last rif_history values. */
-    pp.rif_history = 4;
-    pp.q_rif = 0.5;
-    p = mk(&pp, 1);
-    const uint32_t w[] = {100, 200, 1, 2, 3, 4};
-    for (size_t i = 0; i < GW_ARRAY_LEN(w); i++)
-        probe(p, 0, w[i], 1, 0);
-    assert_int_equal(gw_prequal_rif_threshold(p), 2); /* [1,2,3,4][floor(0.5 * 3)] */
+    assert_int_equal(thr(p, 0), 40);
+    /* A backend's new report replaces its old one: [1, 10, 20, 30, 40] -> 30. However often one
+     * backend reports, it has one voice. */
+    for (int i = 0; i < 100; i++)
+        probe(p, 0, 1, 1, 0);
+    assert_int_equal(thr(p, 0), 30);
+    /* Reports are corrected like entries: 100 more in flight to backend 1 -> [1, 20, 30, 40, 110].
+     */
+    g_load[1].inflight = 100;
+    assert_int_equal(thr(p, 0), 40);
+    /* Reports older than max_age_ms do not count. */
+    probe(p, 2, 5, 1, 900);
+    assert_int_equal(thr(p, 1001), 5);
+    assert_true(thr(p, 1901) == GW_PREQUAL_THR_INF);
     gw_prequal_free(p);
 }
-
 static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
@@ -332,34 +351,35 @@ static int cmp_u32(const void *a, const void *b)
 
 /* The incrementally sorted history agrees with sorting a copy, duplicates and wraparound
  * included, for several quantiles. */
+/* The quickselect agrees with sorting the latest report of each backend, duplicates included,
+ * for several quantiles. */
 static void test_quantile_matches_sort(void **state)
 {
     GW_UNUSED(state);
     const double qs[] = {0.0, 0.3, 0.5, 0.84, 0.99};
-    const uint32_t hist = 7;
+    enum { NB = 9 };
     for (size_t qi = 0; qi < GW_ARRAY_LEN(qs); qi++) {
         gw_prequal_params_t pp = defaults();
         pp.q_rif = qs[qi];
-        pp.rif_history = hist;
-        gw_prequal_t *p = mk(&pp, 1);
-        uint32_t all[3000];
+        gw_prequal_t *p = mk(&pp, NB);
+        uint32_t latest[NB];
+        bool have[NB] = {false};
         uint64_t rng = SEED + qi;
-        for (size_t i = 0; i < GW_ARRAY_LEN(all); i++) {
-            all[i] = gw_rand_below(&rng, i < 1500 ? 10 : 1000);
-            probe(p, 0, all[i], 1, 0);
-            size_t k = GW_MIN(i + 1, (size_t)hist);
-            uint32_t copy[16];
-            memcpy(copy, &all[i + 1 - k], k * sizeof(uint32_t));
+        for (size_t i = 0; i < 3000; i++) {
+            uint32_t b = gw_rand_below(&rng, NB);
+            latest[b] = gw_rand_below(&rng, i < 1500 ? 4 : 1000);
+            have[b] = true;
+            probe(p, b, latest[b], 1, 0);
+            uint32_t copy[NB], k = 0;
+            for (uint32_t j = 0; j < NB; j++)
+                if (have[j])
+                    copy[k++] = latest[j];
             qsort(copy, k, sizeof(uint32_t), cmp_u32);
-            assert_int_equal(gw_prequal_rif_threshold(p),
-                             copy[(size_t)floor(qs[qi] * (double)(k - 1))]);
+            assert_int_equal(thr(p, 0), copy[(size_t)floor(qs[qi] * (double)(k - 1))]);
         }
         gw_prequal_free(p);
     }
 }
-
-/* ---- Eq. 1 and random rounding ---- */
-
 static void test_reuse_budget_eq1(void **state)
 {
     GW_UNUSED(state);
@@ -645,8 +665,8 @@ static void test_one_entry_per_backend(void **state)
     assert_int_equal(e.rif, 4);
     assert_int_equal(e.latency_us, 200);
     assert_int_equal(e.age_ms, 10);
-    /* Every reply still counts in the RIF history: sorted [1, 4, 9], rank 1 -> 4. */
-    assert_int_equal(gw_prequal_rif_threshold(p), 4);
+    /* Only the latest report of a backend counts. */
+    assert_int_equal(thr(p, 40), 4);
     for (int r = 0; r < GW_PREQUAL_REASON_COUNT; r++)
         assert_int_equal(st(p)->removals[r], 0);
     gw_prequal_free(p);
@@ -1036,7 +1056,7 @@ static void test_synthesize_entry(void **state)
     assert_int_equal(e.latency_us, 250); /* median of 100, 400 */
     assert_int_equal(e.age_ms, 0);
     assert_int_equal(e.uses_left, 16);
-    assert_int_equal(gw_prequal_rif_threshold(p), GW_PREQUAL_THR_INF);
+    assert_int_equal(thr(p, 1000), GW_PREQUAL_THR_INF); /* q_rif = 1 */
     assert_int_equal(st(p)->probes[GW_PREQUAL_PROBE_STAT_SYNTHETIC], 1);
     /* No samples yet: latency 0, which makes an idle passive backend attractive, as it should. */
     gw_prequal_synthesize(p, 2, 0, 1000, 3, &rng);
