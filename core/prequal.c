@@ -14,8 +14,9 @@
  * - Reuse and removal (§4 "Probe reuse and removal"): an entry may serve b_reuse requests (Eq. 1,
  *   numerator 1+δ) so that the pool neither drains nor fills with stale entries; after each
  *   request r_remove entries are removed, alternating the oldest (staleness) and the worst (a
- *   backend that is bad now should not linger as a last resort). Entries older than max_age_ms
- *   are dropped lazily when selecting.
+ *   backend that is bad now should not linger as a last resort), but never more than replies
+ *   added (ours: with n <= pool_size replies mostly replace entries, and the pool drained). Entries
+ * older than max_age_ms are dropped lazily when selecting.
  * - Selection (§4 "Replica selection"): RIF is judged against the q_rif quantile of the RIFs
  *   reported by *all* backends (not a backend's own history), one value per backend: its latest
  *   report, corrected like an entry (ours; the paper's history of reports lets the backend that
@@ -87,6 +88,7 @@ struct gw_prequal {
     double probe_acc; /* take() accumulators */
     double remove_acc;
     bool remove_worst_next; /* alternation of the per-request removals; starts with the oldest */
+    uint32_t remove_credit; /* new entries not yet matched by a per-request removal (capped) */
     bool any_request;
     uint64_t last_request_ms;
     uint64_t seq;
@@ -403,6 +405,10 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
     uses = GW_MIN(GW_MAX(uses, 1u), p->params.max_reuse);
     int32_t slot = p->backends[backend].slot;
     if (slot < 0) {
+        /* Inflow: one more per-request removal may run (see gw_prequal_pick). */
+        uint32_t cap = (uint32_t)ceil(p->params.removes_per_request);
+        if (p->remove_credit < cap)
+            p->remove_credit++;
         if (p->pool_len == p->params.pool_size)
             gw_prequal_remove_slot(p, gw_prequal_oldest(p), GW_PREQUAL_RM_CAPACITY);
         slot = (int32_t)p->pool_len++;
@@ -540,7 +546,15 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     if (--e->uses_left == 0)
         gw_prequal_remove_slot(p, slot, GW_PREQUAL_RM_REUSE);
 
+    /* Per-request removals never outrun the inflow of new entries: each needs a reply that
+     * added an entry since the last one. With n <= pool_size almost every reply only replaces an
+     * entry, so r_remove removals per request would drain the pool whenever replies lag behind
+     * requests (they arrive in batches, one loop iteration at a time) and send the next picks
+     * to the fallback. With n > pool_size replies keep bringing new backends and the paper's
+     * rate holds. */
     uint32_t k = gw_prequal_take(&p->remove_acc, p->params.removes_per_request);
+    k = GW_MIN(k, p->remove_credit);
+    p->remove_credit -= k;
     for (uint32_t j = 0; j < k && p->pool_len > 0; j++) {
         if (p->remove_worst_next)
             gw_prequal_remove_slot(p, gw_prequal_worst(p, thr), GW_PREQUAL_RM_WORST);

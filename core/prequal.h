@@ -201,8 +201,10 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
  * fewer than 2 usable entries returns -1 and sets FALLBACK: the caller then picks a uniformly
  * random healthy untried backend itself. After a selection the entry's uses_left is decremented
  * (removed at 0, reason reuse), and take(&acc, removes_per_request) removals run, alternating
- * oldest and worst. Records now_ms as the last request time for gw_prequal_idle_probe_due().
- * No allocation; O(pool_size). */
+ * oldest and worst, as far as the inflow allows: each needs a reply that added an entry (not
+ * replaced one) since, and at most ceil(removes_per_request) such replies are kept in credit.
+ * Records now_ms as the last request time for gw_prequal_idle_probe_due(). No allocation;
+ * O(pool_size). */
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
                     const gw_prequal_load_t *load, gw_prequal_branch_t *branch);
 

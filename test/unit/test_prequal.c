@@ -475,12 +475,13 @@ static void test_fractional_removal_rate(void **state)
     gw_prequal_params_t pp = defaults();
     pp.removes_per_request = 0.5;
     pp.q_rif = 1.0;
-    gw_prequal_t *p = mk(&pp, 8);
+    gw_prequal_t *p = mk(&pp, 16);
     for (uint32_t b = 0; b < 8; b++)
         probe(p, b, 0, 100 + b, 1000 + b);
     gw_prequal_branch_t br;
     const uint64_t expect_removed[] = {0, 1, 1, 2, 2, 3};
     for (size_t i = 0; i < GW_ARRAY_LEN(expect_removed); i++) {
+        probe(p, 8 + (uint32_t)i, 0, 900, 1000); /* inflow: a new entry before every pick */
         assert_true(pick(p, 1010, NULL, &br) >= 0);
         uint64_t removed =
             st(p)->removals[GW_PREQUAL_RM_OLDEST] + st(p)->removals[GW_PREQUAL_RM_WORST];
@@ -496,7 +497,7 @@ static void test_alternating_removal(void **state)
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
     pp.q_rif = 1.0; /* all cold: worst = highest latency */
-    gw_prequal_t *p = mk(&pp, 5);
+    gw_prequal_t *p = mk(&pp, 8);
     probe(p, 0, 0, 400, 100);
     probe(p, 1, 0, 100, 200);
     probe(p, 2, 0, 300, 300);
@@ -506,21 +507,47 @@ static void test_alternating_removal(void **state)
     assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the oldest goes: 0 */
     assert_false(in_pool(p, 0));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST], 1);
+    probe(p, 5, 0, 150, 500); /* each removal needs a new entry since the last one */
     assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the worst goes: 4 (500 µs) */
     assert_false(in_pool(p, 4));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_WORST], 1);
+    probe(p, 6, 0, 150, 500);
     assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the oldest: 1 itself (t=200) */
     assert_false(in_pool(p, 1));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST], 2);
-    assert_int_equal(pick(p, 500, NULL, &br), 3); /* then the worst: 2 (300 µs) */
+    probe(p, 7, 0, 150, 500);
+    assert_int_equal(pick(p, 500, NULL, &br), 5); /* then the worst: 2 (300 µs) */
     assert_false(in_pool(p, 2));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_WORST], 2);
-    assert_true(in_pool(p, 3));
-    assert_int_equal(st(p)->pool_entries, 1);
-    /* Fallback makes no removal. */
-    assert_int_equal(pick(p, 500, NULL, &br), -1);
-    assert_int_equal(br, GW_PREQUAL_FALLBACK);
-    assert_true(in_pool(p, 3));
+    assert_int_equal(st(p)->pool_entries, 4); /* 3, 5, 6, 7 */
+    gw_prequal_free(p);
+}
+
+/* With n <= pool_size, requests without new replies do not drain the pool: removals are bounded
+ * by the inflow of new entries (and a reply that replaces an entry is no inflow). */
+static void test_removal_bounded_by_inflow(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults(); /* r_remove = 1 */
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 5);
+    for (uint32_t b = 0; b < 5; b++)
+        probe(p, b, 0, 100 * (b + 1), 100);
+    gw_prequal_branch_t br;
+    for (int i = 0; i < 10; i++) { /* fewer than max_reuse: no entry wears out */
+        assert_true(pick(p, 100, NULL, &br) >= 0);
+        probe(p, 2, 0, 300, 100); /* replaces: no inflow */
+    }
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST] + st(p)->removals[GW_PREQUAL_RM_WORST],
+                     1); /* credit for one: the cap, ceil(r_remove) */
+    assert_int_equal(st(p)->pool_entries, 4);
+    assert_int_equal(st(p)->picks[GW_PREQUAL_FALLBACK], 0);
+    /* The removed backend answers again: one more removal may run. */
+    probe(p, 0, 0, 100, 100);
+    assert_true(pick(p, 100, NULL, &br) >= 0);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST] + st(p)->removals[GW_PREQUAL_RM_WORST],
+                     2);
+    assert_int_equal(st(p)->pool_entries, 4);
     gw_prequal_free(p);
 }
 
@@ -1256,6 +1283,7 @@ int main(void)
         cmocka_unit_test(test_fractional_rates),
         cmocka_unit_test(test_fractional_removal_rate),
         cmocka_unit_test(test_alternating_removal),
+        cmocka_unit_test(test_removal_bounded_by_inflow),
         cmocka_unit_test(test_worst_prefers_hot),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_fallback_under_two),
