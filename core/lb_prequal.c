@@ -191,20 +191,10 @@ static void lb_pq_bind(lb_pq_t *s, const gw_lb_ctx_t *ctx)
     s->timer_on = true;
 }
 
-/* A uniformly random backend that is healthy and not excluded; then any untried one. */
-static int lb_pq_fallback(lb_pq_t *s, const gw_lb_ctx_t *ctx)
+/* When every healthy backend is excluded: any untried member (lb.h's contract). */
+static int lb_pq_last_resort(lb_pq_t *s, const gw_lb_ctx_t *ctx)
 {
-    uint32_t count = 0;
-    size_t n = s->n_active;
-    for (size_t i = 0; i < n; i++)
-        count += !((s->excluded[i / 64] >> (i % 64)) & 1);
-    if (count) {
-        uint32_t r = gw_rand_below(ctx->rng, count);
-        for (size_t i = 0; i < n; i++)
-            if (!((s->excluded[i / 64] >> (i % 64)) & 1) && r-- == 0)
-                return (int)i;
-    }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < s->n_active; i++)
         if (!gw_lb_tried(ctx, i) && GW_RELAXED_LOAD(ctx->backends[i]->member))
             return (int)i;
     return -1;
@@ -233,11 +223,13 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
         else
             s->excluded[i / 64] |= (uint64_t)1 << (i % 64);
     }
+    for (size_t i = s->n_active; i < s->n; i++)
+        s->excluded[i / 64] |= (uint64_t)1 << (i % 64);
     s->n_healthy = healthy;
     gw_prequal_branch_t branch;
-    int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, s->load, &branch);
-    if (idx < 0 || (size_t)idx >= s->n_active)
-        idx = lb_pq_fallback(s, ctx);
+    int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, s->load, ctx->rng, &branch);
+    if (idx < 0)
+        idx = lb_pq_last_resort(s, ctx);
     if (s->w)
         lb_pq_probe(s, gw_prequal_probes_for_request(s->pq), ctx->now_ms);
     return idx;

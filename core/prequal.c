@@ -505,8 +505,30 @@ static bool gw_prequal_tried(const uint64_t *tried, uint32_t i)
     return tried != NULL && ((tried[i / 64] >> (i % 64)) & 1);
 }
 
+/* The fallback: the backend with the fewest requests in flight from this gateway (every worker)
+ * among those not in `tried`, ties broken uniformly at random; -1 when every one is tried. */
+static int gw_prequal_fewest_in_flight(const gw_prequal_t *p, const uint64_t *tried,
+                                       const gw_prequal_load_t *load, uint64_t *rng)
+{
+    int best = -1;
+    uint32_t best_load = 0, ties = 0;
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        if (gw_prequal_tried(tried, i))
+            continue;
+        uint32_t l = load ? load[i].inflight : 0;
+        if (best < 0 || l < best_load) {
+            best = (int)i;
+            best_load = l;
+            ties = 1;
+        } else if (l == best_load && gw_rand_below(rng, ++ties) == 0) {
+            best = (int)i; /* reservoir sampling: each of the ties with probability 1/ties */
+        }
+    }
+    return best;
+}
+
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
-                    const gw_prequal_load_t *load, gw_prequal_branch_t *branch)
+                    const gw_prequal_load_t *load, uint64_t *rng, gw_prequal_branch_t *branch)
 {
     p->any_request = true;
     p->last_request_ms = now_ms;
@@ -530,11 +552,13 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
         }
     }
     /* With one entry there is no choice to make, and always following a lone entry would send
-     * every request to whichever backend answered first. */
+     * every request to whichever backend answered first, hot or not. Without a choice the
+     * gateway's own view decides: a random pick (the paper's) ignores load and, with a slow or
+     * frozen backend, queues on it. */
     if (usable < 2) {
         *branch = GW_PREQUAL_FALLBACK;
         GW_COUNTER_INC(p->stats.picks[GW_PREQUAL_FALLBACK]);
-        return -1;
+        return gw_prequal_fewest_in_flight(p, tried, load, rng);
     }
     GW_RELAXED_STORE(p->stats.rif_threshold, thr);
     *branch = cold >= 0 ? GW_PREQUAL_COLD : GW_PREQUAL_HOT;

@@ -10,7 +10,7 @@
  * Request path, per request:
  *   k = gw_prequal_probes_for_request(p);                  how many probes this request triggers
  *   gw_prequal_choose_probe_targets(p, eligible, n, k, ..) which backends to probe (async)
- *   i = gw_prequal_pick(p, now, tried, &branch);           -1: pick a random healthy backend
+ *   i = gw_prequal_pick(p, now, tried, load, rng, &branch) -1: every backend is in `tried`
  * Probe path: gw_prequal_on_probe_result() (mode tracking), then gw_prequal_on_probe() when the
  * reply carried signals. Failures: gw_prequal_purge(). Idle timer: gw_prequal_idle_probe_due().
  *
@@ -198,15 +198,15 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
  * probed RIF + the gateway's in-flight count now − its in-flight count when the probe was sent
  * (requests sent since the probe minus those completed since), at least 0. Expired entries are
  * dropped first (reason age). Returns the backend index and sets *branch to COLD or HOT; with
- * fewer than 2 usable entries returns -1 and sets FALLBACK: the caller then picks a uniformly
- * random healthy untried backend itself. After a selection the entry's uses_left is decremented
- * (removed at 0, reason reuse), and take(&acc, removes_per_request) removals run, alternating
- * oldest and worst, as far as the inflow allows: each needs a reply that added an entry (not
- * replaced one) since, and at most ceil(removes_per_request) such replies are kept in credit.
- * Records now_ms as the last request time for gw_prequal_idle_probe_due(). No allocation;
- * O(pool_size). */
+ * fewer than 2 usable entries sets FALLBACK and returns the backend not in `tried` with the
+ * fewest requests in flight (load; ties at random with `rng`), or -1 when all are in `tried`. After
+ * a selection the entry's uses_left is decremented (removed at 0, reason reuse), and take(&acc,
+ * removes_per_request) removals run, alternating oldest and worst, as far as the inflow allows:
+ * each needs a reply that added an entry (not replaced one) since, and at most
+ * ceil(removes_per_request) such replies are kept in credit. Records now_ms as the last request
+ * time for gw_prequal_idle_probe_due(). No allocation; O(pool_size). */
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
-                    const gw_prequal_load_t *load, gw_prequal_branch_t *branch);
+                    const gw_prequal_load_t *load, uint64_t *rng, gw_prequal_branch_t *branch);
 
 /** The current hot/cold threshold: the nearest-rank q_rif quantile, sorted[floor(q·(c−1))], of
  * one value per backend: the effective RIF (see gw_prequal_pick, with `load`; NULL: no change

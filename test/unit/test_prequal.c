@@ -50,7 +50,8 @@ static void probe(gw_prequal_t *p, uint32_t b, uint32_t rif, uint64_t lat, uint6
 /* A pick, and the request sent to the backend picked. */
 static int pick(gw_prequal_t *p, uint64_t now, const uint64_t *tried, gw_prequal_branch_t *br)
 {
-    int b = gw_prequal_pick(p, now, tried, g_load, br);
+    static uint64_t rng = SEED;
+    int b = gw_prequal_pick(p, now, tried, g_load, &rng, br);
     if (b >= 0)
         g_load[b].inflight++;
     return b;
@@ -589,7 +590,7 @@ static void test_expiry(void **state)
     assert_int_equal(pick(p, 2001, NULL, &br), 1); /* age 1001: dropped */
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_AGE], 1);
     assert_false(in_pool(p, 0));
-    assert_int_equal(pick(p, 2501, NULL, &br), -1);
+    assert_int_equal(pick(p, 2501, NULL, &br), 2); /* empty: fewest in flight (0 and 1 sent) */
     assert_int_equal(br, GW_PREQUAL_FALLBACK);
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_AGE], 3);
     assert_int_equal(st(p)->pool_entries, 0);
@@ -602,18 +603,48 @@ static void test_fallback_under_two(void **state)
     gw_prequal_params_t pp = defaults();
     gw_prequal_t *p = mk(&pp, 3);
     gw_prequal_branch_t br = GW_PREQUAL_COLD;
-    assert_int_equal(pick(p, 0, NULL, &br), -1); /* empty */
+    /* Empty pool: the fewest in flight (the gateway's own count, every worker). */
+    g_load[0].inflight = 2;
+    g_load[1].inflight = 1;
+    g_load[2].inflight = 3;
+    assert_int_equal(pick(p, 0, NULL, &br), 1);
     assert_int_equal(br, GW_PREQUAL_FALLBACK);
-    probe(p, 0, 0, 10, 0);
+    /* A lone entry is not a choice, even a cold one, and is not consumed. */
+    probe(p, 2, 0, 10, 0);
     br = GW_PREQUAL_COLD;
-    assert_int_equal(pick(p, 0, NULL, &br), -1); /* a lone entry is not a choice */
+    g_load[0].inflight = 1;
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 0 at 1, 1 at 2, 2 at 3 */
     assert_int_equal(br, GW_PREQUAL_FALLBACK);
-    assert_true(in_pool(p, 0)); /* and is not consumed */
+    assert_true(in_pool(p, 2));
     probe(p, 1, 0, 20, 0);
-    assert_int_equal(pick(p, 0, NULL, &br), 0);
+    assert_int_equal(pick(p, 0, NULL, &br), 2); /* the pool decides again */
     assert_int_equal(br, GW_PREQUAL_COLD);
     assert_int_equal(st(p)->picks[GW_PREQUAL_FALLBACK], 2);
     assert_int_equal(st(p)->picks[GW_PREQUAL_COLD], 1);
+    /* Every backend tried: -1. */
+    uint64_t tried[1] = {7};
+    assert_int_equal(pick(p, 0, tried, &br), -1);
+    assert_int_equal(br, GW_PREQUAL_FALLBACK);
+    gw_prequal_free(p);
+}
+
+/* The fallback's ties go uniformly at random. */
+static void test_fallback_ties_random(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 4);
+    uint64_t rng = SEED;
+    unsigned count[4] = {0};
+    gw_prequal_load_t load[4] = {
+        {.inflight = 1}, {.inflight = 0}, {.inflight = 0}, {.inflight = 0}};
+    uint64_t tried[1] = {1u << 3};
+    gw_prequal_branch_t br;
+    for (int i = 0; i < 3000; i++)
+        count[gw_prequal_pick(p, 0, tried, load, &rng, &br)]++;
+    assert_int_equal(count[0] + count[3], 0);
+    assert_in_range(count[1], 1350, 1650); /* 1500 ± 5.5 sd */
+    assert_in_range(count[2], 1350, 1650);
     gw_prequal_free(p);
 }
 
@@ -632,8 +663,9 @@ static void test_tried_excluded(void **state)
     tried[69 / 64] |= (uint64_t)1 << (69 % 64);
     assert_int_equal(pick(p, 0, tried, &br), 3);
     tried[0] |= (uint64_t)1 << 3;
-    assert_int_equal(pick(p, 0, tried, &br), -1); /* only 40 usable */
+    int b = pick(p, 0, tried, &br); /* only 40 usable: the fallback, never a tried one */
     assert_int_equal(br, GW_PREQUAL_FALLBACK);
+    assert_true(b >= 0 && b != 3 && b != 69);
     assert_int_equal(pick(p, 0, NULL, &br), 69);
     gw_prequal_free(p);
 }
@@ -719,7 +751,7 @@ static void test_uses_never_exceed_budget(void **state)
         }
         gw_prequal_branch_t br;
         int got;
-        while ((got = pick(p, 0, NULL, &br)) >= 0)
+        while ((got = pick(p, 0, NULL, &br)) >= 0 && br != GW_PREQUAL_FALLBACK)
             picks[got]++;
         for (uint32_t b = 0; b < 3; b++) {
             assert_true(picks[b] <= uses[b]);
@@ -741,7 +773,8 @@ static void test_uses_never_exceed_budget(void **state)
         assert_int_equal(pick(p, 0, NULL, &br), 0);
     assert_false(in_pool(p, 0));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_REUSE], 1);
-    assert_int_equal(pick(p, 0, NULL, &br), -1);
+    pick(p, 0, NULL, &br);
+    assert_int_equal(br, GW_PREQUAL_FALLBACK);
     gw_prequal_free(p);
 }
 
@@ -1210,9 +1243,7 @@ static void simulate(bool use_prequal, sim_result_t *res)
             gw_prequal_load_t load[SIM_B];
             for (int i = 0; i < SIM_B; i++)
                 load[i] = (gw_prequal_load_t){.inflight = (uint32_t)be[i].n};
-            b = gw_prequal_pick(p, now, NULL, load, &br);
-            if (b < 0)
-                b = (int)gw_rand_below(&rng, SIM_B);
+            b = gw_prequal_pick(p, now, NULL, load, &rng, &br);
             uint32_t k = gw_prequal_probes_for_request(p), out[SIM_B];
             for (int i = 0; i < SIM_B; i++)
                 eligible[i] = true;
@@ -1287,6 +1318,7 @@ int main(void)
         cmocka_unit_test(test_worst_prefers_hot),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_fallback_under_two),
+        cmocka_unit_test(test_fallback_ties_random),
         cmocka_unit_test(test_tried_excluded),
         cmocka_unit_test(test_effective_rif),
         cmocka_unit_test(test_one_entry_per_backend),
