@@ -106,7 +106,7 @@ static void lb_pq_on_probe(void *arg, gw_backend_t *b, const gw_probe_result_t *
         gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_FAIL);
         break;
     case GW_PROBE_TIMEOUT:
-        gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_FAILED, now);
+        gw_prequal_on_probe_result(s->pq, i, GW_PREQUAL_PROBE_TIMED_OUT, now);
         gw_prequal_count_probe(s->pq, GW_PREQUAL_PROBE_STAT_TIMEOUT);
         break;
     default:
@@ -218,6 +218,7 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     for (size_t i = 0; i < s->n_active; i++) {
         const gw_backend_t *b = ctx->backends[i];
         s->load[i].inflight = GW_RELAXED_LOAD(b->inflight);
+        s->load[i].completed = GW_RELAXED_LOAD(b->completed);
         if (GW_RELAXED_LOAD(b->member) && GW_RELAXED_LOAD(b->healthy))
             healthy++;
         else

@@ -28,6 +28,8 @@
  *   not land on one backend and a backend that drained its queue is seen as such.
  * - Failures (ours; the paper leaves "sinkholing" open): a failing backend's entry is purged
  *   because a fast failure looks like an idle backend and would attract traffic.
+ * - Silence (ours): a backend whose probe or requests go unanswered for several times its usual
+ *   latency is hot until it answers, and a probe timeout drops its entry (gw_prequal_silent).
  * - Passive mode (ours, PREQUAL.md §4): backends without the probe endpoint get synthetic entries
  *   from the gateway's own in-flight counts and latency samples.
  *
@@ -69,7 +71,12 @@ typedef struct gw_prequal_backend {
     uint8_t sample_next;  /* next write position in samples */
     uint8_t sample_count; /* valid samples, <= GW_PREQUAL_LAT_SAMPLES */
     uint32_t probe_base;  /* gateway in-flight count when the last probe went out */
-    bool has_report;      /* the latest report (probe, piggyback or synthetic), for the threshold */
+    bool probe_out;       /* a probe from this worker is unanswered (silence rule) */
+    uint64_t probe_sent_ms;
+    uint64_t seen_completed; /* load[].completed at the last pick ... */
+    uint64_t progress_ms;    /* ... and when it last changed or nothing was in flight */
+    uint64_t lat_avg_us;     /* usual latency: moving average, 0 before the first sample */
+    bool has_report; /* the latest report (probe, piggyback or synthetic), for the threshold */
     uint32_t report_rif;
     uint32_t report_base;
     uint64_t report_ms;
@@ -353,7 +360,8 @@ static uint32_t gw_prequal_select(uint32_t *v, uint32_t n, uint32_t k)
 static uint32_t gw_prequal_eff(uint32_t rif, uint32_t base, uint32_t inflight)
 {
     int64_t v = (int64_t)rif + (int64_t)inflight - (int64_t)base;
-    return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
+    /* UINT32_MAX itself is kept for a silent backend (gw_prequal_pick). */
+    return v < 0 ? 0 : v >= UINT32_MAX ? UINT32_MAX - 1 : (uint32_t)v;
 }
 
 uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_prequal_load_t *load)
@@ -429,9 +437,12 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
 
 void gw_prequal_probe_sent(gw_prequal_t *p, uint32_t backend, uint64_t now_ms, uint32_t inflight)
 {
-    GW_UNUSED(now_ms);
-    if (backend < p->nbackends)
-        p->backends[backend].probe_base = inflight;
+    if (backend >= p->nbackends)
+        return;
+    gw_prequal_backend_t *b = &p->backends[backend];
+    b->probe_base = inflight;
+    b->probe_out = true;
+    b->probe_sent_ms = now_ms;
 }
 
 void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
@@ -439,6 +450,7 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
 {
     if (backend >= p->nbackends)
         return;
+    p->backends[backend].probe_out = false;
     gw_prequal_insert(p, backend, rif, latency_us, recv_ms, p->backends[backend].probe_base,
                       n_healthy, rng, GW_PREQUAL_PROBE_STAT_OK);
 }
@@ -450,6 +462,12 @@ static uint32_t gw_prequal_eff_rif(const gw_prequal_entry_t *e, const gw_prequal
 
 /* HCL orders. Cold: lower latency, then lower RIF, then lower backend index. Hot: lower RIF, then
  * lower latency, then lower index. The index makes the choice independent of pool order. */
+/* Hot: above the threshold, or silent (UINT32_MAX), which is hot even when q_rif = 1. */
+static bool gw_prequal_is_hot(uint32_t eff, uint64_t thr)
+{
+    return eff > thr || eff == UINT32_MAX;
+}
+
 static bool gw_prequal_cold_better(const gw_prequal_t *p, uint32_t i, uint32_t j)
 {
     const gw_prequal_entry_t *a = &p->pool[i], *b = &p->pool[j];
@@ -476,11 +494,11 @@ static bool gw_prequal_hot_better(const gw_prequal_t *p, uint32_t i, uint32_t j)
 static uint32_t gw_prequal_worst(const gw_prequal_t *p, uint64_t thr)
 {
     uint32_t best = 0;
-    bool best_hot = p->eff[0] > thr;
+    bool best_hot = gw_prequal_is_hot(p->eff[0], thr);
     for (uint32_t i = 1; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i], *b = &p->pool[best];
         uint32_t er = p->eff[i], br = p->eff[best];
-        bool hot = er > thr;
+        bool hot = gw_prequal_is_hot(er, thr);
         bool worse;
         if (hot != best_hot)
             worse = hot;
@@ -527,9 +545,38 @@ static int gw_prequal_fewest_in_flight(const gw_prequal_t *p, const uint64_t *tr
     return best;
 }
 
+/* Silence as a signal (ours). A backend that stopped answering keeps its last entry, cold as it
+ * was, until the entry ages out; meanwhile requests queue on it. Two things give it away sooner:
+ * its probe is not answered, or requests are in flight to it and none completes, for much longer
+ * than its usual latency. "No completion for T while requests were in flight" means the oldest
+ * of them is at least T old, so this is the "oldest outstanding request far older than usual"
+ * test, from the shared counters alone. The factor is generous because a false alarm costs
+ * little: the backend is only ranked after every other entry until it completes something. */
+static bool gw_prequal_silent(const gw_prequal_t *p, uint32_t i, uint64_t now_ms,
+                              const gw_prequal_load_t *load)
+{
+    const gw_prequal_backend_t *b = &p->backends[i];
+    if (b->lat_avg_us == 0)
+        return false;
+    uint64_t h =
+        GW_MAX(GW_PREQUAL_SILENCE_FACTOR * b->lat_avg_us / 1000, GW_PREQUAL_SILENCE_MIN_MS);
+    if (b->probe_out && now_ms > b->probe_sent_ms && now_ms - b->probe_sent_ms > h)
+        return true;
+    return load && load[i].inflight > 0 && now_ms > b->progress_ms && now_ms - b->progress_ms > h;
+}
+
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
                     const gw_prequal_load_t *load, uint64_t *rng, gw_prequal_branch_t *branch)
 {
+    if (load) {
+        for (uint32_t i = 0; i < p->nbackends; i++) {
+            gw_prequal_backend_t *b = &p->backends[i];
+            if (load[i].inflight == 0 || load[i].completed != b->seen_completed) {
+                b->seen_completed = load[i].completed;
+                b->progress_ms = now_ms;
+            }
+        }
+    }
     p->any_request = true;
     p->last_request_ms = now_ms;
     gw_prequal_expire(p, now_ms);
@@ -537,14 +584,17 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     uint64_t thr = gw_prequal_rif_threshold(p, now_ms, load);
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
+    /* A silent backend is hot with an infinite RIF: last among the hot, first to be removed. */
     for (uint32_t i = 0; i < p->pool_len; i++)
-        p->eff[i] = gw_prequal_eff_rif(&p->pool[i], load);
+        p->eff[i] = gw_prequal_silent(p, p->pool[i].backend, now_ms, load)
+                        ? UINT32_MAX
+                        : gw_prequal_eff_rif(&p->pool[i], load);
     for (uint32_t i = 0; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i];
         if (gw_prequal_tried(tried, e->backend))
             continue;
         usable++;
-        if (p->eff[i] > thr) {
+        if (gw_prequal_is_hot(p->eff[i], thr)) {
             if (hot < 0 || gw_prequal_hot_better(p, i, (uint32_t)hot))
                 hot = (int32_t)i;
         } else if (cold < 0 || gw_prequal_cold_better(p, i, (uint32_t)cold)) {
@@ -612,6 +662,9 @@ void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend, gw_prequal_pr
     if (backend >= p->nbackends)
         return;
     gw_prequal_backend_t *b = &p->backends[backend];
+    b->probe_out = false;
+    if (result == GW_PREQUAL_PROBE_TIMED_OUT)
+        gw_prequal_purge(p, backend, GW_PREQUAL_RM_SILENCE);
     if (b->mode == GW_PREQUAL_MODE_PROBE) {
         if (result == GW_PREQUAL_PROBE_OK_WITH_SIGNALS) {
             b->nosig = 0;
@@ -676,6 +729,8 @@ void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_a
         .rif = rif_at_start,
     };
     b->sample_next = (uint8_t)((b->sample_next + 1) % GW_PREQUAL_LAT_SAMPLES);
+    uint64_t l = GW_MAX(GW_MIN(latency_us, (uint64_t)UINT32_MAX), 1u);
+    b->lat_avg_us = b->lat_avg_us == 0 ? l : b->lat_avg_us - b->lat_avg_us / 8 + l / 8;
     if (b->sample_count < GW_PREQUAL_LAT_SAMPLES)
         b->sample_count++;
 }
@@ -754,8 +809,8 @@ const char *gw_prequal_branch_name(gw_prequal_branch_t b)
 
 const char *gw_prequal_reason_name(gw_prequal_reason_t r)
 {
-    static const char *const names[] = {"age",   "reuse",   "capacity",  "oldest",
-                                        "worst", "failure", "membership"};
+    static const char *const names[] = {"age",   "reuse",   "capacity",   "oldest",
+                                        "worst", "failure", "membership", "silence"};
     return (unsigned)r < GW_ARRAY_LEN(names) ? names[r] : "?";
 }
 
