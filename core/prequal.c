@@ -22,7 +22,8 @@
  *   report, corrected like an entry (ours; the paper's history of reports lets the backend that
  *   is herded onto, and so probed most, fill it and lift the threshold above itself). Cold entries
  * (rif <= thr) compete on latency, hot ones on RIF: latency is the better signal until a backend is
- *   overloaded, and then RIF predicts the queue better.
+ *   overloaded, and then RIF predicts the queue better. The latency compared is a prediction for
+ *   a request sent now (ours, gw_prequal_predict), not the reported median of the past.
  * - Effective RIF (ours): an entry's RIF is the probed one corrected by the gateway's own requests
  *   to that backend since the probe went out (sent minus completed, every worker), so a burst does
  *   not land on one backend and a backend that drained its queue is seen as such.
@@ -52,6 +53,7 @@ typedef struct gw_prequal_entry {
     uint64_t recv_ms;    /* receipt time of the probe reply */
     uint64_t seq;        /* insertion order: breaks recv_ms ties so "oldest" is deterministic */
     uint64_t latency_us; /* reported latency estimate */
+    uint64_t cost_us;    /* latency_us / (rif + 1): per queued request; 0 when latency_us is 0 */
     uint32_t backend;
     uint32_t rif;       /* reported RIF */
     uint32_t base;      /* the gateway's in-flight count to the backend when the probe went out */
@@ -76,6 +78,7 @@ typedef struct gw_prequal_backend {
     uint64_t seen_completed; /* load[].completed at the last pick ... */
     uint64_t progress_ms;    /* ... and when it last changed or nothing was in flight */
     uint64_t lat_avg_us;     /* usual latency: moving average, 0 before the first sample */
+    uint64_t cost_avg_us;    /* moving average of latency / (rif_at_start + 1), 0 before one */
     bool has_report; /* the latest report (probe, piggyback or synthetic), for the threshold */
     uint32_t report_rif;
     uint32_t report_base;
@@ -91,6 +94,7 @@ struct gw_prequal {
     uint32_t *scratch;              /* nbackends: candidates of choose_probe_targets */
     gw_prequal_entry_t *pool;       /* params.pool_size */
     uint32_t *eff;                  /* params.pool_size: effective RIF of pool[i] during a pick */
+    uint64_t *pred;                 /* params.pool_size: predicted latency of pool[i], likewise */
     uint32_t pool_len;
     double probe_acc; /* take() accumulators */
     double remove_acc;
@@ -166,7 +170,9 @@ gw_prequal_t *gw_prequal_new(const gw_prequal_params_t *params, size_t nbackends
     p->params = *params;
     p->pool = calloc(params->pool_size, sizeof(*p->pool));
     p->eff = calloc(params->pool_size, sizeof(*p->eff));
-    if (p->pool == NULL || p->eff == NULL || gw_prequal_resize(p, nbackends) != 0) {
+    p->pred = calloc(params->pool_size, sizeof(*p->pred));
+    if (p->pool == NULL || p->eff == NULL || p->pred == NULL ||
+        gw_prequal_resize(p, nbackends) != 0) {
         gw_prequal_free(p);
         return NULL;
     }
@@ -181,6 +187,7 @@ void gw_prequal_free(gw_prequal_t *p)
     free(p->scratch);
     free(p->pool);
     free(p->eff);
+    free(p->pred);
     free(p);
 }
 
@@ -197,6 +204,7 @@ static void gw_prequal_remove_slot(gw_prequal_t *p, uint32_t slot, gw_prequal_re
     if (slot != last) {
         p->pool[slot] = p->pool[last];
         p->eff[slot] = p->eff[last];
+        p->pred[slot] = p->pred[last];
         p->backends[p->pool[slot].backend].slot = (int32_t)slot;
     }
     p->pool_len = last;
@@ -426,6 +434,7 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
         .recv_ms = recv_ms,
         .seq = p->seq++,
         .latency_us = latency_us,
+        .cost_us = latency_us / ((uint64_t)rif + 1),
         .backend = backend,
         .rif = rif,
         .base = base,
@@ -471,8 +480,8 @@ static bool gw_prequal_is_hot(uint32_t eff, uint64_t thr)
 static bool gw_prequal_cold_better(const gw_prequal_t *p, uint32_t i, uint32_t j)
 {
     const gw_prequal_entry_t *a = &p->pool[i], *b = &p->pool[j];
-    if (a->latency_us != b->latency_us)
-        return a->latency_us < b->latency_us;
+    if (p->pred[i] != p->pred[j])
+        return p->pred[i] < p->pred[j];
     if (p->eff[i] != p->eff[j])
         return p->eff[i] < p->eff[j];
     return a->backend < b->backend;
@@ -483,8 +492,8 @@ static bool gw_prequal_hot_better(const gw_prequal_t *p, uint32_t i, uint32_t j)
     const gw_prequal_entry_t *a = &p->pool[i], *b = &p->pool[j];
     if (p->eff[i] != p->eff[j])
         return p->eff[i] < p->eff[j];
-    if (a->latency_us != b->latency_us)
-        return a->latency_us < b->latency_us;
+    if (p->pred[i] != p->pred[j])
+        return p->pred[i] < p->pred[j];
     return a->backend < b->backend;
 }
 
@@ -504,8 +513,8 @@ static uint32_t gw_prequal_worst(const gw_prequal_t *p, uint64_t thr)
             worse = hot;
         else if (hot && er != br)
             worse = er > br;
-        else if (e->latency_us != b->latency_us)
-            worse = e->latency_us > b->latency_us;
+        else if (p->pred[i] != p->pred[best])
+            worse = p->pred[i] > p->pred[best];
         else if (er != br)
             worse = er > br;
         else
@@ -543,6 +552,19 @@ static int gw_prequal_fewest_in_flight(const gw_prequal_t *p, const uint64_t *tr
         }
     }
     return best;
+}
+
+/* The latency a request sent now would see (ours): the cost per queued request times the queue
+ * it would join, cost × (effective RIF + 1). The reported latency is for a request that arrives
+ * at the probed RIF; it says nothing about the requests sent since, so ranking cold entries by it
+ * sends every request to the entry that looked fastest until the next probe (herding). Scaling
+ * by (eff + 1)/(rif + 1) keeps the paper's signal when nothing changed and follows the queue
+ * when it did. A reply with latency 0 (the backend has no recent sample at that RIF) gets the
+ * gateway's own cost estimate for the backend rather than "free". */
+static uint64_t gw_prequal_predict(const gw_prequal_t *p, const gw_prequal_entry_t *e, uint32_t eff)
+{
+    uint64_t cost = e->cost_us ? e->cost_us : p->backends[e->backend].cost_avg_us;
+    return cost * ((uint64_t)GW_MIN(eff, 1u << 20) + 1);
 }
 
 /* Silence as a signal (ours). A backend that stopped answering keeps its last entry, cold as it
@@ -585,10 +607,12 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
     /* A silent backend is hot with an infinite RIF: last among the hot, first to be removed. */
-    for (uint32_t i = 0; i < p->pool_len; i++)
+    for (uint32_t i = 0; i < p->pool_len; i++) {
         p->eff[i] = gw_prequal_silent(p, p->pool[i].backend, now_ms, load)
                         ? UINT32_MAX
                         : gw_prequal_eff_rif(&p->pool[i], load);
+        p->pred[i] = gw_prequal_predict(p, &p->pool[i], p->eff[i]);
+    }
     for (uint32_t i = 0; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i];
         if (gw_prequal_tried(tried, e->backend))
@@ -731,6 +755,8 @@ void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_a
     b->sample_next = (uint8_t)((b->sample_next + 1) % GW_PREQUAL_LAT_SAMPLES);
     uint64_t l = GW_MAX(GW_MIN(latency_us, (uint64_t)UINT32_MAX), 1u);
     b->lat_avg_us = b->lat_avg_us == 0 ? l : b->lat_avg_us - b->lat_avg_us / 8 + l / 8;
+    uint64_t c = GW_MAX(l / ((uint64_t)rif_at_start + 1), 1u);
+    b->cost_avg_us = b->cost_avg_us == 0 ? c : b->cost_avg_us - b->cost_avg_us / 8 + c / 8;
     if (b->sample_count < GW_PREQUAL_LAT_SAMPLES)
         b->sample_count++;
 }

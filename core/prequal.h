@@ -205,8 +205,12 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
  * unanswered, or the gateway has requests in flight to it and none completed (load[].completed
  * unchanged at this worker's picks), for longer than GW_PREQUAL_SILENCE_FACTOR times its usual
  * latency (an average of gw_prequal_record_latency's samples; at least
- * GW_PREQUAL_SILENCE_MIN_MS; never before a first sample). Expired entries are
- * dropped first (reason age). Returns the backend index and sets *branch to COLD or HOT; with
+ * GW_PREQUAL_SILENCE_MIN_MS; never before a first sample). Latency, in the cold order (lowest
+ * first, then effective RIF, then index) and as the hot order's tie-break, is the prediction
+ * for a request sent now: cost × (effective RIF + 1), the cost being the reported latency /
+ * (probed RIF + 1), or, for a reported latency of 0, the moving average of latency /
+ * (rif_at_start + 1) over gw_prequal_record_latency's samples (0 before one). Expired entries
+ * are dropped first (reason age). Returns the backend index and sets *branch to COLD or HOT; with
  * fewer than 2 usable entries sets FALLBACK and returns the backend not in `tried` with the
  * fewest requests in flight (load; ties at random with `rng`), or -1 when all are in `tried`. After
  * a selection the entry's uses_left is decremented (removed at 0, reason reuse), and take(&acc,
@@ -259,8 +263,10 @@ void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, ui
 
 /** Records a finished request to `backend`: the gateway's in-flight count to it (all workers)
  * when the request was sent, and its latency. Kept in a ring of the last GW_PREQUAL_LAT_SAMPLES
- * per backend, for synthetic entries, and in a moving average (weight 1/8), the backend's usual
- * latency for the silence rule. Call it for every backend; it is cheap. */
+ * per backend, for synthetic entries, and in moving averages (weight 1/8) of the latency (the
+ * backend's usual latency, for the silence rule) and of latency / (rif_at_start + 1) (its cost
+ * per queued request, for entries that report a latency of 0). Call it for every backend; it is
+ * cheap. */
 void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_at_start,
                                uint64_t latency_us, uint64_t now_ms);
 

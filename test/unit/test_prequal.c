@@ -241,12 +241,14 @@ static void test_hcl_cold_ties(void **state)
 {
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
-    pp.q_rif = 1.0; /* everything cold: latency, then RIF, then index */
+    pp.q_rif = 1.0; /* everything cold: predicted latency, then RIF, then index */
     pp.removes_per_request = 0;
     gw_prequal_t *p = mk(&pp, 3);
-    probe(p, 2, 3, 100, 1000); /* inserted first, so pool order does not decide */
-    probe(p, 0, 5, 100, 1000);
-    probe(p, 1, 3, 100, 1000);
+    /* The same cost per queued request (100 µs), so the prediction 100 × (RIF + 1) ties with
+     * the RIF. */
+    probe(p, 2, 3, 400, 1000); /* inserted first, so pool order does not decide */
+    probe(p, 0, 5, 600, 1000);
+    probe(p, 1, 3, 400, 1000);
     gw_prequal_branch_t br;
     assert_int_equal(pick(p, 1000, NULL, &br), 1); /* rif 3 beats 5; index 1 beats 2 */
     assert_int_equal(br, GW_PREQUAL_COLD);
@@ -498,6 +500,8 @@ static void test_alternating_removal(void **state)
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
     pp.q_rif = 1.0; /* all cold: worst = highest latency */
+    /* Each request completes before the next (done()), so the predicted latency is the
+     * reported one. */
     gw_prequal_t *p = mk(&pp, 8);
     probe(p, 0, 0, 400, 100);
     probe(p, 1, 0, 100, 200);
@@ -506,18 +510,22 @@ static void test_alternating_removal(void **state)
     probe(p, 4, 0, 500, 500);
     gw_prequal_branch_t br;
     assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the oldest goes: 0 */
+    done(1);
     assert_false(in_pool(p, 0));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST], 1);
     probe(p, 5, 0, 150, 500); /* each removal needs a new entry since the last one */
     assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the worst goes: 4 (500 µs) */
+    done(1);
     assert_false(in_pool(p, 4));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_WORST], 1);
     probe(p, 6, 0, 150, 500);
     assert_int_equal(pick(p, 500, NULL, &br), 1); /* then the oldest: 1 itself (t=200) */
+    done(1);
     assert_false(in_pool(p, 1));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_OLDEST], 2);
     probe(p, 7, 0, 150, 500);
     assert_int_equal(pick(p, 500, NULL, &br), 5); /* then the worst: 2 (300 µs) */
+    done(5);
     assert_false(in_pool(p, 2));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_WORST], 2);
     assert_int_equal(st(p)->pool_entries, 4); /* 3, 5, 6, 7 */
@@ -709,6 +717,35 @@ static void test_effective_rif(void **state)
     gw_prequal_free(p);
 }
 
+/* The latency compared is a prediction for a request sent now: the cost per queued request
+ * (reported latency / (probed RIF + 1)) × (effective RIF + 1). */
+static void test_predicted_latency(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.q_rif = 1.0;
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 3);
+    probe(p, 0, 0, 1000, 0); /* cost 1000: predicts 1000 now */
+    probe(p, 1, 4, 2500, 0); /* cost 500: predicts 2500 now */
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 1000 < 2500 */
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 2000 < 2500 */
+    assert_int_equal(pick(p, 0, NULL, &br), 1); /* 3000 > 2500: the reported 1000 no longer holds */
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 3000 = 3000: lower RIF (2 < 5) */
+    done(0);
+    done(0);
+    done(0);
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* completions lower it again */
+    /* A reported latency of 0 (no recent sample at that RIF) is not "free": the gateway's own
+     * cost estimate for the backend stands in. Before any sample it is 0. */
+    probe(p, 2, 3, 0, 0);
+    assert_int_equal(pick(p, 0, NULL, &br), 2);
+    gw_prequal_record_latency(p, 2, 1, 8000, 0); /* cost 8000 / 2 = 4000: predicts 16000+ */
+    assert_int_equal(pick(p, 0, NULL, &br), 0);
+    gw_prequal_free(p);
+}
+
 /* Silence: a backend with requests in flight and no completion, or an unanswered probe, for
  * more than GW_PREQUAL_SILENCE_FACTOR times its usual latency is hot until it answers; a probe
  * timeout drops its entry. */
@@ -721,8 +758,8 @@ static void test_silence(void **state)
     gw_prequal_t *p = mk(&pp, 3);
     gw_prequal_record_latency(p, 0, 0, 1000, 0); /* usual latency 1 ms: silent after 4 ms */
     probe(p, 0, 0, 100, 0);
-    probe(p, 1, 0, 200, 0);
-    probe(p, 2, 0, 300, 0);
+    probe(p, 1, 0, 1000, 0);
+    probe(p, 2, 0, 2000, 0);
     gw_prequal_branch_t br;
     assert_int_equal(pick(p, 0, NULL, &br), 0); /* one request in flight to 0 from t=0 */
     assert_int_equal(pick(p, 4, NULL, &br), 0); /* 4 ms without a completion: not yet */
@@ -737,7 +774,7 @@ static void test_silence(void **state)
     gw_prequal_probe_sent(p, 0, 10, g_load[0].inflight);
     assert_int_equal(pick(p, 14, NULL, &br), 0);
     done(0);
-    assert_int_equal(pick(p, 15, NULL, &br), 1);
+    assert_int_equal(pick(p, 15, NULL, &br), 2); /* 1 and 2 predict 2000; 2 has the lower RIF */
     uint64_t rng = SEED;
     gw_prequal_on_probe(p, 0, 0, 100, 16, 5, &rng);
     assert_int_equal(pick(p, 16, NULL, &br), 0);
@@ -820,8 +857,10 @@ static void test_uses_never_exceed_budget(void **state)
     probe(p, 0, 0, 10, 0);
     probe(p, 1, 0, 20, 0);
     gw_prequal_branch_t br;
-    for (int i = 0; i < 16; i++)
+    for (int i = 0; i < 16; i++) {
         assert_int_equal(pick(p, 0, NULL, &br), 0);
+        done(0);
+    }
     assert_false(in_pool(p, 0));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_REUSE], 1);
     pick(p, 0, NULL, &br);
@@ -1372,6 +1411,7 @@ int main(void)
         cmocka_unit_test(test_fallback_ties_random),
         cmocka_unit_test(test_tried_excluded),
         cmocka_unit_test(test_effective_rif),
+        cmocka_unit_test(test_predicted_latency),
         cmocka_unit_test(test_silence),
         cmocka_unit_test(test_one_entry_per_backend),
         cmocka_unit_test(test_uses_never_exceed_budget),
