@@ -127,8 +127,11 @@ static void lb_pq_probe(lb_pq_t *s, uint32_t k, uint64_t now)
     size_t neligible = 0, n = s->n_active;
     for (size_t i = 0; i < n; i++) {
         gw_backend_t *b = s->backends[i];
-        s->eligible[i] =
-            GW_RELAXED_LOAD(b->healthy) && GW_RELAXED_LOAD(b->member) && !gw_probe_busy(w, b);
+        /* The probe budget limits explicit probes; synthetic ones cost nothing. */
+        s->eligible[i] = GW_RELAXED_LOAD(b->healthy) && GW_RELAXED_LOAD(b->member) &&
+                         !gw_probe_busy(w, b) &&
+                         (gw_prequal_mode(s->pq, (uint32_t)i) != GW_PREQUAL_MODE_PROBE ||
+                          gw_prequal_probe_allowed(s->pq, (uint32_t)i, now));
         neligible += s->eligible[i];
     }
     if (neligible == 0)

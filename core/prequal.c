@@ -74,6 +74,8 @@ typedef struct gw_prequal_backend {
     uint8_t sample_count; /* valid samples, <= GW_PREQUAL_LAT_SAMPLES */
     uint32_t probe_base;  /* gateway in-flight count when the last probe went out */
     bool probe_out;       /* a probe from this worker is unanswered (silence rule) */
+    double tokens;        /* probe budget: token bucket ... */
+    uint64_t tokens_ms;   /* ... last refilled at */
     uint64_t probe_sent_ms;
     uint64_t seen_completed; /* load[].completed at the last pick ... */
     uint64_t progress_ms;    /* ... and when it last changed or nothing was in flight */
@@ -120,6 +122,7 @@ void gw_prequal_params_default(gw_prequal_params_t *p)
         .probe_timeout_ms = 50,
         .idle_probe_ms = 250,
         .max_probes_in_flight = 64,
+        .probe_rate = 1000,
     };
 }
 
@@ -150,6 +153,8 @@ const char *gw_prequal_params_check(const gw_prequal_params_t *p)
         return "idle_probe_ms must be in [1, 60000]";
     if (!GW_PREQUAL_IN(p->max_probes_in_flight, 1u, 65536u))
         return "max_probes_in_flight must be in [1, 65536]";
+    if (!GW_PREQUAL_IN(p->probe_rate, 1u, 1000000u))
+        return "probe_rate must be in [1, 1000000]";
     return NULL;
 }
 
@@ -444,10 +449,42 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
     GW_RELAXED_STORE(p->stats.pool_entries, (uint64_t)p->pool_len);
 }
 
+/* Refills the backend's token bucket up to now. A new backend starts full. */
+static gw_prequal_backend_t *gw_prequal_refill(gw_prequal_t *p, uint32_t backend, uint64_t now_ms)
+{
+    gw_prequal_backend_t *b = &p->backends[backend];
+    if (b->tokens_ms == 0 && b->tokens == 0.0) {
+        b->tokens = GW_PREQUAL_PROBE_BURST;
+    } else if (now_ms > b->tokens_ms) {
+        double add = (double)(now_ms - b->tokens_ms) * (double)p->params.probe_rate / 1000.0;
+        b->tokens = GW_MIN(b->tokens + add, GW_PREQUAL_PROBE_BURST);
+    }
+    b->tokens_ms = GW_MAX(now_ms, 1u); /* 0 marks "never refilled" */
+    return b;
+}
+
+/* Probe budget (ours): at high request rates r_probe probes per request would cost more than
+ * the requests (each probe is a request to the backend and two syscalls here), while the
+ * effective RIF already follows this gateway's own traffic between probes. What a probe adds is
+ * what other clients did, which does not need more than probe_rate looks per second. */
+bool gw_prequal_probe_allowed(gw_prequal_t *p, uint32_t backend, uint64_t now_ms)
+{
+    if (backend >= p->nbackends)
+        return false;
+    return gw_prequal_refill(p, backend, now_ms)->tokens >= 1.0;
+}
+
+static void gw_prequal_spend_token(gw_prequal_t *p, uint32_t backend, uint64_t now_ms)
+{
+    gw_prequal_backend_t *b = gw_prequal_refill(p, backend, now_ms);
+    b->tokens = GW_MAX(b->tokens - 1.0, 0.0);
+}
+
 void gw_prequal_probe_sent(gw_prequal_t *p, uint32_t backend, uint64_t now_ms, uint32_t inflight)
 {
     if (backend >= p->nbackends)
         return;
+    gw_prequal_spend_token(p, backend, now_ms);
     gw_prequal_backend_t *b = &p->backends[backend];
     b->probe_base = inflight;
     b->probe_out = true;
@@ -737,6 +774,7 @@ void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, ui
         return;
     if (p->backends[backend].mode == GW_PREQUAL_MODE_PASSIVE)
         p->backends[backend].mode = GW_PREQUAL_MODE_PIGGYBACK;
+    gw_prequal_spend_token(p, backend, recv_ms);
     gw_prequal_insert(p, backend, rif, latency_us, recv_ms, inflight, n_healthy, rng,
                       GW_PREQUAL_PROBE_STAT_PIGGYBACK);
 }

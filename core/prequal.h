@@ -37,6 +37,7 @@ typedef struct gw_prequal_params {
     uint32_t probe_timeout_ms;     /* caller's probe timeout, 1..60000 (validated only) */
     uint32_t idle_probe_ms;        /* idle probing period, 1..60000 */
     uint32_t max_probes_in_flight; /* caller's per-worker cap, 1..65536 (validated only) */
+    uint32_t probe_rate; /* budget: probes per second to one backend per worker, 1..10^6 */
 } gw_prequal_params_t;
 
 typedef enum gw_prequal_branch {
@@ -97,6 +98,7 @@ typedef enum gw_prequal_probe_action {
 #define GW_PREQUAL_LAT_SAMPLES 32          /* per-backend latency sample ring */
 #define GW_PREQUAL_LAT_WINDOW_MS 1000u     /* samples older than this are ignored */
 #define GW_PREQUAL_THR_INF UINT64_MAX      /* threshold when q_rif >= 1 (everything cold) */
+#define GW_PREQUAL_PROBE_BURST 2.0         /* token bucket depth of the probe budget */
 #define GW_PREQUAL_SILENCE_FACTOR 4        /* silent after this many usual latencies (see pick) */
 #define GW_PREQUAL_SILENCE_MIN_MS 2u       /* never sooner: the loop clock ticks in whole ms */
 
@@ -180,6 +182,11 @@ uint32_t gw_prequal_idle_probes(const gw_prequal_t *p);
  * max_reuse. Check value: m=16, n=100, r_probe=3, r_remove=1, δ=1 gives 1.316. */
 double gw_prequal_reuse_budget(const gw_prequal_params_t *params, size_t n_healthy);
 
+/** Whether the probe budget allows an explicit probe to `backend` now: a token bucket per
+ * backend, refilled at probe_rate per second and holding at most GW_PREQUAL_PROBE_BURST
+ * tokens; gw_prequal_probe_sent() and piggybacked signals (gw_prequal_on_piggyback) spend one. */
+bool gw_prequal_probe_allowed(gw_prequal_t *p, uint32_t backend, uint64_t now_ms);
+
 /** A probe to `backend` goes out at now_ms while the gateway has `inflight` requests in flight
  * to it (all workers): the reply's RIF is corrected by what the gateway sends and completes after
  * this moment (gw_prequal_pick's effective RIF). */
@@ -256,7 +263,8 @@ gw_prequal_probe_action_t gw_prequal_probe_action(gw_prequal_t *p, uint32_t back
                                                   uint64_t now_ms);
 
 /** X-Prequal headers seen on a normal response of `backend`: a passive backend switches to
- * piggyback mode, and the signals enter the pool like a probe reply (counted as piggyback) whose
+ * piggyback mode, the signals spend a token of the probe budget (so a backend that piggybacks
+ * needs fewer explicit probes), and enter the pool like a probe reply (counted as piggyback) whose
  * RIF is corrected from `inflight`, the gateway's in-flight count to it when the response came. */
 void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
                              uint64_t recv_ms, uint32_t inflight, size_t n_healthy, uint64_t *rng);

@@ -348,6 +348,7 @@ static void test_defaults(void **state)
     assert_int_equal(u->prequal.probe_timeout_ms, 50);
     assert_int_equal(u->prequal.idle_probe_ms, 250);
     assert_int_equal(u->prequal.max_probes_in_flight, 64);
+    assert_int_equal(u->prequal.probe_rate, 1000);
     assert_int_equal(u->connect_timeout_ms, 1000);
     assert_int_equal(u->read_timeout_ms, 30000);
     assert_int_equal(u->send_timeout_ms, 30000);

@@ -112,6 +112,7 @@ static void test_params_default(void **state)
     assert_int_equal(pp.probe_timeout_ms, 50);
     assert_int_equal(pp.idle_probe_ms, 250);
     assert_int_equal(pp.max_probes_in_flight, 64);
+    assert_int_equal(pp.probe_rate, 1000);
     assert_null(gw_prequal_params_check(&pp));
 }
 
@@ -153,6 +154,8 @@ static void test_params_check(void **state)
     BAD(probe_timeout_ms, 0);
     BAD(idle_probe_ms, 0);
     BAD(max_probes_in_flight, 0);
+    BAD(probe_rate, 0);
+    BAD(probe_rate, 1000001);
 #undef BAD
     /* The edges are valid. */
     pp = defaults();
@@ -972,6 +975,35 @@ static void test_probe_targets_uniform(void **state)
     gw_prequal_free(p);
 }
 
+/* The probe budget: a token bucket per backend, probe_rate per second, GW_PREQUAL_PROBE_BURST
+ * deep; explicit probes and piggybacked signals spend it. */
+static void test_probe_budget(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.probe_rate = 100; /* one token per 10 ms */
+    gw_prequal_t *p = mk(&pp, 2);
+    assert_true(gw_prequal_probe_allowed(p, 0, 1000)); /* starts full: 2 */
+    gw_prequal_probe_sent(p, 0, 1000, 0);
+    assert_true(gw_prequal_probe_allowed(p, 0, 1000));
+    gw_prequal_probe_sent(p, 0, 1000, 0);
+    assert_false(gw_prequal_probe_allowed(p, 0, 1000)); /* spent */
+    assert_false(gw_prequal_probe_allowed(p, 0, 1009));
+    assert_true(gw_prequal_probe_allowed(p, 0, 1010)); /* 1 token after 10 ms */
+    assert_true(gw_prequal_probe_allowed(p, 1, 1010)); /* per backend */
+    /* Piggybacked signals spend the same budget. */
+    uint64_t rng = SEED;
+    gw_prequal_on_piggyback(p, 0, 1, 100, 1010, 0, 2, &rng);
+    assert_false(gw_prequal_probe_allowed(p, 0, 1010));
+    /* The bucket holds at most 2 tokens, however long it was idle. */
+    assert_true(gw_prequal_probe_allowed(p, 0, 60000));
+    gw_prequal_probe_sent(p, 0, 60000, 0);
+    gw_prequal_probe_sent(p, 0, 60000, 0);
+    assert_false(gw_prequal_probe_allowed(p, 0, 60000));
+    assert_false(gw_prequal_probe_allowed(p, 7, 60000)); /* out of range */
+    gw_prequal_free(p);
+}
+
 static void test_idle_probe(void **state)
 {
     GW_UNUSED(state);
@@ -1418,6 +1450,7 @@ int main(void)
         cmocka_unit_test(test_capacity_evicts_oldest),
         cmocka_unit_test(test_probe_targets_distinct),
         cmocka_unit_test(test_probe_targets_uniform),
+        cmocka_unit_test(test_probe_budget),
         cmocka_unit_test(test_idle_probe),
         cmocka_unit_test(test_purge),
         cmocka_unit_test(test_resize_membership),
