@@ -3,6 +3,8 @@
 
 - With five backends, one 5x slower, Prequal sends the slow one clearly less traffic than round
   robin does, and sends about probes_per_request probes per request.
+- With five one-at-a-time backends, one of which freezes (nothing answered, probes included),
+  Prequal sends the frozen one clearly less traffic than round robin does.
 - Backends without a probe endpoint drop into passive mode (synthetic probes) and still work;
   backends that piggyback X-Prequal headers are read in piggyback mode.
 - /status shows the pool; /metrics passes `promtool check metrics`.
@@ -131,6 +133,28 @@ class PrequalTest(GwTestCase):
         # adds a few: stay in a band around 3.
         self.assertGreater(per_request, 1.5)
         self.assertLess(per_request, 4.0)
+
+    def test_frozen_backend_gets_less_traffic_than_round_robin(self):
+        help_text = subprocess.run([PGW_BACKEND, "--help"], capture_output=True, timeout=10)
+        if b"--freeze-ms" not in help_text.stdout + help_text.stderr:
+            self.skipTest("pgw-backend has no --freeze-ms (added with bench/prequal-matrix.sh)")
+        backends = []
+        for i in range(5):
+            args = ["--service-ms", "2", "--dist", "exp", "--concurrency", "1"]
+            if i == 4:
+                # Frozen 400 ms of every 500: requests and probes alike go unanswered. A
+                # balancer that saw it perfectly would send it about a fifth of 1/5.
+                args += ["--freeze-ms", "400", "--freeze-every-ms", "500"]
+            backends.append(self.backend("b%d" % i, extra_args=args))
+        frozen = backends[4].url
+        rr_share, _, _ = self.slow_share("round_robin", backends, frozen)
+        pq_share, total, text = self.slow_share("prequal", backends, frozen)
+        log("frozen backend share: round_robin %.3f, prequal %.3f" % (rr_share, pq_share))
+        self.assertGreater(rr_share, 0.15)          # round robin: about 1/5
+        self.assertLess(pq_share, 0.5 * rr_share)   # Prequal: clearly less
+        # The freeze covered its probes too: they timed out.
+        self.assertGreater(metric_value(text, "prequal_probes_total", upstream="u",
+                                        result="timeout"), 0, text)
 
     def test_passive_mode_without_probe_endpoint(self):
         servers = [self.raw_server(no_probe_handler()) for _ in range(3)]
