@@ -1414,7 +1414,7 @@ static int gw_cfg_number_field(gw_cfg_ctx_t *c, int t, const char *key, double *
     return rc;
 }
 
-/* `prequal = {...}`: PREQUAL.md §2. Ranges are the prequal module's own (one place). */
+/* `prequal = {...}`: docs/PREQUAL.md §2. Ranges are the prequal module's own (one place). */
 static int gw_cfg_prequal(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
 {
     static const char *const keys[] = {

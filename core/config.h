@@ -102,7 +102,7 @@ typedef struct gw_upstream_cfg {
     uint32_t keepalive_max_idle; /* keepalive.max_idle, default 64 (per backend per worker) */
     uint32_t keepalive_idle_ms;  /* keepalive.idle_timeout_ms, default 60000 */
     gw_health_cfg_t health;
-    gw_prequal_params_t prequal; /* `prequal = {...}`: PREQUAL.md §2, with the paper's defaults */
+    gw_prequal_params_t prequal; /* `prequal = {...}`: docs/PREQUAL.md §2, with the paper's defaults */
     char *probe_path;            /* prequal.probe_path, default "/probe" */
     gw_hedge_cfg_t hedge;        /* `hedge = {...}`: off unless given (hedge.h) */
     bool lua_strategy;           /* `strategy` is a Lua table; `strategy` holds its name */

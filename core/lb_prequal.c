@@ -1,5 +1,5 @@
 /*
- * lb_prequal: the Prequal strategy (PREQUAL.md), the default of every upstream. The algorithm
+ * lb_prequal: the Prequal strategy (docs/PREQUAL.md), the default of every upstream. The algorithm
  * itself (probe pool, hot-cold selection, reuse budget, removals, passive mode) is the pure
  * module core/prequal.c; this file connects it to a worker: it sends the probes each request
  * asks for over the worker's probe connections (core/probe.c), feeds replies, piggybacked
@@ -247,7 +247,7 @@ static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx,
         return;
     uint32_t i = (uint32_t)idx;
     if (r->outcome != GW_LB_OK || r->status >= 500) {
-        /* A fast-failing backend looks idle and would attract traffic (PREQUAL.md §3). */
+        /* A fast-failing backend looks idle and would attract traffic (docs/PREQUAL.md §3.8). */
         gw_prequal_purge(s->pq, i, GW_PREQUAL_RM_FAILURE);
         return;
     }
@@ -262,7 +262,7 @@ static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx,
 }
 
 /* Membership changed (ctx->tried holds the slots that are not in the upstream): their pool
- * entries go (PREQUAL.md "Membership changes ... drop the affected entries") and their
+ * entries go (docs/PREQUAL.md §3.8) and their
  * per-backend history is forgotten, since a free slot may next hold a different URL. */
 static void lb_pq_backends_changed(void *state, const gw_lb_ctx_t *ctx)
 {

@@ -58,7 +58,7 @@ typedef struct gw_metrics_shard {
     uint64_t (*hedges)[GW_HEDGE_OUTCOMES];   /* [nupstreams][outcome] */
     uint64_t connections_active;             /* gauge: the worker increments and decrements */
     uint64_t connections_total;
-    /* Prequal (PREQUAL.md §5), for upstreams whose strategy is prequal; NULL elsewhere. The
+    /* Prequal (docs/PREQUAL.md §5), for upstreams whose strategy is prequal; NULL elsewhere. The
      * stats belong to the worker's prequal instance, which outlives every scrape. */
     const gw_prequal_stats_t **prequal;      /* [nupstreams] */
     gw_histogram_t *prequal_probe_rtt;       /* [nupstreams] */

@@ -2,7 +2,8 @@
  * prequal: the probe pool and the hot-cold lexicographic (HCL) rule of Prequal, "Load is not what
  * you should balance" (Wydrowski, Kleinberg, Rumble, Archer; NSDI 2024), in the asynchronous mode
  * of the paper: a request is routed with probe replies that earlier requests triggered, so probing
- * is never on the request's critical path. PREQUAL.md is the spec; paper sections are cited as §.
+ * is never on the request's critical path. docs/PREQUAL.md describes it; a bare § is a section of
+ * the paper.
  *
  * Rules implemented here, and why:
  * - Probing rate (§4 "Probing rate"): every request triggers r_probe probes to distinct backends
@@ -31,8 +32,8 @@
  *   because a fast failure looks like an idle backend and would attract traffic.
  * - Silence (ours): a backend whose probe or requests go unanswered for several times its usual
  *   latency is hot until it answers, and a probe timeout drops its entry (gw_prequal_silent).
- * - Passive mode (ours, PREQUAL.md §4): backends without the probe endpoint get synthetic entries
- *   from the gateway's own in-flight counts and latency samples.
+ * - Passive mode (ours, docs/PREQUAL.md §4): backends without the probe endpoint get synthetic
+ * entries from the gateway's own in-flight counts and latency samples.
  *
  * Ownership: one gw_prequal_t per upstream per worker, touched only by that worker. All memory is
  * allocated by gw_prequal_new()/gw_prequal_resize(); every other function runs in bounded time
@@ -250,7 +251,7 @@ int gw_prequal_resize(gw_prequal_t *p, size_t nbackends)
     return 0;
 }
 
-/* take(&acc, rate) of PREQUAL.md §2: the integer part of the accumulated rate. */
+/* take(&acc, rate) of docs/PREQUAL.md §3.1: the integer part of the accumulated rate. */
 static uint32_t gw_prequal_take(double *acc, double rate)
 {
     *acc += rate;

@@ -1,5 +1,6 @@
 /*
- * prequal: the pure core of the Prequal load balancer (PREQUAL.md; Wydrowski et al., NSDI 2024).
+ * prequal: the pure core of the Prequal load balancer (docs/PREQUAL.md; Wydrowski et al., NSDI
+ * 2024).
  *
  * One gw_prequal_t is the probe pool of one upstream in one worker ("client" in the paper). It does
  * no I/O, reads no clock and keeps no global state: the caller passes the time (now_ms, from the
@@ -24,7 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* PREQUAL.md §2. Field names match gateway.lua. */
+/* docs/PREQUAL.md §2. Field names match gateway.lua. */
 typedef struct gw_prequal_params {
     uint32_t pool_size;            /* m: max pool entries (one per backend), 1..1024 */
     uint32_t max_age_ms;           /* entries older than this are dropped, 1..60000 */
@@ -71,7 +72,7 @@ typedef enum gw_prequal_probe_stat {
     GW_PREQUAL_PROBE_STAT_COUNT
 } gw_prequal_probe_stat_t;
 
-/* How a backend gets into the pool (PREQUAL.md §4). */
+/* How a backend gets into the pool (docs/PREQUAL.md §4). */
 typedef enum gw_prequal_mode {
     GW_PREQUAL_MODE_PROBE = 0, /* answers the probe endpoint */
     GW_PREQUAL_MODE_PASSIVE,   /* does not: synthetic entries, explicit probe retried every 60 s */
@@ -130,7 +131,7 @@ typedef struct gw_prequal_load {
 
 typedef struct gw_prequal gw_prequal_t;
 
-/** Fills `p` with the defaults of PREQUAL.md §2. */
+/** Fills `p` with the defaults of docs/PREQUAL.md §2. */
 void gw_prequal_params_default(gw_prequal_params_t *p);
 
 /** NULL when every field of `p` is in range, else a static message naming the first bad field and
@@ -203,7 +204,7 @@ void gw_prequal_probe_sent(gw_prequal_t *p, uint32_t backend, uint64_t now_ms, u
 void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
                          uint64_t recv_ms, size_t n_healthy, uint64_t *rng);
 
-/** Selects a backend by the hot-cold lexicographic rule (PREQUAL.md §3), ignoring entries of
+/** Selects a backend by the hot-cold lexicographic rule (docs/PREQUAL.md §3.5), ignoring entries of
  * backends whose bit is set in `tried` (bit i of tried[i / 64]; may be NULL). `load` has one
  * element per backend (NULL: nothing in flight). Each entry is judged by its effective RIF: the
  * probed RIF + the gateway's in-flight count now − its in-flight count when the probe was sent
@@ -243,10 +244,10 @@ bool gw_prequal_purge(gw_prequal_t *p, uint32_t backend, gw_prequal_reason_t rea
  * index that now names a different backend. Does not touch the pool (see gw_prequal_purge). */
 void gw_prequal_forget(gw_prequal_t *p, uint32_t backend);
 
-/** Feeds an explicit probe's outcome to the backend's mode state machine (PREQUAL.md §4): in probe
- * mode, GW_PREQUAL_PASSIVE_AFTER consecutive NO_SIGNALS replies switch to passive with a retry at
- * now+60 s; OK resets the count; FAILED and TIMED_OUT are not replies and neither count nor
- * reset. Every outcome ends the probe for gw_prequal_pick's silence rule, and TIMED_OUT drops
+/** Feeds an explicit probe's outcome to the backend's mode state machine (docs/PREQUAL.md §4): in
+ * probe mode, GW_PREQUAL_PASSIVE_AFTER consecutive NO_SIGNALS replies switch to passive with a
+ * retry at now+60 s; OK resets the count; FAILED and TIMED_OUT are not replies and neither count
+ * nor reset. Every outcome ends the probe for gw_prequal_pick's silence rule, and TIMED_OUT drops
  * the backend's entry (reason silence): a backend that does not answer probes is not chosen
  * from what it said before. In passive
  * or piggyback mode (a retry probe), OK returns to probe mode; anything else keeps the mode. */

@@ -1,9 +1,9 @@
 /*
- * probe: asynchronous Prequal probes (PREQUAL.md §3 "Probing"). Each worker keeps at most one
+ * probe: asynchronous Prequal probes (docs/PREQUAL.md §3.1). Each worker keeps at most one
  * probe connection per backend: persistent, keep-alive, separate from the request pool so a probe
  * never waits behind a slow request on the same connection (HTTP/1.1 answers in order). A probe
  * is `GET <probe_path>`; its reply carries the backend's requests in flight and latency estimate
- * in one of the wire formats of PREQUAL.md §1. Probes are never on a request's critical path:
+ * in one of the wire formats of docs/PREQUAL.md §1. Probes are never on a request's critical path:
  * the caller fires them and learns the result in a callback later.
  */
 #ifndef GW_PROBE_H
@@ -19,10 +19,10 @@
 typedef struct gw_worker gw_worker_t;
 
 enum gw_probe_status {
-    GW_PROBE_OK = 0,          /* a reply with load signals */
-    GW_PROBE_NO_SIGNALS,      /* a reply without them (404/405, or neither headers nor JSON) */
-    GW_PROBE_FAILED,          /* connect error, reset, malformed reply */
-    GW_PROBE_TIMEOUT,         /* no reply within the probe timeout */
+    GW_PROBE_OK = 0,     /* a reply with load signals */
+    GW_PROBE_NO_SIGNALS, /* a reply without them (404/405, or neither headers nor JSON) */
+    GW_PROBE_FAILED,     /* connect error, reset, malformed reply */
+    GW_PROBE_TIMEOUT,    /* no reply within the probe timeout */
 };
 
 typedef struct gw_probe_signals {

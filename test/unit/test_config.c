@@ -336,14 +336,14 @@ static void test_defaults(void **state)
     gw_upstream_cfg_t *u = &cfg->upstreams[0];
     assert_string_equal(u->strategy, "prequal"); /* the default of every upstream */
     assert_string_equal(u->probe_path, "/probe");
-    /* The paper's parameters (PREQUAL.md §2). */
+    /* The paper's parameters (docs/PREQUAL.md §2). */
     assert_int_equal(u->prequal.pool_size, 16);
     assert_int_equal(u->prequal.max_age_ms, 1000);
     assert_true(u->prequal.probes_per_request == 3.0);
     assert_true(u->prequal.removes_per_request == 1.0);
     assert_true(u->prequal.delta == 1.0);
     assert_int_equal(u->prequal.max_reuse, 16);
-    assert_true(u->prequal.q_rif == 0.84); /* 2^-0.25, rounded as PREQUAL.md gives it */
+    assert_true(u->prequal.q_rif == 0.84); /* 2^-0.25, rounded as docs/PREQUAL.md gives it */
     assert_int_equal(u->prequal.rif_history, 64);
     assert_int_equal(u->prequal.probe_timeout_ms, 50);
     assert_int_equal(u->prequal.idle_probe_ms, 250);

@@ -1,6 +1,6 @@
 /*
- * Unit tests for core/prequal.c, the pure Prequal module (PREQUAL.md §6): the hot-cold rule and
- * its edges, the quantile, Eq. 1 and its random rounding, the fractional-rate accumulator, the
+ * Unit tests for core/prequal.c, the pure Prequal module (docs/PREQUAL.md §3): the hot-cold rule
+ * and its edges, the quantile, Eq. 1 and its random rounding, the fractional-rate accumulator, the
  * pool's expiry, reuse, capacity, one-entry-per-backend and alternating removal rules,
  * the effective RIF, fallback, tried backends, probe target sampling, purges and membership,
  * passive / piggyback modes with synthetic entries, and an end-to-end simulation against round
