@@ -26,7 +26,6 @@ typedef struct gw_backend {
     uint32_t upstream; /* index of its upstream in the config */
     uint32_t index;    /* index within its upstream */
     uint32_t inflight; /* requests in flight from all workers (GW_ATOMIC_ADD) */
-    uint64_t completed; /* requests that left `inflight` so far, all workers (GW_ATOMIC_ADD) */
     uint32_t healthy;  /* 1 = may be picked: not ejected and not down (health.c keeps it so) */
     uint32_t down;     /* 1 while active health checks fail it (hcheck.c, main thread) */
     uint32_t epoch;    /* bumped by the registry whenever the slot gets a (new) registration */

@@ -221,7 +221,6 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     for (size_t i = 0; i < s->n_active; i++) {
         const gw_backend_t *b = ctx->backends[i];
         s->load[i].inflight = GW_RELAXED_LOAD(b->inflight);
-        s->load[i].completed = GW_RELAXED_LOAD(b->completed);
         if (GW_RELAXED_LOAD(b->member) && GW_RELAXED_LOAD(b->healthy))
             healthy++;
         else

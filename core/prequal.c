@@ -30,8 +30,8 @@
  *   not land on one backend and a backend that drained its queue is seen as such.
  * - Failures (ours; the paper leaves "sinkholing" open): a failing backend's entry is purged
  *   because a fast failure looks like an idle backend and would attract traffic.
- * - Silence (ours): a backend whose probe or requests go unanswered for several times its usual
- *   latency is hot until it answers, and a probe timeout drops its entry (gw_prequal_silent).
+ * - Probe timeouts (ours): a probe timeout drops the backend's entry, so a backend that stopped
+ *   answering is not chosen from what it said before.
  * - Passive mode (ours, docs/PREQUAL.md §4): backends without the probe endpoint get synthetic
  * entries from the gateway's own in-flight counts and latency samples.
  *
@@ -74,15 +74,10 @@ typedef struct gw_prequal_backend {
     uint8_t sample_next;  /* next write position in samples */
     uint8_t sample_count; /* valid samples, <= GW_PREQUAL_LAT_SAMPLES */
     uint32_t probe_base;  /* gateway in-flight count when the last probe went out */
-    bool probe_out;       /* a probe from this worker is unanswered (silence rule) */
     double tokens;        /* probe budget: token bucket ... */
     uint64_t tokens_ms;   /* ... last refilled at */
-    uint64_t probe_sent_ms;
-    uint64_t seen_completed; /* load[].completed at the last pick ... */
-    uint64_t progress_ms;    /* ... and when it last changed or nothing was in flight */
-    uint64_t lat_avg_us;     /* usual latency: moving average, 0 before the first sample */
-    uint64_t cost_avg_us;    /* moving average of latency / (rif_at_start + 1), 0 before one */
-    bool has_report; /* the latest report (probe, piggyback or synthetic), for the threshold */
+    uint64_t cost_avg_us; /* moving average of latency / (rif_at_start + 1), 0 before one */
+    bool has_report;      /* the latest report (probe, piggyback or synthetic), for the threshold */
     uint32_t report_rif;
     uint32_t report_base;
     uint64_t report_ms;
@@ -374,8 +369,7 @@ static uint32_t gw_prequal_select(uint32_t *v, uint32_t n, uint32_t k)
 static uint32_t gw_prequal_eff(uint32_t rif, uint32_t base, uint32_t inflight)
 {
     int64_t v = (int64_t)rif + (int64_t)inflight - (int64_t)base;
-    /* UINT32_MAX itself is kept for a silent backend (gw_prequal_pick). */
-    return v < 0 ? 0 : v >= UINT32_MAX ? UINT32_MAX - 1 : (uint32_t)v;
+    return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
 uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_prequal_load_t *load)
@@ -488,8 +482,6 @@ void gw_prequal_probe_sent(gw_prequal_t *p, uint32_t backend, uint64_t now_ms, u
     gw_prequal_spend_token(p, backend, now_ms);
     gw_prequal_backend_t *b = &p->backends[backend];
     b->probe_base = inflight;
-    b->probe_out = true;
-    b->probe_sent_ms = now_ms;
 }
 
 void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
@@ -497,7 +489,6 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
 {
     if (backend >= p->nbackends)
         return;
-    p->backends[backend].probe_out = false;
     gw_prequal_insert(p, backend, rif, latency_us, recv_ms, p->backends[backend].probe_base,
                       n_healthy, rng, GW_PREQUAL_PROBE_STAT_OK);
 }
@@ -509,10 +500,9 @@ static uint32_t gw_prequal_eff_rif(const gw_prequal_entry_t *e, const gw_prequal
 
 /* HCL orders. Cold: lower latency, then lower RIF, then lower backend index. Hot: lower RIF, then
  * lower latency, then lower index. The index makes the choice independent of pool order. */
-/* Hot: above the threshold, or silent (UINT32_MAX), which is hot even when q_rif = 1. */
 static bool gw_prequal_is_hot(uint32_t eff, uint64_t thr)
 {
-    return eff > thr || eff == UINT32_MAX;
+    return eff > thr;
 }
 
 static bool gw_prequal_cold_better(const gw_prequal_t *p, uint32_t i, uint32_t j)
@@ -605,38 +595,9 @@ static uint64_t gw_prequal_predict(const gw_prequal_t *p, const gw_prequal_entry
     return cost * ((uint64_t)GW_MIN(eff, 1u << 20) + 1);
 }
 
-/* Silence as a signal (ours). A backend that stopped answering keeps its last entry, cold as it
- * was, until the entry ages out; meanwhile requests queue on it. Two things give it away sooner:
- * its probe is not answered, or requests are in flight to it and none completes, for much longer
- * than its usual latency. "No completion for T while requests were in flight" means the oldest
- * of them is at least T old, so this is the "oldest outstanding request far older than usual"
- * test, from the shared counters alone. The factor is generous because a false alarm costs
- * little: the backend is only ranked after every other entry until it completes something. */
-static bool gw_prequal_silent(const gw_prequal_t *p, uint32_t i, uint64_t now_ms,
-                              const gw_prequal_load_t *load)
-{
-    const gw_prequal_backend_t *b = &p->backends[i];
-    if (b->lat_avg_us == 0)
-        return false;
-    uint64_t h =
-        GW_MAX(GW_PREQUAL_SILENCE_FACTOR * b->lat_avg_us / 1000, GW_PREQUAL_SILENCE_MIN_MS);
-    if (b->probe_out && now_ms > b->probe_sent_ms && now_ms - b->probe_sent_ms > h)
-        return true;
-    return load && load[i].inflight > 0 && now_ms > b->progress_ms && now_ms - b->progress_ms > h;
-}
-
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
                     const gw_prequal_load_t *load, uint64_t *rng, gw_prequal_branch_t *branch)
 {
-    if (load) {
-        for (uint32_t i = 0; i < p->nbackends; i++) {
-            gw_prequal_backend_t *b = &p->backends[i];
-            if (load[i].inflight == 0 || load[i].completed != b->seen_completed) {
-                b->seen_completed = load[i].completed;
-                b->progress_ms = now_ms;
-            }
-        }
-    }
     p->any_request = true;
     p->last_request_ms = now_ms;
     gw_prequal_expire(p, now_ms);
@@ -644,11 +605,8 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     uint64_t thr = gw_prequal_rif_threshold(p, now_ms, load);
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
-    /* A silent backend is hot with an infinite RIF: last among the hot, first to be removed. */
     for (uint32_t i = 0; i < p->pool_len; i++) {
-        p->eff[i] = gw_prequal_silent(p, p->pool[i].backend, now_ms, load)
-                        ? UINT32_MAX
-                        : gw_prequal_eff_rif(&p->pool[i], load);
+        p->eff[i] = gw_prequal_eff_rif(&p->pool[i], load);
         p->pred[i] = gw_prequal_predict(p, &p->pool[i], p->eff[i]);
     }
     for (uint32_t i = 0; i < p->pool_len; i++) {
@@ -724,7 +682,6 @@ void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend, gw_prequal_pr
     if (backend >= p->nbackends)
         return;
     gw_prequal_backend_t *b = &p->backends[backend];
-    b->probe_out = false;
     if (result == GW_PREQUAL_PROBE_TIMED_OUT)
         gw_prequal_purge(p, backend, GW_PREQUAL_RM_SILENCE);
     if (b->mode == GW_PREQUAL_MODE_PROBE) {
@@ -793,7 +750,6 @@ void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_a
     };
     b->sample_next = (uint8_t)((b->sample_next + 1) % GW_PREQUAL_LAT_SAMPLES);
     uint64_t l = GW_MAX(GW_MIN(latency_us, (uint64_t)UINT32_MAX), 1u);
-    b->lat_avg_us = b->lat_avg_us == 0 ? l : b->lat_avg_us - b->lat_avg_us / 8 + l / 8;
     uint64_t c = GW_MAX(l / ((uint64_t)rif_at_start + 1), 1u);
     b->cost_avg_us = b->cost_avg_us == 0 ? c : b->cost_avg_us - b->cost_avg_us / 8 + c / 8;
     if (b->sample_count < GW_PREQUAL_LAT_SAMPLES)

@@ -56,7 +56,7 @@ typedef enum gw_prequal_reason {
     GW_PREQUAL_RM_WORST,      /* per-request removal, the worst */
     GW_PREQUAL_RM_FAILURE,    /* connect error, timeout or 5xx from the backend */
     GW_PREQUAL_RM_MEMBERSHIP, /* backend removed or replaced */
-    GW_PREQUAL_RM_SILENCE,    /* its probe timed out: silent until it answers again */
+    GW_PREQUAL_RM_SILENCE,    /* its probe timed out: not chosen again until it answers */
     GW_PREQUAL_REASON_COUNT
 } gw_prequal_reason_t;
 
@@ -100,8 +100,6 @@ typedef enum gw_prequal_probe_action {
 #define GW_PREQUAL_LAT_WINDOW_MS 1000u     /* samples older than this are ignored */
 #define GW_PREQUAL_THR_INF UINT64_MAX      /* threshold when q_rif >= 1 (everything cold) */
 #define GW_PREQUAL_PROBE_BURST 2.0         /* token bucket depth of the probe budget */
-#define GW_PREQUAL_SILENCE_FACTOR 4        /* silent after this many usual latencies (see pick) */
-#define GW_PREQUAL_SILENCE_MIN_MS 2u       /* never sooner: the loop clock ticks in whole ms */
 
 /* Counters. Written only by the owning worker with relaxed stores; other threads may read them
  * with GW_RELAXED_LOAD. */
@@ -125,8 +123,7 @@ typedef struct gw_prequal_entry_info {
 /* What the gateway itself knows about a backend now (the caller reads the backend's shared
  * counters, which count every worker). */
 typedef struct gw_prequal_load {
-    uint32_t inflight;  /* this gateway's requests in flight to the backend now */
-    uint64_t completed; /* this gateway's requests to the backend completed so far (monotonic) */
+    uint32_t inflight; /* this gateway's requests in flight to the backend now */
 } gw_prequal_load_t;
 
 typedef struct gw_prequal gw_prequal_t;
@@ -208,15 +205,10 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
  * backends whose bit is set in `tried` (bit i of tried[i / 64]; may be NULL). `load` has one
  * element per backend (NULL: nothing in flight). Each entry is judged by its effective RIF: the
  * probed RIF + the gateway's in-flight count now − its in-flight count when the probe was sent
- * (requests sent since the probe minus those completed since), at least 0. An entry whose
- * backend is silent counts as hot with an infinite RIF: its probe from this worker is
- * unanswered, or the gateway has requests in flight to it and none completed (load[].completed
- * unchanged at this worker's picks), for longer than GW_PREQUAL_SILENCE_FACTOR times its usual
- * latency (an average of gw_prequal_record_latency's samples; at least
- * GW_PREQUAL_SILENCE_MIN_MS; never before a first sample). Latency, in the cold order (lowest
- * first, then effective RIF, then index) and as the hot order's tie-break, is the prediction
- * for a request sent now: cost × (effective RIF + 1), the cost being the reported latency /
- * (probed RIF + 1), or, for a reported latency of 0, the moving average of latency /
+ * (requests sent since the probe minus those completed since), at least 0. Latency, in the cold
+ * order (lowest first, then effective RIF, then index) and as the hot order's tie-break, is the
+ * prediction for a request sent now: cost × (effective RIF + 1), the cost being the reported
+ * latency / (probed RIF + 1), or, for a reported latency of 0, the moving average of latency /
  * (rif_at_start + 1) over gw_prequal_record_latency's samples (0 before one). Expired entries
  * are dropped first (reason age). Returns the backend index and sets *branch to COLD or HOT; with
  * fewer than 2 usable entries sets FALLBACK and returns the backend not in `tried` with the
@@ -247,10 +239,9 @@ void gw_prequal_forget(gw_prequal_t *p, uint32_t backend);
 /** Feeds an explicit probe's outcome to the backend's mode state machine (docs/PREQUAL.md §4): in
  * probe mode, GW_PREQUAL_PASSIVE_AFTER consecutive NO_SIGNALS replies switch to passive with a
  * retry at now+60 s; OK resets the count; FAILED and TIMED_OUT are not replies and neither count
- * nor reset. Every outcome ends the probe for gw_prequal_pick's silence rule, and TIMED_OUT drops
- * the backend's entry (reason silence): a backend that does not answer probes is not chosen
- * from what it said before. In passive
- * or piggyback mode (a retry probe), OK returns to probe mode; anything else keeps the mode. */
+ * nor reset. TIMED_OUT drops the backend's entry (reason silence): a backend that does not answer
+ * probes is not chosen from what it said before. In passive or piggyback mode (a retry probe), OK
+ * returns to probe mode; anything else keeps the mode. */
 void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend, gw_prequal_probe_result_t result,
                                 uint64_t now_ms);
 
@@ -272,9 +263,9 @@ void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, ui
 
 /** Records a finished request to `backend`: the gateway's in-flight count to it (all workers)
  * when the request was sent, and its latency. Kept in a ring of the last GW_PREQUAL_LAT_SAMPLES
- * per backend, for synthetic entries, and in moving averages (weight 1/8) of the latency (the
- * backend's usual latency, for the silence rule) and of latency / (rif_at_start + 1) (its cost
- * per queued request, for entries that report a latency of 0). Call it for every backend; it is
+ * per backend, for synthetic entries, and in a moving average (weight 1/8) of latency /
+ * (rif_at_start + 1), the backend's cost per queued request, for entries that report a latency of
+ * 0. Call it for every backend; it is
  * cheap. */
 void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_at_start,
                                uint64_t latency_us, uint64_t now_ms);

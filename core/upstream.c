@@ -31,7 +31,6 @@ void gw_upconn_release_inflight(gw_upconn_t *u)
 {
     if (u->inflight) {
         GW_ATOMIC_ADD(u->pool->backend->inflight, (uint32_t)-1);
-        GW_ATOMIC_ADD(u->pool->backend->completed, 1);
         u->inflight = false;
     }
 }

@@ -62,7 +62,6 @@ static void done(uint32_t b)
 {
     assert_true(g_load[b].inflight > 0);
     g_load[b].inflight--;
-    g_load[b].completed++;
 }
 
 static uint64_t thr(gw_prequal_t *p, uint64_t now)
@@ -749,54 +748,35 @@ static void test_predicted_latency(void **state)
     gw_prequal_free(p);
 }
 
-/* Silence: a backend with requests in flight and no completion, or an unanswered probe, for
- * more than GW_PREQUAL_SILENCE_FACTOR times its usual latency is hot until it answers; a probe
- * timeout drops its entry. */
-static void test_silence(void **state)
+/* A probe timeout drops the backend's entry (reason silence): a backend that stopped answering
+ * is not chosen from what it said before. It does not count against the mode machine. */
+static void test_probe_timeout_drops_entry(void **state)
 {
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
-    pp.q_rif = 1.0; /* nothing is hot by RIF: only silence makes an entry hot */
+    pp.q_rif = 1.0;
     pp.removes_per_request = 0;
     gw_prequal_t *p = mk(&pp, 3);
-    gw_prequal_record_latency(p, 0, 0, 1000, 0); /* usual latency 1 ms: silent after 4 ms */
-    probe(p, 0, 0, 100, 0);
+    probe(p, 0, 0, 100, 0); /* the fastest */
     probe(p, 1, 0, 1000, 0);
     probe(p, 2, 0, 2000, 0);
     gw_prequal_branch_t br;
-    assert_int_equal(pick(p, 0, NULL, &br), 0); /* one request in flight to 0 from t=0 */
-    assert_int_equal(pick(p, 4, NULL, &br), 0); /* 4 ms without a completion: not yet */
-    assert_int_equal(br, GW_PREQUAL_COLD);
-    assert_int_equal(pick(p, 5, NULL, &br), 1); /* 5 ms: silent, so hot; the cold 1 wins */
-    assert_int_equal(br, GW_PREQUAL_COLD);
-    done(0); /* it answers: a completion ends the silence */
-    assert_int_equal(pick(p, 6, NULL, &br), 0);
-    /* An unanswered probe: silent after 4 ms, until the reply. */
-    done(0);
+    assert_int_equal(pick(p, 0, NULL, &br), 0);
     done(0);
     gw_prequal_probe_sent(p, 0, 10, g_load[0].inflight);
-    assert_int_equal(pick(p, 14, NULL, &br), 0);
-    done(0);
-    assert_int_equal(pick(p, 15, NULL, &br), 2); /* 1 and 2 predict 2000; 2 has the lower RIF */
-    uint64_t rng = SEED;
-    gw_prequal_on_probe(p, 0, 0, 100, 16, 5, &rng);
-    assert_int_equal(pick(p, 16, NULL, &br), 0);
-    /* Every usable entry silent: the HOT branch, ties on the infinite RIF go by latency. */
-    gw_prequal_probe_sent(p, 0, 20, g_load[0].inflight);
-    gw_prequal_probe_sent(p, 1, 20, g_load[1].inflight);
-    gw_prequal_record_latency(p, 1, 0, 1000, 20);
-    uint64_t tried[1] = {1u << 2};
-    assert_int_equal(pick(p, 30, tried, &br), 0);
-    assert_int_equal(br, GW_PREQUAL_HOT);
-    /* A backend without a latency sample is never judged silent. */
-    gw_prequal_probe_sent(p, 2, 20, g_load[2].inflight);
-    assert_int_equal(pick(p, 40, NULL, &br), 2);
-    assert_int_equal(br, GW_PREQUAL_COLD);
-    /* A probe timeout drops the entry (reason silence) and ends the probe. */
-    gw_prequal_on_probe_result(p, 2, GW_PREQUAL_PROBE_TIMED_OUT, 50);
-    assert_false(in_pool(p, 2));
+    gw_prequal_on_probe_result(p, 0, GW_PREQUAL_PROBE_TIMED_OUT, 60);
+    assert_false(in_pool(p, 0));
     assert_int_equal(st(p)->removals[GW_PREQUAL_RM_SILENCE], 1);
-    assert_int_equal(gw_prequal_mode(p, 2), GW_PREQUAL_MODE_PROBE);
+    assert_int_equal(gw_prequal_mode(p, 0), GW_PREQUAL_MODE_PROBE);
+    assert_int_equal(pick(p, 60, NULL, &br), 1);
+    assert_int_equal(br, GW_PREQUAL_COLD);
+    /* A timeout without an entry drops nothing more. */
+    gw_prequal_on_probe_result(p, 0, GW_PREQUAL_PROBE_TIMED_OUT, 70);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_SILENCE], 1);
+    /* It answers again: back in the pool. */
+    uint64_t rng = SEED;
+    gw_prequal_on_probe(p, 0, 0, 100, 80, 5, &rng);
+    assert_int_equal(pick(p, 80, NULL, &br), 0);
     gw_prequal_free(p);
 }
 
@@ -1444,7 +1424,7 @@ int main(void)
         cmocka_unit_test(test_tried_excluded),
         cmocka_unit_test(test_effective_rif),
         cmocka_unit_test(test_predicted_latency),
-        cmocka_unit_test(test_silence),
+        cmocka_unit_test(test_probe_timeout_drops_entry),
         cmocka_unit_test(test_one_entry_per_backend),
         cmocka_unit_test(test_uses_never_exceed_budget),
         cmocka_unit_test(test_capacity_evicts_oldest),
