@@ -636,7 +636,8 @@ static void gw_render_prequal(const gw_render_ctx_t *x)
         gw_mbuf_histogram(b, "prequal_probe_rtt_seconds", x->tmp->oom ? "" : x->tmp->p, &acc);
     }
     gw_mbuf_family(b, "prequal_backend_mode", "gauge",
-                   "Workers in which the backend is in this probe mode (docs/PREQUAL.md section 4).");
+                   "Workers in which the backend is in this probe mode (docs/PREQUAL.md "
+                   "section 4).");
     for (size_t u = 0; u < cfg->nupstreams; u++) {
         if (!gw_pq_used(x, u))
             continue;

@@ -2,8 +2,8 @@
  * pgw-backend: the example backend for prequal-gw.
  *
  * A small, single-threaded HTTP/1.1 server (libuv + llhttp) that simulates service time and reports
- * the Prequal load signals (PREQUAL.md §1). Users run N copies of it to watch the gateway balance
- * load; the integration tests use it as a real backend, so it is strict about HTTP framing and
+ * the Prequal load signals (docs/PREQUAL.md §1). Users run N copies of it to watch the gateway
+ * balance load; the integration tests use it as a real backend, so it is strict about HTTP framing and
  * never trusts its peer: malformed input gets a 400 and the connection is closed.
  *
  * Usage:
@@ -428,7 +428,7 @@ static const char *reason(int status)
     }
 }
 
-/* --- the latency estimator (PREQUAL.md §1) ------------------------------------------------------
+/* --- the latency estimator (docs/PREQUAL.md §1) -------------------------------------------------
  */
 
 static void lat_record(uint32_t rif_at_arrival, uint64_t now_ns, uint64_t lat_us)
