@@ -217,7 +217,8 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
  * removes_per_request) removals run, alternating oldest and worst, as far as the inflow allows:
  * each needs a reply that added an entry (not replaced one) since, and at most
  * ceil(removes_per_request) such replies are kept in credit. Records now_ms as the last request
- * time for gw_prequal_idle_probe_due(). No allocation; O(pool_size). */
+ * time for gw_prequal_idle_probe_due(). No allocation; O(nbackends) (the threshold and the
+ * fallback look at every backend, as the caller's health scan does). */
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
                     const gw_prequal_load_t *load, uint64_t *rng, gw_prequal_branch_t *branch);
 
@@ -265,8 +266,7 @@ void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, ui
  * when the request was sent, and its latency. Kept in a ring of the last GW_PREQUAL_LAT_SAMPLES
  * per backend, for synthetic entries, and in a moving average (weight 1/8) of latency /
  * (rif_at_start + 1), the backend's cost per queued request, for entries that report a latency of
- * 0. Call it for every backend; it is
- * cheap. */
+ * 0. Call it for every backend; it is cheap. */
 void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_at_start,
                                uint64_t latency_us, uint64_t now_ms);
 
