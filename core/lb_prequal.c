@@ -245,6 +245,10 @@ static void lb_pq_on_result(void *state, const gw_lb_ctx_t *ctx, size_t idx,
     if (idx >= s->n)
         return;
     uint32_t i = (uint32_t)idx;
+    /* A lost hedge race says only "slower than the winner", not "failing": its request stays
+     * counted in flight until the backend answers, which the effective RIF already sees. */
+    if (r->outcome == GW_LB_CANCELLED)
+        return;
     if (r->outcome != GW_LB_OK || r->status >= 500) {
         /* A fast-failing backend looks idle and would attract traffic (docs/PREQUAL.md §3.8). */
         gw_prequal_purge(s->pq, i, GW_PREQUAL_RM_FAILURE);
