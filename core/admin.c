@@ -1,6 +1,6 @@
 /*
  * admin: a small HTTP/1.1 server on the main thread's loop, serving GET|HEAD /metrics, /status
- * and /healthz, POST /register and /unregister (DESIGN §8; the registry does the work), and
+ * and /healthz, POST /register and /unregister (ARCHITECTURE.md §8; the registry does the work), and
  * POST /reload (main.c does it). The POSTs need `Authorization: Bearer <admin.token>` when a
  * token is configured.
  *

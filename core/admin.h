@@ -1,5 +1,5 @@
 /*
- * admin: the admin listener on the main thread's loop (DESIGN §8): GET /metrics, /status and
+ * admin: the admin listener on the main thread's loop (ARCHITECTURE.md §8): GET /metrics, /status and
  * /healthz, POST /register and /unregister. It is a small HTTP/1.1 server of its own (llhttp, keep-alive, request size
  * limits); nothing on it touches the workers' loops. Shards and backends are read with relaxed
  * atomics while the workers run.

@@ -1,5 +1,5 @@
 /*
- * cidr: network addresses: ranges for registration.allow (DESIGN §8: a registered URL must fall
+ * cidr: network addresses: ranges for registration.allow (ARCHITECTURE.md §8: a registered URL must fall
  * inside one, so the admin API cannot be used to point the gateway at arbitrary hosts), and
  * address equality. Pure; no allocation.
  */

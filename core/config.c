@@ -1330,7 +1330,7 @@ static int gw_cfg_log_level(gw_cfg_ctx_t *c, int t)
 /* ------------------------------------------------------------------------------------------ */
 /* Upstreams. */
 
-/* A Lua strategy: a table with a `pick` function (DESIGN §6), and optionally `name`, `init`,
+/* A Lua strategy: a table with a `pick` function (ARCHITECTURE.md §6), and optionally `name`, `init`,
  * `on_result`, `on_backends_changed`. */
 static int gw_cfg_lua_strategy(gw_cfg_ctx_t *c, gw_upstream_cfg_t *u)
 {
@@ -2279,7 +2279,7 @@ static void gw_cfg_add_path(luaL_Buffer *b, const char *dir)
     luaL_addstring(b, "/?/init.lua;");
 }
 
-/* `registration = { allow, ttl_ms, max_backends, upstream }` (DESIGN §8). Read before the
+/* `registration = { allow, ttl_ms, max_backends, upstream }` (ARCHITECTURE.md §8). Read before the
  * upstreams (it decides whether they may start empty); `upstream` is checked after them. */
 static int gw_cfg_registration(gw_cfg_ctx_t *c, int t)
 {

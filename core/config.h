@@ -24,7 +24,7 @@ typedef struct gw_addr {
     socklen_t salen;
 } gw_addr_t;
 
-/* Lua hooks (DESIGN §6). A route or the global `hooks` table has a bit set for each it defines;
+/* Lua hooks (ARCHITECTURE.md §6). A route or the global `hooks` table has a bit set for each it defines;
  * the functions themselves live in each worker's lua_State (lua_bridge), not here. */
 enum {
     GW_HOOK_ON_REQUEST = 0,
@@ -113,7 +113,7 @@ typedef struct gw_upstream_cfg {
     uint32_t gindex0;
 } gw_upstream_cfg_t;
 
-/* `registration = {...}`: backends joining and leaving through the admin API (DESIGN §8). */
+/* `registration = {...}`: backends joining and leaving through the admin API (ARCHITECTURE.md §8). */
 typedef struct gw_registration_cfg {
     bool enabled;
     gw_cidr_t *allow;      /* registration.allow: a registered URL's address must be in one */

@@ -1,5 +1,5 @@
 /*
- * hcheck: active health checks (DESIGN §3: the main thread runs them). For every upstream with
+ * hcheck: active health checks (ARCHITECTURE.md §3: the main thread runs them). For every upstream with
  * `health.path`, each member backend gets `GET <path>` every `interval_ms` on a new connection
  * (`Connection: close`, like HAProxy's and nginx's checks: a check also proves that the backend
  * still accepts connections). A 2xx or 3xx within `timeout_ms` passes; anything else (another

@@ -1,5 +1,5 @@
 /*
- * lb_lua: the strategy adapter for an upstream whose `strategy` is a Lua table (DESIGN §6).
+ * lb_lua: the strategy adapter for an upstream whose `strategy` is a Lua table (ARCHITECTURE.md §6).
  *
  * Per worker it owns an array of gw_ffi_backend_t that it refreshes from the shared backend table
  * before every pick; the Lua view reads those fields through the FFI, so a pick builds no table.

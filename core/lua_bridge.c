@@ -77,7 +77,7 @@ static int lua_ref_field(lua_State *L, int t, const char *key)
     return LUA_NOREF;
 }
 
-/* After loading: what a hook must not do at run time (DESIGN §6). C modules needed by the API
+/* After loading: what a hook must not do at run time (ARCHITECTURE.md §6). C modules needed by the API
  * (cjson, ffi) are loaded already; no new one can be. */
 static void lua_sandbox(lua_State *L)
 {

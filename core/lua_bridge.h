@@ -1,5 +1,5 @@
 /*
- * lua_bridge: one lua_State per worker (DESIGN §3, §6). Each worker evaluates gateway.lua in its
+ * lua_bridge: one lua_State per worker (ARCHITECTURE.md §3, §6). Each worker evaluates gateway.lua in its
  * own state and keeps references to the hook functions it returned (the main thread's evaluation
  * is the one that was validated; the file must be deterministic). Hooks run synchronously with
  * lua_pcall and a traceback handler, so no Lua error ever unwinds through C; Lua calls back into

@@ -1,5 +1,5 @@
 /*
- * registry: backend membership (DESIGN §3, §8). It owns the backend table every worker reads:
+ * registry: backend membership (ARCHITECTURE.md §3, §8). It owns the backend table every worker reads:
  * one gw_backend_t per slot of every upstream (static backends first, then the registration
  * slots reserved by `registration.max_backends`), indexed by gindex. Static backends join at load
  * (hooks.on_register may refuse one); registered ones join and leave through the admin API's

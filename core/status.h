@@ -1,5 +1,5 @@
 /*
- * status: the JSON document behind the admin's GET /status (DESIGN §8): per upstream and backend,
+ * status: the JSON document behind the admin's GET /status (ARCHITECTURE.md §8): per upstream and backend,
  * in-flight requests, latency, health and ejection, Prequal probe mode, and worker 0's current
  * probe pool. Read on the main thread with relaxed loads; the pool comes from the snapshot worker
  * 0 refreshes every idle_probe_ms.

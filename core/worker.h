@@ -276,7 +276,7 @@ int gw_conn_write(gw_conn_t *c, const uv_buf_t *bufs, unsigned nbufs, void (*cb)
  * the rest with uv_write. Returns uv_write's result. */
 int gw_write_rest(uv_write_t *req, uv_stream_t *s, const uv_buf_t *bufs, unsigned nbufs, size_t done,
                   uv_write_cb cb);
-/** Sends a gateway-generated JSON error (DESIGN §7) and ends the request. */
+/** Sends a gateway-generated JSON error (ARCHITECTURE.md §7) and ends the request. */
 void gw_conn_respond_error(gw_conn_t *c, int status, const char *code, const char *message);
 /** The response is complete: log, count, then keep-alive or close. (A request that ends any
  * other way ends when its connection closes: gw_conn_close logs and counts it.) */

@@ -1,4 +1,4 @@
---- The gw API inside prequal-gw (DESIGN §6): `req`, `res` and the global `gw`, as thin wrappers
+--- The gw API inside prequal-gw (ARCHITECTURE.md §6): `req`, `res` and the global `gw`, as thin wrappers
 -- over the gw_ffi_* functions the binary exports (core/lua_ffi.c). Every call is an FFI call that
 -- LuaJIT can compile; nothing here builds a table per request unless the hook asks for one
 -- (`req:headers()`, `req.ctx`).

@@ -1,6 +1,6 @@
 --- gw.test: unit-test hooks and strategies with busted, without the prequal-gw binary.
 --
--- It builds `req`, `res` and backend views that implement the API of DESIGN.md §6 in plain
+-- It builds `req`, `res` and backend views that implement the API of ARCHITECTURE.md §6 in plain
 -- Lua, installs a fake global `gw`, and runs hooks and strategies the way the runtime does
 -- (normalising what `on_request` returns, handing a strategy its per-worker state back).
 -- The fakes are deliberately strict so that code which passes here runs unchanged on the

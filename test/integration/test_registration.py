@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Run-time backend registration through the admin API (DESIGN §8) and the Lua membership hooks.
+"""Run-time backend registration through the admin API (ARCHITECTURE.md §8) and the Lua membership hooks.
 
 - POST /register adds a backend to an upstream (201), a repeat is a heartbeat (200 "renewed", same
   id); a registration expires after its TTL unless renewed; POST /unregister removes it. A URL that
