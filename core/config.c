@@ -40,6 +40,7 @@
 #include "lb.h"
 #include "log.h"
 #include "lua_bridge.h"
+#include "lua_guard.h"
 #include "router.h"
 
 #define GW_CFG_PATH_MAX 512
@@ -573,6 +574,7 @@ typedef struct gw_cfg_ctx {
     const char *src;   /* the source text */
     size_t srclen;
     const char *lua_dir;
+    gw_lua_limits_t limits; /* on running the chunk */
     gw_linemap_t lines;
     gw_config_t *cfg; /* under construction */
     char *err;        /* first error, malloc'd */
@@ -2421,6 +2423,7 @@ static int gw_cfg_run(lua_State *L)
     lua_settop(L, 0);
     luaL_checkstack(L, 64, "config validation");
     luaL_openlibs(L);
+    gw_lua_guard_sandbox(L);
 
     /* package.path: the config's own directory, then lua_dir, then the default. */
     char *dir = gw_cfg_xstrdup(c->chunk);
@@ -2466,7 +2469,7 @@ static int gw_cfg_run(lua_State *L)
     int rc = luaL_loadbuffer(L, src, len, chunkname);
     free(chunkname);
     if (rc == 0)
-        rc = lua_pcall(L, 0, 1, 1);
+        rc = gw_lua_guard_pcall(L, 0, 1, 1, &c->limits, c->chunk);
     if (rc != 0) {
         const char *msg = lua_tostring(L, -1);
         c->err = gw_cfg_xstrdup(msg ? msg : "unknown Lua error");
@@ -2481,7 +2484,7 @@ static int gw_cfg_run(lua_State *L)
 }
 
 static gw_config_t *gw_cfg_load(const char *chunk, const char *src, size_t len, const char *lua_dir,
-                                char **err)
+                                const gw_lua_limits_t *limits, char **err)
 {
     gw_cfg_ctx_t c;
     memset(&c, 0, sizeof(c));
@@ -2489,8 +2492,10 @@ static gw_config_t *gw_cfg_load(const char *chunk, const char *src, size_t len, 
     c.src = src;
     c.srclen = len;
     c.lua_dir = lua_dir;
+    c.limits = limits != NULL ? *limits : GW_LUA_LIMITS_DEFAULT;
     c.cfg = gw_cfg_xcalloc(1, sizeof(gw_config_t));
     c.cfg->path = gw_cfg_xstrdup(chunk);
+    c.cfg->lua_limits = c.limits;
     gw_cfgscan(src, len, &c.lines);
 
     c.L = luaL_newstate();
@@ -2519,6 +2524,12 @@ out:
 
 gw_config_t *gw_config_load(const char *path, const char *lua_dir, char **err)
 {
+    return gw_config_load_limited(path, lua_dir, NULL, err);
+}
+
+gw_config_t *gw_config_load_limited(const char *path, const char *lua_dir,
+                                    const gw_lua_limits_t *limits, char **err)
+{
     FILE *f = fopen(path, "rb");
     char *buf = NULL;
     size_t len = 0, cap = 0;
@@ -2543,7 +2554,7 @@ gw_config_t *gw_config_load(const char *path, const char *lua_dir, char **err)
             *err = gw_cfg_xasprintf("%s: cannot read: %s", path, strerror(errno));
         goto cleanup;
     }
-    cfg = gw_cfg_load(path, buf, len, lua_dir, err);
+    cfg = gw_cfg_load(path, buf, len, lua_dir, limits, err);
 cleanup:
     fclose(f);
     free(buf);
@@ -2555,7 +2566,7 @@ gw_config_t *gw_config_load_string(const char *chunkname, const char *source, co
 {
     if (chunkname[0] == '@' || chunkname[0] == '=')
         chunkname++;
-    return gw_cfg_load(chunkname, source, strlen(source), lua_dir, err);
+    return gw_cfg_load(chunkname, source, strlen(source), lua_dir, NULL, err);
 }
 
 static void gw_cfg_free_header_ops(gw_header_ops_t *ops)

@@ -16,6 +16,7 @@
 #include <sys/socket.h>
 
 #include "cidr.h"
+#include "lua_guard.h"
 #include "prequal.h"
 
 typedef struct gw_addr {
@@ -194,14 +195,21 @@ typedef struct gw_config {
     uint8_t membership_hooks; /* GW_MHOOK_* defined in the top-level `hooks` table */
     gw_registration_cfg_t registration;
     bool uses_lua;          /* any hook or Lua strategy: workers need a lua_State */
+    gw_lua_limits_t lua_limits; /* it was evaluated under; so are the workers' evaluations */
 } gw_config_t;
 
 /**
  * Runs the Lua file at `path`, validates the table it returns and builds a config.
  * `lua_dir` is added to package.path (with the file's own directory); it may be NULL.
+ * The file runs sandboxed and under `limits` (lua_guard.h; NULL: GW_LUA_LIMITS_DEFAULT), so it
+ * blocks the caller for at most limits->time_ms plus the validation.
  * Returns the config (free with gw_config_free), or NULL with *err set to a malloc'd message that
  * the caller frees. Blocking: resolves backend host names with getaddrinfo.
  */
+gw_config_t *gw_config_load_limited(const char *path, const char *lua_dir,
+                                    const gw_lua_limits_t *limits, char **err);
+
+/** gw_config_load_limited with the default limits. */
 gw_config_t *gw_config_load(const char *path, const char *lua_dir, char **err);
 
 /**

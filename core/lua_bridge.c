@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "lua_guard.h"
 #include "worker.h"
 
 extern void *const gw_ffi_keep[];
@@ -77,21 +78,11 @@ static int lua_ref_field(lua_State *L, int t, const char *key)
     return LUA_NOREF;
 }
 
-/* After loading: what a hook must not do at run time (ARCHITECTURE.md §6). C modules needed by the API
- * (cjson, ffi) are loaded already; no new one can be. */
+/* After loading: what a hook must not do at run time (ARCHITECTURE.md §6), beyond
+ * gw_lua_guard_sandbox, which applies while loading too. C modules needed by the API (cjson, ffi)
+ * are loaded already; no new one can be. */
 static void lua_sandbox(lua_State *L)
 {
-    static const char *const os_drop[] = {"execute", "exit", "remove", "rename", "tmpname"};
-    lua_getglobal(L, "os");
-    for (size_t i = 0; i < GW_ARRAY_LEN(os_drop); i++) {
-        lua_pushnil(L);
-        lua_setfield(L, -2, os_drop[i]);
-    }
-    lua_pop(L, 1);
-    lua_getglobal(L, "io");
-    lua_pushnil(L);
-    lua_setfield(L, -2, "popen");
-    lua_pop(L, 1);
     lua_getglobal(L, "package");
     lua_pushnil(L);
     lua_setfield(L, -2, "loadlib");
@@ -133,6 +124,7 @@ static lua_State *lua_open_config(const gw_config_t *cfg, int worker_id, int *tb
         abort();
     *keep = L;
     luaL_openlibs(L);
+    gw_lua_guard_sandbox(L);
     const char *lua_dir = getenv("PGW_LUA_DIR") ? getenv("PGW_LUA_DIR") : PGW_LUA_DIR;
     lua_set_path(L, cfg->path, lua_dir);
     lua_getglobal(L, "debug");
@@ -150,7 +142,8 @@ static lua_State *lua_open_config(const gw_config_t *cfg, int worker_id, int *tb
     lua_setfield(L, -2, "id");
     lua_pop(L, 1);
     lua_setglobal(L, "gw");
-    if (luaL_loadfile(L, cfg->path) != 0 || lua_pcall(L, 0, 1, 0) != 0) {
+    if (luaL_loadfile(L, cfg->path) != 0 ||
+        gw_lua_guard_pcall(L, 0, 1, 0, &cfg->lua_limits, cfg->path) != 0) {
         *err = gw_asprintf("%s evaluation of %s: %s", worker_id < 0 ? "main thread" : "worker",
                            cfg->path, lua_tostring(L, -1));
         return NULL;

@@ -1,7 +1,7 @@
 /*
  * main: the command line, signals, reloads and exit codes; wiring only.
  *
- *   prequal-gw [-t] [-h] [-V] [gateway.lua]
+ *   prequal-gw [-t] [-h] [-V] [--config-timeout-ms N] [--config-memory-mb N] [gateway.lua]
  *
  * Exit codes: 0 after a clean (graceful) stop or a successful -t; 1 for a bad config or a
  * failure to start; 2 for bad usage.
@@ -13,6 +13,7 @@
  * switches to it, and the old one drains like a graceful stop and is freed when its workers are
  * done. If it is not, nothing changes and the error is reported.
  */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -44,6 +45,7 @@ struct gw_main {
     uv_loop_t *loop;
     const char *path;
     const char *lua_dir;
+    gw_lua_limits_t limits; /* on every evaluation of gateway.lua */
     gw_gen_t *cur;
     gw_gen_t *retiring; /* draining generations */
     unsigned generations;
@@ -56,11 +58,68 @@ struct gw_main {
 
 static void usage(FILE *f)
 {
-    fprintf(f, "usage: prequal-gw [-t] [-h] [-V] [gateway.lua]\n"
-               "  -t  validate the configuration and exit\n"
-               "  -h  show this help\n"
-               "  -V  show the version\n"
-               "The configuration defaults to ./gateway.lua. SIGHUP reloads it.\n");
+    fprintf(f,
+            "usage: prequal-gw [-t] [-h] [-V] [--config-timeout-ms N] [--config-memory-mb N] "
+            "[gateway.lua]\n"
+            "  -t                      validate the configuration and exit\n"
+            "  -h                      show this help\n"
+            "  -V                      show the version\n"
+            "  --config-timeout-ms N   time gateway.lua may take to evaluate (default %d; 0: no "
+            "limit)\n"
+            "  --config-memory-mb N    memory it may use while evaluating (default %d; 0: no "
+            "limit)\n"
+            "The configuration defaults to ./gateway.lua. SIGHUP reloads it.\n",
+            GW_LUA_TIME_MS_DEFAULT, GW_LUA_MEMORY_MB_DEFAULT);
+}
+
+/* Reads the value of option argv[*i] into *out (0..max). Returns false after printing why. */
+static bool main_uint_option(int argc, char **argv, int *i, uint32_t max, uint32_t *out)
+{
+    const char *opt = argv[*i];
+    if (++*i >= argc) {
+        fprintf(stderr, "prequal-gw: %s needs a value\n", opt);
+        return false;
+    }
+    const char *s = argv[*i];
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (s[0] < '0' || s[0] > '9' || *end != '\0' || errno != 0 || v > max) {
+        fprintf(stderr, "prequal-gw: %s: expected an integer from 0 to %u, got \"%s\"\n", opt, max,
+                s);
+        return false;
+    }
+    *out = (uint32_t)v;
+    return true;
+}
+
+/* The number of hook functions `cfg` defines: global, per route, and membership. */
+static unsigned main_count_hooks(const gw_config_t *cfg)
+{
+    unsigned n = (unsigned)__builtin_popcount(cfg->global_hooks) +
+                 (unsigned)__builtin_popcount(cfg->membership_hooks);
+    for (size_t i = 0; i < cfg->nroutes; i++)
+        n += (unsigned)__builtin_popcount(cfg->routes[i].hooks);
+    return n;
+}
+
+/* -t: what was validated, on stdout. */
+static void main_print_valid(const gw_config_t *cfg)
+{
+    size_t nbackends = 0, nlua = 0;
+    for (size_t i = 0; i < cfg->nupstreams; i++) {
+        nbackends += cfg->upstreams[i].nbackends;
+        nlua += cfg->upstreams[i].lua_strategy;
+    }
+    unsigned nhooks = main_count_hooks(cfg);
+    printf("%s: ok: %zu upstream%s (%zu backend%s), %zu route%s, %u hook%s", cfg->path,
+           cfg->nupstreams, cfg->nupstreams == 1 ? "" : "s", nbackends, nbackends == 1 ? "" : "s",
+           cfg->nroutes, cfg->nroutes == 1 ? "" : "s", nhooks, nhooks == 1 ? "" : "s");
+    if (nlua > 0)
+        printf(", %zu Lua strateg%s", nlua, nlua == 1 ? "y" : "ies");
+    if (cfg->admin_enabled)
+        printf(", admin on %s%s", cfg->admin_listen.text, cfg->admin_token ? " (token)" : "");
+    printf("\n");
 }
 
 static void gen_free(gw_gen_t *g)
@@ -150,7 +209,7 @@ static gw_gen_t *gen_start(gw_main_t *m, gw_gen_t *running, char **err)
     if (!g)
         abort();
     g->m = m;
-    g->cfg = gw_config_load(m->path, m->lua_dir, err);
+    g->cfg = gw_config_load_limited(m->path, m->lua_dir, &m->limits, err);
     if (!g->cfg)
         goto fail;
     if (!running)
@@ -265,9 +324,16 @@ int main(int argc, char **argv)
 {
     bool test_only = false;
     const char *path = NULL;
+    gw_lua_limits_t limits = GW_LUA_LIMITS_DEFAULT;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "-t") == 0) {
             test_only = true;
+        } else if (strcmp(argv[i], "--config-timeout-ms") == 0) {
+            if (!main_uint_option(argc, argv, &i, 24 * 3600 * 1000, &limits.time_ms))
+                return 2;
+        } else if (strcmp(argv[i], "--config-memory-mb") == 0) {
+            if (!main_uint_option(argc, argv, &i, 1024 * 1024, &limits.memory_mb))
+                return 2;
         } else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
             usage(stdout);
             return 0;
@@ -290,15 +356,15 @@ int main(int argc, char **argv)
 
     gw_main_t m = {0};
     m.path = path;
+    m.limits = limits;
     m.lua_dir = getenv("PGW_LUA_DIR") ? getenv("PGW_LUA_DIR") : PGW_LUA_DIR;
     char *err = NULL;
     if (test_only) {
         /* Validation, and hooks.on_register on the static backends, as a start would run them. */
-        gw_config_t *cfg = gw_config_load(path, m.lua_dir, &err);
+        gw_config_t *cfg = gw_config_load_limited(path, m.lua_dir, &m.limits, &err);
         gw_registry_t *registry = NULL;
         if (cfg && gw_registry_new(cfg, &registry, &err) == 0) {
-            printf("prequal-gw: configuration %s is valid (%zu upstream(s), %zu route(s))\n", path,
-                   cfg->nupstreams, cfg->nroutes);
+            main_print_valid(cfg);
             gw_registry_free(registry);
             gw_config_free(cfg);
             return 0;

@@ -946,11 +946,12 @@ def require_gateway():
 class Gateway:
     """A running prequal-gw. `config` is a dict (written as Lua; `listen`, `admin`
     and `access_log` are filled in when missing) or a complete Lua source string
-    (then pass port/admin_port used in it)."""
+    (then pass port/admin_port used in it). `args`: command-line options before the file."""
 
     def __init__(self, config, port=None, admin_port=None, start=True, wait=True, name="gw",
-                 tmpdir=None, prelude=""):
+                 tmpdir=None, prelude="", args=()):
         require_gateway()
+        self.args = list(args)
         self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="pgw-it-")
         self.path = os.path.join(self.tmpdir, "gateway.lua")
         self.stderr_path = os.path.join(self.tmpdir, name + ".stderr")
@@ -993,7 +994,7 @@ class Gateway:
         self._err = open(self.stderr_path, "wb")
         self._out = open(self.stdout_path, "wb")
         env = dict(os.environ)
-        self.proc = _register(subprocess.Popen([PGW_BIN, self.path], stdout=self._out,
+        self.proc = _register(subprocess.Popen([PGW_BIN] + self.args + [self.path], stdout=self._out,
                                                stderr=self._err, stdin=subprocess.DEVNULL,
                                                cwd=self.tmpdir, env=env))
         if wait:

@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""`prequal-gw -t`: good configs pass, bad ones fail with `file:LINE: key.path: problem`;
-a bad config given to a normal start exits non-zero and binds nothing."""
+"""`prequal-gw -t`: good configs pass and say what was validated, bad ones fail with
+`file:LINE: key.path: problem`; a bad config given to a normal start exits non-zero and binds
+nothing. gateway.lua runs under a time and a memory limit and cannot end the process, also on
+a reload."""
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -121,9 +126,9 @@ BAD = [
 ]
 
 
-def run_t(path, timeout=15):
-    return subprocess.run([PGW_BIN, "-t", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, timeout=timeout)
+def run_t(path, timeout=30, args=()):
+    return subprocess.run([PGW_BIN, "-t"] + list(args) + [path], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
 class ConfigTest(GwTestCase):
@@ -146,6 +151,10 @@ class ConfigTest(GwTestCase):
         self.assertEqual(p.returncode, 0, p.stderr.decode(errors="replace"))
         self.assertFalse(port_open(port), "-t left something listening")
         self.assertNotIn(b"AddressSanitizer", p.stderr)
+        # -t says what it validated.
+        self.assertEqual(p.stdout.decode(),
+                         "%s: ok: 1 upstream (2 backends), 2 routes, 0 hooks, admin on 127.0.0.1:%d\n"
+                         % (path, aport))
 
     def test_example_config_from_issue(self):
         port, aport = free_port(), free_port()
@@ -230,6 +239,173 @@ class ConfigTest(GwTestCase):
         self.assertFalse(bound, "gateway bound a port with a bad config")
         self.assertIn("routes[1].upstream", err.decode(errors="replace"))
 
+
+HOOKED = """local function tag(req) req:set_header("x-tag", "1") end
+return {{
+  listen = "127.0.0.1:{port}",
+  admin = {{ listen = "127.0.0.1:{aport}", token = "t" }},
+  upstreams = {{
+    api = {{ backends = {{ "http://127.0.0.1:9001" }} }},
+    web = {{ backends = {{ "http://127.0.0.1:9002", "http://127.0.0.1:9003" }},
+            strategy = {{ pick = function(backends) return 1 end }} }},
+  }},
+  hooks = {{ on_request = tag, on_log = function() end }},
+  routes = {{
+    {{ match = {{ path_prefix = "/w" }}, upstream = "web", on_response = function() end }},
+    {{ match = {{ path_prefix = "/" }}, upstream = "api" }},
+  }},
+}}
+"""
+
+SERVING = """return {{
+  listen = "127.0.0.1:{port}",
+  workers = 1,
+  admin = {{ listen = "127.0.0.1:{aport}" }},
+  routes = {{ {{ match = {{ path_prefix = "/" }}, respond = {{ status = 200, body = "old" }} }} }},
+}}
+"""
+
+
+class EvaluationLimitsTest(GwTestCase):
+    """gateway.lua that never finishes, grows without end or calls os.exit fails like any bad
+    config, at -t, at start and on a reload (where the running configuration stays)."""
+
+    TEST_TIMEOUT = 120
+
+    def setUp(self):
+        super().setUp()
+        require_gateway()
+        self.dir = tempfile.mkdtemp(prefix="pgw-cfg-")
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name + ".lua")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def check_fails(self, p, needle):
+        err = p.stderr.decode(errors="replace")
+        self.assertEqual(p.returncode, 1, err)
+        self.assertIn(needle, err)
+        self.assertNotIn("AddressSanitizer", err)
+        self.assertNotIn("runtime error:", err)
+        self.assertEqual(p.stdout, b"")
+
+    def test_endless_loop_stops_at_the_time_limit(self):
+        path = self.write("loop", "local n = 0\nwhile true do n = n + 1 end\n")
+        t0 = time.monotonic()
+        p = run_t(path, args=["--config-timeout-ms", "500"])
+        took = time.monotonic() - t0
+        self.check_fails(p, path + ":2: evaluation exceeded the time limit (500 ms, --config-timeout-ms)")
+        self.assertLess(took, 10.0)
+        # The default limit: 5 s.
+        t0 = time.monotonic()
+        p = run_t(path)
+        took = time.monotonic() - t0
+        self.check_fails(p, "evaluation exceeded the time limit (5000 ms")
+        self.assertGreaterEqual(took, 5.0)
+        self.assertLess(took, 20.0)
+
+    def test_huge_table_stops_at_the_memory_limit(self):
+        path = self.write("big", "local t = {}\nfor i = 1, 3e8 do t[i] = i end\nreturn t\n")
+        # No time limit: only the memory limit can stop it, however loaded the machine is.
+        p = run_t(path, args=["--config-timeout-ms", "0"])
+        self.check_fails(p, path + ": evaluation exceeded the memory limit (256 MiB, --config-memory-mb)")
+        p = run_t(path, args=["--config-memory-mb", "16"])
+        self.check_fails(p, path + ": evaluation exceeded the memory limit (16 MiB")
+
+    def test_bad_limit_options(self):
+        path = self.write("any", "return {}\n")
+        for args in (["--config-timeout-ms"], ["--config-timeout-ms", "-1"],
+                     ["--config-memory-mb", "lots"], ["--config-memory-mb", "99999999999"]):
+            with self.subTest(args):
+                p = subprocess.run([PGW_BIN, "-t"] + args + [path], capture_output=True, timeout=10)
+                self.assertEqual(p.returncode, 2, p.stderr)
+                self.assertIn(args[0], p.stderr.decode())
+
+    def test_os_exit_is_an_error(self):
+        for fn, call in (("os.exit", "os.exit(0)"), ("os.execute", "os.execute('true')"),
+                         ("io.popen", "io.popen('true')")):
+            with self.subTest(fn):
+                path = self.write("exit", "local x = 1\n%s\nreturn {}\n" % call)
+                p = run_t(path)
+                self.check_fails(p, path + ":2: %s is not available in gateway.lua" % fn)
+        # os.getenv still works.
+        port, aport = free_port(), free_port()
+        path = self.write("env", GOOD.format(port=port, aport=aport).replace(
+            "workers = 1,", "workers = os.getenv('PGW_TEST_WORKERS') and 1 or 2,"))
+        p = run_t(path)
+        self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_t_counts_hooks_and_strategies(self):
+        port, aport = free_port(), free_port()
+        path = self.write("hooked", HOOKED.format(port=port, aport=aport))
+        p = run_t(path)
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertEqual(p.stdout.decode(),
+                         "%s: ok: 2 upstreams (3 backends), 2 routes, 3 hooks, 1 Lua strategy, "
+                         "admin on 127.0.0.1:%d (token)\n" % (path, aport))
+
+    def test_reload_with_an_endless_loop(self):
+        port, aport = free_port(), free_port()
+        gw = self.gateway(SERVING.format(port=port, aport=aport), port=port, admin_port=aport,
+                          args=["--config-timeout-ms", "1500"])
+        self.assertEqual(get(port, "/")[2], b"old")
+        good = gw.text
+        with open(gw.path, "w") as f:
+            f.write("while true do end\n")
+        result = {}
+
+        def reload():
+            t0 = time.monotonic()
+            result["answer"] = http_request(aport, "POST", "/reload", timeout=30)
+            result["took"] = time.monotonic() - t0
+
+        t = threading.Thread(target=reload)
+        t.start()
+        # The workers keep serving while the main thread evaluates the file.
+        time.sleep(0.3)
+        served = [get(port, "/")[2] for _ in range(5)]
+        t.join(30)
+        self.assertFalse(t.is_alive(), "POST /reload did not answer")
+        st, _, body = result["answer"]
+        self.assertEqual(st, 400, body)
+        doc = json.loads(body)
+        self.assertEqual(doc["error"], "reload_failed")
+        self.assertIn("gateway.lua:1: evaluation exceeded the time limit (1500 ms", doc["message"])
+        self.assertGreaterEqual(result["took"], 1.4)
+        self.assertLess(result["took"], 15.0)
+        self.assertEqual(served, [b"old"] * 5)
+        # The old configuration runs on; the admin listener answers again.
+        self.assertEqual(http_request(aport, "GET", "/healthz")[0], 200)
+        self.assertEqual(get(port, "/")[2], b"old")
+        self.assertIn("reload failed, configuration 1 stays", gw.stderr())
+        # A memory hog fails the same way (one allocation past the limit: no race with the clock).
+        with open(gw.path, "w") as f:
+            f.write("local s = string.rep('x', 2^30)\n")
+        st, _, body = http_request(aport, "POST", "/reload", timeout=30)
+        self.assertEqual(st, 400, body)
+        self.assertIn("evaluation exceeded the memory limit (256 MiB", json.loads(body)["message"])
+        # And a good file still reloads.
+        with open(gw.path, "w") as f:
+            f.write(good.replace('"old"', '"new"'))
+        st, _, body = http_request(aport, "POST", "/reload", timeout=30)
+        self.assertEqual(st, 200, body)
+        self.assertEqual(get(port, "/")[2], b"new")
+
+    def test_sigterm_during_an_endless_reload(self):
+        port, aport = free_port(), free_port()
+        gw = self.gateway(SERVING.format(port=port, aport=aport), port=port, admin_port=aport,
+                          args=["--config-timeout-ms", "1500"])
+        with open(gw.path, "w") as f:
+            f.write("while true do end\n")
+        gw.signal(signal.SIGHUP)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        rc = gw.stop(timeout=20)  # SIGTERM, while the main thread evaluates the file
+        self.assertEqual(rc, 0)
+        self.assertLess(time.monotonic() - t0, 15.0)
+        self.assertIn("evaluation exceeded the time limit", gw.stderr())
 
 if __name__ == "__main__":
     main()

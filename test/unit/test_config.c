@@ -1144,6 +1144,66 @@ static void test_free_null_and_err_null(void **state)
     free(err);
 }
 
+/* gateway.lua cannot end or fork the process; require and os.getenv still work. */
+static void test_sandbox(void **state)
+{
+    (void)state;
+    check_err_line1("local x = 1\nos.exit(0)\nreturn {}",
+                    "gw.lua:2: os.exit is not available in gateway.lua");
+    check_err_line1("os.execute('true')", "gw.lua:1: os.execute is not available in gateway.lua");
+    check_err_line1("return { routes = io.popen('ls') }",
+                    "gw.lua:1: io.popen is not available in gateway.lua");
+    gw_config_t *cfg = load_ok("local s = require('string')\n"
+                               "return { listen = os.getenv('PGW_NO_SUCH_VAR') or s.format('%d', "
+                               "9000),\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}");
+    assert_string_equal(cfg->listen[0].text, "9000");
+    gw_config_free(cfg);
+}
+
+/* The file runs under the limits it was loaded with, and the config keeps them for the other
+ * evaluations (workers, membership hooks). */
+static void test_evaluation_limits(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/gw_config_test_XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[128], expected[256];
+    snprintf(path, sizeof path, "%s/gateway.lua", dir);
+    const gw_lua_limits_t limits = {300, 32};
+    char *err = NULL;
+
+    write_file(path, "local n = 0\nwhile true do n = n + 1 end\n");
+    assert_null(gw_config_load_limited(path, NULL, &limits, &err));
+    snprintf(expected, sizeof expected,
+             "%s:2: evaluation exceeded the time limit (300 ms, --config-timeout-ms)", path);
+    err[strcspn(err, "\n")] = '\0';
+    assert_string_equal(err, expected);
+    free(err);
+
+    /* No time limit here, so that only the memory limit can stop it on a loaded machine. */
+    const gw_lua_limits_t memory_only = {0, 32};
+    write_file(path, "local t = {}\nfor i = 1, 3e8 do t[i] = i end\nreturn {}\n");
+    assert_null(gw_config_load_limited(path, NULL, &memory_only, &err));
+    snprintf(expected, sizeof expected,
+             "%s: evaluation exceeded the memory limit (32 MiB, --config-memory-mb)", path);
+    assert_string_equal(err, expected);
+    free(err);
+
+    write_file(path, "return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "}\n");
+    gw_config_t *cfg = gw_config_load_limited(path, NULL, &limits, &err);
+    assert_non_null(cfg);
+    assert_int_equal(cfg->lua_limits.time_ms, 300);
+    assert_int_equal(cfg->lua_limits.memory_mb, 32);
+    gw_config_free(cfg);
+    cfg = gw_config_load(path, NULL, &err);
+    assert_non_null(cfg);
+    assert_int_equal(cfg->lua_limits.time_ms, GW_LUA_TIME_MS_DEFAULT);
+    assert_int_equal(cfg->lua_limits.memory_mb, GW_LUA_MEMORY_MB_DEFAULT);
+    gw_config_free(cfg);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1168,6 +1228,8 @@ int main(void)
         cmocka_unit_test(test_line_mapping),
         cmocka_unit_test(test_load_file_with_require),
         cmocka_unit_test(test_free_null_and_err_null),
+        cmocka_unit_test(test_sandbox),
+        cmocka_unit_test(test_evaluation_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
