@@ -153,11 +153,13 @@ static size_t gw_cfg_path_append_index(char *buf, size_t len, size_t cap, long l
 /* Line map: a scanner over the source text that records `key path -> line` for the table
  * constructor returned by the chunk. It understands just enough Lua to skip comments, strings and
  * expressions; anything it cannot follow (a table built by a function call, a local) simply has no
- * entry, and errors inside it fall back to the nearest recorded ancestor. */
+ * entry, and errors inside it fall back to the nearest recorded ancestor. Once scanned, the map is
+ * sorted by path, so a look-up is a binary search (every route looks its own line up). */
 
 typedef struct gw_linemap_entry {
     char *path;
     int line;
+    size_t seq; /* order of recording: a key written twice counts where it was written last */
 } gw_linemap_entry_t;
 
 typedef struct gw_linemap {
@@ -377,6 +379,7 @@ static void gw_linemap_add(gw_linemap_t *m, const char *path, int line)
     }
     m->v[m->n].path = gw_cfg_xstrdup(path);
     m->v[m->n].line = line;
+    m->v[m->n].seq = m->n;
     m->n++;
 }
 
@@ -494,8 +497,8 @@ static void gw_cfgscan_table(gw_lexer_t *lx, gw_linemap_t *m, char *path, size_t
     }
 }
 
-/* Builds the line map of `src`: finds the first `return {` outside any block and scans it. */
-static void gw_cfgscan(const char *src, size_t len, gw_linemap_t *m)
+/* Finds the first `return {` outside any block in `src` and scans it into the map. */
+static void gw_cfgscan_return(const char *src, size_t len, gw_linemap_t *m)
 {
     gw_lexer_t lx = {src, len, 0, 1};
     if (len > 0 && src[0] == '#') {
@@ -522,13 +525,42 @@ static void gw_cfgscan(const char *src, size_t len, gw_linemap_t *m)
     }
 }
 
+static int gw_linemap_entry_cmp(const void *a, const void *b)
+{
+    const gw_linemap_entry_t *x = a, *y = b;
+    int rc = strcmp(x->path, y->path);
+    return rc != 0 ? rc : x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Builds the sorted line map of `src`. */
+static void gw_cfgscan(const char *src, size_t len, gw_linemap_t *m)
+{
+    gw_cfgscan_return(src, len, m);
+    if (m->n > 1) /* an empty map has no array: qsort must not see NULL */
+        qsort(m->v, m->n, sizeof(*m->v), gw_linemap_entry_cmp);
+}
+
+/* strcmp(entry, key) for a key of `len` bytes that is not NUL-terminated. */
+static int gw_linemap_key_cmp(const char *entry, const char *key, size_t len)
+{
+    int rc = strncmp(entry, key, len);
+    return rc != 0 ? rc : entry[len] != '\0';
+}
+
+/* The entry of `path` recorded last, or NULL. */
 static const gw_linemap_entry_t *gw_linemap_find(const gw_linemap_t *m, const char *path,
                                                  size_t len)
 {
-    for (size_t i = m->n; i-- > 0;) {
-        if (strlen(m->v[i].path) == len && memcmp(m->v[i].path, path, len) == 0)
-            return &m->v[i];
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (gw_linemap_key_cmp(m->v[mid].path, path, len) <= 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
+    if (lo > 0 && gw_linemap_key_cmp(m->v[lo - 1].path, path, len) == 0)
+        return &m->v[lo - 1];
     return NULL;
 }
 
@@ -577,6 +609,7 @@ typedef struct gw_cfg_ctx {
     gw_lua_limits_t limits; /* on running the chunk */
     gw_linemap_t lines;
     gw_config_t *cfg; /* under construction */
+    int route_names;  /* while reading routes: stack index of a table name -> route index */
     char *err;        /* first error, malloc'd */
     char path[GW_CFG_PATH_MAX];
     size_t plen;
@@ -2164,12 +2197,18 @@ static int gw_cfg_route(gw_cfg_ctx_t *c, int rt, gw_route_cfg_t *r, long index)
     size_t old = gw_cfg_field(c, rt, "name");
     const char *name = NULL;
     int rc = gw_cfg_plain_string(c, &name);
-    if (rc == 0)
+    if (rc == 0) {
+        /* A table of the names so far keeps the check linear in the number of routes. */
         r->name = name ? gw_cfg_xstrdup(name) : gw_cfg_xasprintf("routes[%ld]", index);
-    for (long j = 0; rc == 0 && j < index - 1; j++) {
-        if (strcmp(c->cfg->routes[j].name, r->name) == 0)
-            rc =
-                gw_cfg_fail(c, "duplicate route name \"%s\" (same as routes[%ld])", r->name, j + 1);
+        lua_pushstring(L, r->name);
+        lua_rawget(L, c->route_names);
+        if (lua_type(L, -1) == LUA_TNUMBER)
+            rc = gw_cfg_fail(c, "duplicate route name \"%s\" (same as routes[%ld])", r->name,
+                             (long)lua_tointeger(L, -1));
+        lua_pop(L, 1);
+        lua_pushstring(L, r->name);
+        lua_pushinteger(L, index);
+        lua_rawset(L, c->route_names);
     }
     gw_cfg_field_done(c, old);
     if (rc < 0 || gw_cfg_match(c, rt, r) < 0)
@@ -2249,6 +2288,8 @@ static int gw_cfg_routes(gw_cfg_ctx_t *c, int t)
     }
     c->cfg->routes = gw_cfg_xcalloc((size_t)n, sizeof(gw_route_cfg_t));
     c->cfg->nroutes = (size_t)n;
+    lua_createtable(L, 0, (int)GW_MIN(n, 1L << 20));
+    c->route_names = lua_gettop(L);
     for (long i = 1; i <= n && rc == 0; i++) {
         size_t o2 = gw_cfg_push_index(c, i);
         lua_rawgeti(L, at, (int)i);
@@ -2256,6 +2297,7 @@ static int gw_cfg_routes(gw_cfg_ctx_t *c, int t)
         lua_pop(L, 1);
         gw_cfg_pop(c, o2);
     }
+    lua_pop(L, 1);
 done:
     gw_cfg_field_done(c, old);
     return rc;
@@ -2629,9 +2671,17 @@ void gw_config_free(gw_config_t *cfg)
 
 int gw_config_upstream_index(const gw_config_t *cfg, const char *name)
 {
-    for (size_t i = 0; i < cfg->nupstreams; i++) {
-        if (cfg->upstreams[i].name != NULL && strcmp(cfg->upstreams[i].name, name) == 0)
-            return (int)i;
+    /* The upstreams are sorted by name (gw_cfg_upstreams): every route looks its upstream up. */
+    size_t lo = 0, hi = cfg->nupstreams;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int rc = strcmp(cfg->upstreams[mid].name, name);
+        if (rc == 0)
+            return (int)mid;
+        if (rc < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return -1;
 }

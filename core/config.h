@@ -186,7 +186,7 @@ typedef struct gw_config {
     char *access_log; /* "stdout", "stderr", a path, or NULL (off, the default) */
     int log_level;    /* log_level: "debug" | "info" (default) | "warn" | "error" -> GW_LOG_* */
     char *via;        /* the pseudonym added to Via (default "prequal-gw"); NULL: via = false */
-    gw_upstream_cfg_t *upstreams;
+    gw_upstream_cfg_t *upstreams; /* sorted by name */
     size_t nupstreams;
     gw_route_cfg_t *routes;
     size_t nroutes;

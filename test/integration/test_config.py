@@ -346,6 +346,20 @@ class EvaluationLimitsTest(GwTestCase):
                          "%s: ok: 2 upstreams (3 backends), 2 routes, 3 hooks, 1 Lua strategy, "
                          "admin on 127.0.0.1:%d (token)\n" % (path, aport))
 
+    def test_100k_routes(self):
+        path = self.write("many", """local routes = {}
+for i = 1, 100000 do
+  routes[i] = { name = "r" .. i, match = { path_prefix = "/p" .. i .. "/" }, upstream = "api" }
+end
+return { listen = "127.0.0.1:%d", admin = false,
+  upstreams = { api = { backends = { "http://127.0.0.1:9001" } } }, routes = routes }
+""" % free_port())
+        t0 = time.monotonic()
+        p = run_t(path, timeout=60)
+        log("\n  -t with 100000 routes: %.2f s" % (time.monotonic() - t0))
+        self.assertEqual(p.returncode, 0, p.stderr)
+        self.assertIn(b"100000 routes", p.stdout)
+
     def test_reload_with_an_endless_loop(self):
         port, aport = free_port(), free_port()
         gw = self.gateway(SERVING.format(port=port, aport=aport), port=port, admin_port=aport,

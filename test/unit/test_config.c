@@ -1204,6 +1204,39 @@ static void test_evaluation_limits(void **state)
     rmdir(dir);
 }
 
+/* 100,000 routes load (checking names is linear, not quadratic); a duplicate is still found and
+ * names the route it repeats. */
+static void test_many_routes(void **state)
+{
+    (void)state;
+    static const char many[] =
+        "local routes = {}\n"
+        "for i = 1, 100000 do\n"
+        "  routes[i] = { name = 'r' .. i, match = { path_prefix = '/p' .. i }, upstream = 'api' }\n"
+        "end\n"
+        "%s\n"
+        "return {\n" MINIMAL_UPSTREAMS "routes = routes }";
+    char src[1024];
+    snprintf(src, sizeof src, many, "");
+    gw_config_t *cfg = load_ok(src);
+    assert_int_equal(cfg->nroutes, 100000);
+    assert_string_equal(cfg->routes[99999].name, "r100000");
+    assert_string_equal(cfg->routes[99999].path_prefix, "/p100000");
+    gw_config_free(cfg);
+    snprintf(src, sizeof src, many, "routes[100001] = { name = 'r7', upstream = 'api' }");
+    check_err(src, "gw.lua:8: routes[100001].name: duplicate route name \"r7\" (same as "
+                   "routes[7])");
+    /* An unnamed route's default name counts too. */
+    check_err("return {\n" MINIMAL_UPSTREAMS
+              "routes = { { upstream = 'api' }, { name = 'routes[1]', upstream = 'api' } } }",
+              "gw.lua:3: routes[2].name: duplicate route name \"routes[1]\" (same as routes[1])");
+    /* The line map is searched, not scanned: a key written twice counts where it was written
+     * last, as Lua takes its last value. */
+    check_err("return {\n  workers = 1,\n  workers = 'many',\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES
+              "}",
+              "gw.lua:3: workers: expected an integer between 1 and 256 or \"auto\", got \"many\"");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1230,6 +1263,7 @@ int main(void)
         cmocka_unit_test(test_free_null_and_err_null),
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_evaluation_limits),
+        cmocka_unit_test(test_many_routes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
