@@ -98,10 +98,11 @@ struct gw_admin_conn {
     const char *head_mark; /* head bytes before this point are counted */
     size_t head_bytes;
     uint64_t body_bytes;
-    int error_status; /* set by a callback that rejects the request (413, 431) */
+    int error_status;      /* set by a callback that rejects the request (400, 413, 431) */
     char field[16];        /* the current header name, lower-case, if it is short */
     size_t field_len;      /* > sizeof(field): a longer name */
     bool in_auth;          /* the current header is Authorization */
+    bool auth_seen;        /* an Authorization header came before it */
     char auth[GW_ADMIN_AUTH_MAX]; /* its value */
     size_t auth_len;       /* > sizeof(auth): too long to be right */
     char *body;            /* a POST's body (malloc'd), or NULL */
@@ -553,6 +554,7 @@ static int gw_admin_on_message_begin(llhttp_t *p)
     c->error_status = 0;
     c->field_len = 0;
     c->in_auth = false;
+    c->auth_seen = false;
     c->auth_len = 0;
     c->body_len = 0;
     return 0;
@@ -572,8 +574,14 @@ static int gw_admin_on_header_field_complete(llhttp_t *p)
     gw_admin_conn_t *c = p->data;
     c->in_auth = c->field_len == 13 && memcmp(c->field, "authorization", 13) == 0;
     c->field_len = 0;
-    if (c->in_auth)
-        c->auth_len = 0; /* a repeated Authorization: the last one counts (and a pair fails) */
+    if (c->in_auth) {
+        /* Two credentials are ambiguous: which one a proxy in front checked is unknowable. */
+        if (c->auth_seen) {
+            c->error_status = 400;
+            return -1;
+        }
+        c->auth_seen = true;
+    }
     return 0;
 }
 
@@ -723,6 +731,10 @@ static void gw_admin_conn_parse(gw_admin_conn_t *c)
     case 431:
         gw_admin_conn_send_error(c, 431, "headers_too_large", "request head over 8 KiB", "", false,
                                  true);
+        break;
+    case 400:
+        gw_admin_conn_send_error(c, 400, "bad_request", "more than one Authorization header", "",
+                                 false, true);
         break;
     default:
         gw_admin_conn_send_error(c, 400, "bad_request", "malformed request", "", false, true);

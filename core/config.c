@@ -1179,12 +1179,25 @@ static int gw_cfg_workers(gw_cfg_ctx_t *c, int t)
     return rc;
 }
 
+/* An address only this host can reach: 127.0.0.0/8 or ::1 (IPv4-mapped ones too). */
+static bool gw_cfg_is_loopback(const struct sockaddr_storage *sa)
+{
+    static const char *const nets[] = {"127.0.0.0/8", "::1"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(nets); i++) {
+        gw_cidr_t net;
+        if (gw_cidr_parse(nets[i], &net) && gw_cidr_match(&net, (const struct sockaddr *)sa))
+            return true;
+    }
+    return false;
+}
+
 static int gw_cfg_admin(gw_cfg_ctx_t *c, int t)
 {
-    static const char *const keys[] = {"listen", "token", NULL};
+    static const char *const keys[] = {"listen", "token", "insecure", NULL};
     lua_State *L = c->L;
     gw_config_t *cfg = c->cfg;
     const char *listen = "127.0.0.1:9901", *token = NULL;
+    bool insecure = false;
     size_t old = gw_cfg_field(c, t, "admin");
     int rc = 0, type = lua_type(L, -1);
     if (type == LUA_TBOOLEAN && !lua_toboolean(L, -1))
@@ -1200,7 +1213,8 @@ static int gw_cfg_admin(gw_cfg_ctx_t *c, int t)
     size_t o2 = old;
     if (type == LUA_TTABLE) {
         int at = lua_gettop(L);
-        if ((rc = gw_cfg_check_keys(c, at, keys)) < 0)
+        if ((rc = gw_cfg_check_keys(c, at, keys)) < 0 ||
+            (rc = gw_cfg_bool_field(c, at, "insecure", &insecure)) < 0)
             goto done;
         o2 = gw_cfg_field(c, at, "token");
         rc = gw_cfg_plain_string(c, &token);
@@ -1217,6 +1231,17 @@ static int gw_cfg_admin(gw_cfg_ctx_t *c, int t)
     /* Parsed while the key path still names admin.listen (when it was written). */
     if (rc == 0)
         rc = gw_cfg_parse_listen(c, listen, &cfg->admin_listen);
+    /* The admin API reloads the configuration and (with registration) points upstreams at new
+     * addresses: open to other hosts, it needs a token, or an explicit insecure = true. */
+    if (rc == 0 && token == NULL && !gw_cfg_is_loopback(&cfg->admin_listen.sa)) {
+        if (insecure)
+            cfg->admin_insecure = true;
+        else
+            rc = gw_cfg_fail(c,
+                             "\"%s\" is reachable from other hosts and admin.token is not set "
+                             "(set a token, listen on 127.0.0.1, or set admin.insecure = true)",
+                             listen);
+    }
     for (size_t i = 0; i < cfg->nlisten && rc == 0; i++) {
         if (!gw_sockaddr_equal(&cfg->listen[i].sa, cfg->listen[i].salen, &cfg->admin_listen.sa,
                                   cfg->admin_listen.salen))

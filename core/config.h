@@ -181,6 +181,7 @@ typedef struct gw_config {
     bool admin_enabled;
     gw_addr_t admin_listen; /* admin.listen, default 127.0.0.1:9901; admin = false disables */
     char *admin_token;      /* admin.token, NULL: none */
+    bool admin_insecure;    /* admin.insecure let it listen beyond loopback without a token */
     gw_limits_t limits;
     gw_client_timeouts_t timeouts;
     char *access_log; /* "stdout", "stderr", a path, or NULL (off, the default) */

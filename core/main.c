@@ -419,7 +419,11 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < cfg->nlisten; i++)
             gw_log_info("listening on %s (%u worker%s)", cfg->listen[i].text, cfg->workers,
                         cfg->workers == 1 ? "" : "s");
-        if (cfg->admin_enabled)
+        if (cfg->admin_insecure)
+            gw_log_warn("admin on %s: other hosts can reach it and no token is set "
+                        "(admin.insecure = true)",
+                        cfg->admin_listen.text);
+        else if (cfg->admin_enabled)
             gw_log_info("admin on %s", cfg->admin_listen.text);
     }
     uv_run(m.loop, UV_RUN_DEFAULT);

@@ -2,7 +2,7 @@
 """`prequal-gw -t`: good configs pass and say what was validated, bad ones fail with
 `file:LINE: key.path: problem`; a bad config given to a normal start exits non-zero and binds
 nothing. gateway.lua runs under a time and a memory limit and cannot end the process, also on
-a reload."""
+a reload; an admin listener open to other hosts needs a token."""
 
 import json
 import os
@@ -420,6 +420,79 @@ return { listen = "127.0.0.1:%d", admin = false,
         self.assertEqual(rc, 0)
         self.assertLess(time.monotonic() - t0, 15.0)
         self.assertIn("evaluation exceeded the time limit", gw.stderr())
+
+
+class AdminExposureTest(GwTestCase):
+    """An admin listener other hosts can reach needs a token or admin.insecure = true; a request
+    with two Authorization headers is refused."""
+
+    def setUp(self):
+        super().setUp()
+        require_gateway()
+        self.dir = tempfile.mkdtemp(prefix="pgw-cfg-")
+
+    def write(self, name, text):
+        path = os.path.join(self.dir, name + ".lua")
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    def config(self, admin):
+        return ('return {\n  listen = "127.0.0.1:%d",\n  admin = %s,\n'
+                '  routes = { { respond = { status = 200 } } },\n}\n' % (free_port(), admin))
+
+    def test_exposed_admin_is_refused(self):
+        aport = free_port()
+        for listen in (":%d" % aport, "0.0.0.0:%d" % aport, "[::]:%d" % aport):
+            with self.subTest(listen):
+                path = self.write("exposed", self.config('{\n    listen = "%s" }' % listen))
+                p = run_t(path)
+                err = p.stderr.decode()
+                self.assertEqual(p.returncode, 1, err)
+                self.assertIn(os.path.basename(path) + ":4: admin.listen: \"%s\" is reachable from "
+                              "other hosts and admin.token is not set" % listen, err)
+                # A normal start refuses too, and binds nothing.
+                proc = subprocess.run([PGW_BIN, path], capture_output=True, timeout=20)
+                self.assertEqual(proc.returncode, 1, proc.stderr)
+                self.assertIn("admin.listen", proc.stderr.decode())
+                self.assertFalse(port_open(aport))
+        for admin in ('{ listen = ":%d", token = "t" }' % aport,
+                      '{ listen = "0.0.0.0:%d", insecure = true }' % aport):
+            with self.subTest(admin):
+                p = run_t(self.write("allowed", self.config(admin)))
+                self.assertEqual(p.returncode, 0, p.stderr)
+
+    def test_insecure_admin_starts_with_a_warning(self):
+        aport = free_port()
+        port = free_port()
+        text = ('return {\n  listen = "127.0.0.1:%d",\n'
+                '  admin = { listen = "0.0.0.0:%d", insecure = true },\n'
+                '  routes = { { respond = { status = 200 } } },\n}\n' % (port, aport))
+        gw = self.gateway(text, port=port, admin_port=aport)
+        self.assertEqual(http_request(aport, "GET", "/healthz")[0], 200)
+        self.assertIn("other hosts can reach it and no token is set (admin.insecure = true)",
+                      gw.stderr())
+
+    def test_two_authorization_headers(self):
+        port, aport = free_port(), free_port()
+        text = ('return {\n  listen = "127.0.0.1:%d",\n'
+                '  admin = { listen = "127.0.0.1:%d", token = "t0k" },\n'
+                '  routes = { { respond = { status = 200 } } },\n}\n' % (port, aport))
+        self.gateway(text, port=port, admin_port=aport)
+        for path, method in (("/reload", "POST"), ("/healthz", "GET")):
+            with self.subTest(path):
+                with Client(aport) as c:
+                    c.send(build_request(method, path, headers=[
+                        ("Host", "x"), ("Authorization", "Bearer t0k"),
+                        ("Authorization", "Bearer t0k"), ("Content-Length", "0")]))
+                    r = c.read_response(method)
+                    self.assertEqual(r.status, 400, r)
+                    self.assertIn(b"more than one Authorization header", r.body)
+                    self.assertTrue(c.wait_closed())
+        # One header with the token is accepted.
+        st, _, body = http_request(aport, "POST", "/reload", headers={"Authorization": "Bearer t0k"})
+        self.assertEqual(st, 200, body)
+
 
 if __name__ == "__main__":
     main()

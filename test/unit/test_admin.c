@@ -472,6 +472,40 @@ static void test_malformed(void **state)
     client_close(c);
 }
 
+/* Two Authorization headers are refused whatever the endpoint: which one counts is ambiguous. */
+static void test_two_authorizations(void **state)
+{
+    fixture_t *f = *state;
+    static const char *const twice[] = {
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n"
+        "Authorization: Bearer b\r\n\r\n",
+        "POST /reload HTTP/1.1\r\nHost: x\r\nauthorization: Bearer a\r\nX-Other: 1\r\n"
+        "AUTHORIZATION: Bearer a\r\nContent-Length: 0\r\n\r\n",
+    };
+    for (size_t i = 0; i < sizeof(twice) / sizeof(twice[0]); i++) {
+        client_t *c = client_open(f->port);
+        client_send_str(c, twice[i]);
+        response_t r = {0};
+        client_response(c, &r, false);
+        assert_int_equal(r.status, 400);
+        assert_true(has_header(&r, "Connection", "close"));
+        assert_non_null(strstr(r.body, "more than one Authorization header"));
+        response_free(&r);
+        client_expect_eof(c);
+        client_close(c);
+    }
+    /* One is fine, and so is one per request on a keep-alive connection. */
+    client_t *c = client_open(f->port);
+    for (int i = 0; i < 2; i++) {
+        client_send_str(c, "GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer a\r\n\r\n");
+        response_t r = {0};
+        client_response(c, &r, false);
+        assert_int_equal(r.status, 200);
+        response_free(&r);
+    }
+    client_close(c);
+}
+
 static void test_http10(void **state)
 {
     fixture_t *f = *state;
@@ -649,6 +683,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_pipelining, setup, teardown),
         cmocka_unit_test_setup_teardown(test_pipelining_backpressure, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_two_authorizations, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http10, setup, teardown),
         cmocka_unit_test_setup_teardown(test_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_close_with_connections, setup, teardown),

@@ -1237,6 +1237,43 @@ static void test_many_routes(void **state)
               "gw.lua:3: workers: expected an integer between 1 and 256 or \"auto\", got \"many\"");
 }
 
+/* An admin listener other hosts can reach needs a token, or insecure = true. */
+static void test_admin_exposure(void **state)
+{
+    (void)state;
+    static const char *const exposed[] = {":9901", "0.0.0.0:9901", "9901", "[::]:9901",
+                                          "192.0.2.1:9901"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(exposed); i++) {
+        char src[512], expected[512];
+        snprintf(src, sizeof src,
+                 "return {\n" MINIMAL_UPSTREAMS MINIMAL_ROUTES "admin = {\n  listen = '%s' },\n}",
+                 exposed[i]);
+        snprintf(expected, sizeof expected,
+                 "gw.lua:5: admin.listen: \"%s\" is reachable from other hosts and admin.token is "
+                 "not set (set a token, listen on 127.0.0.1, or set admin.insecure = true)",
+                 exposed[i]);
+        check_err(src, expected);
+    }
+    gw_config_t *cfg = load_ok(TOP("admin = { listen = ':9901', token = 't' }"));
+    assert_false(cfg->admin_insecure);
+    gw_config_free(cfg);
+    cfg = load_ok(TOP("admin = { listen = '0.0.0.0:9901', insecure = true }"));
+    assert_true(cfg->admin_insecure);
+    assert_null(cfg->admin_token);
+    gw_config_free(cfg);
+    static const char *const loopback[] = {"127.0.0.1:9901", "127.1.2.3:9901", "[::1]:9901",
+                                           "[::ffff:127.0.0.1]:9901", "localhost:9901"};
+    for (size_t i = 0; i < GW_ARRAY_LEN(loopback); i++) {
+        char src[512];
+        snprintf(src, sizeof src, TOP("admin = { listen = '%s' }"), loopback[i]);
+        cfg = load_ok(src);
+        assert_false(cfg->admin_insecure);
+        gw_config_free(cfg);
+    }
+    check_err(TOP("admin = { listen = ':9901', insecure = 'yes' }"),
+              "gw.lua:4: admin.insecure: expected boolean, got string");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1264,6 +1301,7 @@ int main(void)
         cmocka_unit_test(test_sandbox),
         cmocka_unit_test(test_evaluation_limits),
         cmocka_unit_test(test_many_routes),
+        cmocka_unit_test(test_admin_exposure),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
