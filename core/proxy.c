@@ -421,8 +421,11 @@ static void proxy_on_backoff(uv_timer_t *t)
 }
 
 /* Asks the upstream's strategy for a backend this request has not tried (retries and hedges
- * share the tried set) and marks it tried. NULL when none is left. */
-static gw_backend_t *proxy_pick(gw_conn_t *c)
+ * share the tried set) and marks it tried. NULL when none is left, and, with `healthy_only`,
+ * when only an unhealthy one is: a strategy offers one as a last resort (lb.h), which is right
+ * for a request that has nowhere else to go but not for a hedge, an extra the request can do
+ * without. */
+static gw_backend_t *proxy_pick(gw_conn_t *c, bool healthy_only)
 {
     gw_request_t *r = &c->req;
     gw_worker_upstream_t *wu = &c->w->ups[r->upstream];
@@ -432,6 +435,8 @@ static gw_backend_t *proxy_pick(gw_conn_t *c)
     gw_lb_ctx_t ctx = proxy_lb_ctx(c);
     int idx = wu->lb->pick(wu->lb_state, &ctx);
     if (idx < 0 || (size_t)idx >= wu->n || gw_lb_tried(&ctx, (size_t)idx))
+        return NULL;
+    if (healthy_only && !GW_RELAXED_LOAD(wu->backends[idx]->healthy))
         return NULL;
     gw_lb_set_tried(r->tried, (size_t)idx);
     return wu->backends[idx];
@@ -463,7 +468,7 @@ static void proxy_attempt(gw_conn_t *c)
         gw_conn_respond_error(c, 503, "no_backend", "the upstream has no backends");
         return;
     }
-    gw_backend_t *b = proxy_pick(c);
+    gw_backend_t *b = proxy_pick(c, false);
     if (!b) {
         if (r->attempts == 0)
             gw_conn_respond_error(c, 503, "no_healthy_backend", "no backend is available");
@@ -504,7 +509,7 @@ static void proxy_on_hedge_due(uv_timer_t *t)
         proxy_hedge_count(c, GW_HEDGE_SKIPPED_BUDGET);
         return;
     }
-    gw_backend_t *b = proxy_pick(c);
+    gw_backend_t *b = proxy_pick(c, true);
     if (!b) {
         gw_hedge_refund(&wu->hedge);
         proxy_hedge_count(c, GW_HEDGE_SKIPPED_NO_BACKEND);

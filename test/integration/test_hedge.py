@@ -137,6 +137,26 @@ class HedgeTest(GwTestCase):
             self.assertEqual(r.status, 200, r)
         self.assertEqual(len(f.requests), picked)  # ejected: no longer picked
 
+    def test_no_hedge_to_an_unhealthy_replica(self):
+        # Once the frozen replica is ejected, a slow original's hedge has only it left: a
+        # strategy offers an unhealthy backend as a last resort, but a hedge does without.
+        a = self.raw_server(slow(0.08))
+        f = self.raw_server(frozen)
+        gw = self.gw_for([f.url, a.url], {"after_ms": 20, "budget_percent": 100},
+                         timeouts={"connect_ms": 1000, "read_ms": 300},
+                         health={"max_fails": 1, "eject_ms": 30000})
+        self.assertTrue(wait_until(lambda: self.timed_get(gw, path="/e")[0].status == 200 and
+                                   gw.metric("gw_upstream_healthy", upstream="u",
+                                             backend=f.url) == 0, 10))
+        picked, before = len(f.requests), self.hedges(gw)
+        for i in range(4):
+            r, _ = self.timed_get(gw, path="/slow%d" % i)
+            self.assertEqual((r.status, r.body), (200, b"slow"))
+        after = self.hedges(gw)
+        self.assertEqual(len(f.requests), picked)
+        self.assertEqual(after["sent"], before["sent"], after)
+        self.assertEqual(after["skipped_no_backend"] - before["skipped_no_backend"], 4, after)
+
     def test_first_head_wins_either_way(self):
         s0, s2 = self.raw_server(slow(0.15)), self.raw_server(slow(0.15))
         f = self.raw_server(frozen)
