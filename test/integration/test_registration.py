@@ -561,14 +561,16 @@ end''')
         def step(action, expect):
             before = len(changed())
             action()
-            ok = wait_until(lambda: len(changed()) > before and changed()[-1] == str(expect), 1.0)
+            ok = wait_until(lambda: len(changed()) > before and changed()[-1] == str(expect), 5.0)
             self.assertTrue(ok, "expected CHANGED %d after %d lines, got %r\n%s"
                             % (expect, before, changed(), gw.stderr()[-3000:]))
 
         step(lambda: self.assertRegistered(register(gw, b1.url), b1.url), 1)
         self.assertTrue(wait_until(lambda: who(gw) == (200, "b1"), 1.0))
         step(lambda: self.assertRegistered(register(gw, b2.url, weight=2), b2.url), 2)
-        self.assertIn("MEMBER %s weight=2" % b2.url, gw.stderr())
+        # The hook logs CHANGED, then a MEMBER line per backend: separate writes.
+        self.assertTrue(wait_until(lambda: "MEMBER %s weight=2" % b2.url in gw.stderr(), 5.0),
+                        gw.stderr()[-3000:])
         statuses = [who(gw) for _ in range(6)]
         self.assertEqual({s for s, _ in statuses}, {200}, statuses)
         step(lambda: self.assertEqual(unregister(gw, b1.url).status, 200), 1)
