@@ -617,7 +617,10 @@ static void ctl_push_backend(gw_lua_ctl_t *ctl, size_t u, const gw_lua_backend_i
 }
 
 /* Calls hook `fn` with (backend, upstream[, reason]); leaves its first result on the stack
- * above `base`. Returns lua_pcall's result (the message is on the stack on error). */
+ * above `base`. Returns lua_pcall's result (the message is on the stack on error). The hook runs
+ * on the main thread, which also serves the admin API, runs the health checks and handles
+ * signals, so it runs under the limits gateway.lua was evaluated with: a hook that never returns
+ * fails like one that raises, instead of hanging all of that. */
 static int ctl_call(gw_lua_ctl_t *ctl, int fn, size_t u, const gw_lua_backend_info_t *b,
                     const char *reason, const char *what, int base)
 {
@@ -629,7 +632,8 @@ static int ctl_call(gw_lua_ctl_t *ctl, int fn, size_t u, const gw_lua_backend_in
     if (reason)
         lua_pushstring(L, reason);
     uint64_t t0 = gw_now_ns();
-    int rc = lua_pcall(L, reason ? 3 : 2, 1, base + 1);
+    int rc = gw_lua_guard_pcall(L, reason ? 3 : 2, 1, base + 1, &ctl->cfg->lua_limits,
+                                ctl->cfg->path);
     uint64_t dt = gw_now_ns() - t0;
     if (dt > GW_LUA_SLOW_NS)
         gw_log_warn("lua: slow hooks.%s for %s: %.1f ms (it blocks the admin API)", what, b->url,

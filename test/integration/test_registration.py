@@ -497,6 +497,24 @@ end''')
         self.assertEqual([who(gw) for _ in range(6)], [(200, "s1")] * 6)
         self.assertEqual({b["url"] for b in status_backends(gw)}, {s1.url, s2.url})
 
+    def test_endless_on_register_is_stopped(self):
+        """A membership hook runs on the main thread, under gateway.lua's time limit: one that
+        never returns fails the registration instead of hanging the admin API."""
+        b1 = self.backend("b1")
+        hooks = {"on_register": Lua('function(b) if b.static == false then while true do end end '
+                                    'return true end')}
+        reg = {"allow": list(ALLOW)}
+        gw = self.gateway(basic_config(
+            upstreams={"api": {"strategy": "round_robin", "backends": []}},
+            routes=[{"name": "all", "match": {"path_prefix": "/"}, "upstream": "api"}],
+            registration=reg, hooks=hooks), args=["--config-timeout-ms", "300"])
+        t0 = time.monotonic()
+        self.assertAdminError(register(gw, b1.url), 500, "hook_error")
+        self.assertLess(time.monotonic() - t0, 3.0)
+        self.assertTrue(self.wait_log(gw, "time limit", 1.0), gw.stderr()[-3000:])
+        self.assertEqual(get(gw.admin_port, "/healthz")[0], 200)
+        self.assertIsNone(status_entry(gw, b1.url))
+
     def test_hook_errors(self):
         """on_unregister and on_backends_changed raising: logged (and, for the strategy, counted);
         the leave and the new view happen anyway. on_register raising for a static backend at
