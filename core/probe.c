@@ -19,8 +19,6 @@
 #include "worker.h"
 
 #define GW_PROBE_IN_MAX 4096
-#define GW_PROBE_BODY_MAX 1024
-#define GW_PROBE_HEADERS_MAX 32
 #define GW_PROBE_CONNECT_EXTRA_MS 1000
 
 enum gw_probe_conn_state { PC_CONNECTING, PC_IDLE, PC_BUSY, PC_CLOSING };
@@ -32,11 +30,8 @@ typedef struct gw_probe_conn {
     uv_write_t wreq;
     gw_worker_t *w;
     gw_backend_t *b;
-    llhttp_t parser;
     enum gw_probe_conn_state state;
     bool send_on_connect;
-    bool message_done;
-    bool in_field;
     bool write_pending; /* wreq is with libuv until probe_on_write runs */
     uint32_t pending_closes;
     gw_probe_cb cb;
@@ -47,11 +42,7 @@ typedef struct gw_probe_conn {
     size_t req_len;
     char in[GW_PROBE_IN_MAX];
     size_t in_len;
-    char body[GW_PROBE_BODY_MAX];
-    size_t body_len;
-    bool body_overflow;
-    gw_header_t headers[GW_PROBE_HEADERS_MAX];
-    uint32_t nheaders;
+    gw_probe_reply_t reply; /* its slices point into `in` */
 } gw_probe_conn_t;
 
 static llhttp_settings_t probe_settings;
@@ -115,8 +106,9 @@ bool gw_probe_parse_signals(const gw_header_t *headers, size_t nheaders, gw_slic
             out->latency_us = (uint64_t)(lat * 1000.0 + 0.5);
             ok = true;
         } else if (json_number(root, "in_flight_requests", &rif) &&
-                   json_number(root, "rif_avg_latency", &lat)) {
-            /* OpenPrequal reports seconds. */
+                   json_number(root, "rif_avg_latency", &lat) && lat <= 1e12) {
+            /* Seconds, bounded like the other forms (at most 1e18 us): a larger figure would
+             * not fit the microsecond count. */
             out->rif = rif > UINT32_MAX ? UINT32_MAX : (uint32_t)rif;
             out->latency_us = (uint64_t)(lat * 1e6 + 0.5);
             ok = true;
@@ -151,9 +143,7 @@ static void probe_finish(gw_probe_conn_t *pc, enum gw_probe_status status, bool 
         r.recv_ms = uv_now(&w->loop);
         if (status == GW_PROBE_OK || status == GW_PROBE_NO_SIGNALS) {
             gw_probe_signals_t sig;
-            if (gw_probe_parse_signals(pc->headers, pc->nheaders,
-                                       GW_SLICE(pc->body, pc->body_overflow ? 0 : pc->body_len), &sig) &&
-                pc->parser.status_code < 300) {
+            if (gw_probe_reply_signals(&pc->reply, &sig)) {
                 r.status = GW_PROBE_OK;
                 r.sig = sig;
             } else {
@@ -177,29 +167,33 @@ static void probe_finish(gw_probe_conn_t *pc, enum gw_probe_status status, bool 
         cb(arg, b, &r);
 }
 
+/* ---- reading a reply (pure) ---- */
+
 static int on_p_header_field(llhttp_t *p, const char *at, size_t n)
 {
-    gw_probe_conn_t *pc = p->data;
-    if (pc->in_field) {
-        pc->headers[pc->nheaders - 1].name.len += n;
+    gw_probe_reply_t *r = p->data;
+    if (r->in_field) {
+        r->headers[r->nheaders - 1].name.len += n;
         return 0;
     }
-    if (pc->nheaders == GW_PROBE_HEADERS_MAX)
-        return 0; /* ignore the rest: signals come early in practice */
-    pc->headers[pc->nheaders].name = GW_SLICE(at, n);
-    pc->headers[pc->nheaders].value = GW_SLICE(NULL, 0);
-    pc->nheaders++;
-    pc->in_field = true;
+    if (r->nheaders == GW_PROBE_HEADERS_MAX) {
+        r->skip_field = true; /* ignore the rest: signals come early in practice */
+        return 0;
+    }
+    r->headers[r->nheaders].name = GW_SLICE(at, n);
+    r->headers[r->nheaders].value = GW_SLICE(NULL, 0);
+    r->nheaders++;
+    r->in_field = true;
     return 0;
 }
 
 static int on_p_header_value(llhttp_t *p, const char *at, size_t n)
 {
-    gw_probe_conn_t *pc = p->data;
-    pc->in_field = false;
-    if (pc->nheaders == 0)
+    gw_probe_reply_t *r = p->data;
+    r->in_field = false;
+    if (r->nheaders == 0 || r->skip_field)
         return 0;
-    gw_header_t *h = &pc->headers[pc->nheaders - 1];
+    gw_header_t *h = &r->headers[r->nheaders - 1];
     if (!h->value.p)
         h->value.p = at;
     h->value.len += n;
@@ -208,27 +202,27 @@ static int on_p_header_value(llhttp_t *p, const char *at, size_t n)
 
 static int on_p_header_value_complete(llhttp_t *p)
 {
-    gw_probe_conn_t *pc = p->data;
-    pc->in_field = false;
+    gw_probe_reply_t *r = p->data;
+    r->in_field = false;
     return 0;
 }
 
 static int on_p_body(llhttp_t *p, const char *at, size_t n)
 {
-    gw_probe_conn_t *pc = p->data;
-    if (pc->body_len + n > sizeof pc->body) {
-        pc->body_overflow = true;
+    gw_probe_reply_t *r = p->data;
+    if (r->body_len + n > sizeof r->body) {
+        r->body_overflow = true;
         return 0;
     }
-    memcpy(pc->body + pc->body_len, at, n);
-    pc->body_len += n;
+    memcpy(r->body + r->body_len, at, n);
+    r->body_len += n;
     return 0;
 }
 
 static int on_p_message_complete(llhttp_t *p)
 {
-    gw_probe_conn_t *pc = p->data;
-    pc->message_done = true;
+    gw_probe_reply_t *r = p->data;
+    r->message_done = true;
     return HPE_PAUSED;
 }
 
@@ -241,6 +235,35 @@ static void probe_settings_init(void)
     probe_settings.on_body = on_p_body;
     probe_settings.on_message_complete = on_p_message_complete;
 }
+
+void gw_probe_reply_init(gw_probe_reply_t *r)
+{
+    uv_once(&probe_once, probe_settings_init);
+    r->message_done = r->in_field = r->skip_field = r->body_overflow = r->keep = false;
+    r->nheaders = 0;
+    r->body_len = 0;
+    llhttp_init(&r->parser, HTTP_RESPONSE, &probe_settings);
+    r->parser.data = r;
+}
+
+int gw_probe_reply_feed(gw_probe_reply_t *r, const char *p, size_t n)
+{
+    llhttp_errno_t e = llhttp_execute(&r->parser, p, n);
+    if (e == HPE_PAUSED && r->message_done) {
+        r->keep = llhttp_get_error_pos(&r->parser) == p + n && llhttp_should_keep_alive(&r->parser);
+        return GW_PROBE_REPLY_DONE;
+    }
+    return e == HPE_OK ? GW_PROBE_REPLY_MORE : GW_PROBE_REPLY_BAD;
+}
+
+bool gw_probe_reply_signals(const gw_probe_reply_t *r, gw_probe_signals_t *out)
+{
+    gw_slice_t body = GW_SLICE(r->body, r->body_overflow ? 0 : r->body_len);
+    return gw_probe_parse_signals(r->headers, r->nheaders, body, out) &&
+           r->parser.status_code < 300;
+}
+
+/* ---- the connection's I/O ---- */
 
 static void probe_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -260,14 +283,13 @@ static void probe_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     size_t start = pc->in_len;
     pc->in_len += (size_t)nread;
-    llhttp_errno_t e = llhttp_execute(&pc->parser, pc->in + start, (size_t)nread);
-    if (e == HPE_PAUSED && pc->message_done) {
-        const char *end = llhttp_get_error_pos(&pc->parser);
-        bool keep = end == pc->in + pc->in_len && llhttp_should_keep_alive(&pc->parser);
-        probe_finish(pc, GW_PROBE_NO_SIGNALS /* refined from the reply in probe_finish */, keep);
+    int rc = gw_probe_reply_feed(&pc->reply, pc->in + start, (size_t)nread);
+    if (rc == GW_PROBE_REPLY_DONE) {
+        /* NO_SIGNALS is refined from the reply in probe_finish. */
+        probe_finish(pc, GW_PROBE_NO_SIGNALS, pc->reply.keep);
         return;
     }
-    if (e != HPE_OK || pc->in_len == sizeof pc->in) {
+    if (rc == GW_PROBE_REPLY_BAD || pc->in_len == sizeof pc->in) {
         probe_finish(pc, GW_PROBE_FAILED, false);
         return;
     }
@@ -292,13 +314,7 @@ static int probe_write(gw_probe_conn_t *pc)
 {
     pc->state = PC_BUSY;
     pc->in_len = 0;
-    pc->body_len = 0;
-    pc->body_overflow = false;
-    pc->nheaders = 0;
-    pc->in_field = false;
-    pc->message_done = false;
-    llhttp_init(&pc->parser, HTTP_RESPONSE, &probe_settings);
-    pc->parser.data = pc;
+    gw_probe_reply_init(&pc->reply);
     uv_buf_t b = uv_buf_init(pc->req, (unsigned)pc->req_len);
     int rc = uv_write(&pc->wreq, (uv_stream_t *)&pc->tcp, &b, 1, probe_on_write);
     pc->write_pending = rc == 0;
@@ -337,7 +353,6 @@ bool gw_probe_busy(const gw_worker_t *w, const gw_backend_t *b)
 int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t timeout_ms,
                   gw_probe_cb cb, void *arg)
 {
-    uv_once(&probe_once, probe_settings_init);
     gw_probe_conn_t *pc = w->probe_conns[b->cfg->gindex];
     if (pc && (pc->state != PC_IDLE || pc->write_pending))
         return UV_EBUSY;
@@ -362,7 +377,8 @@ int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t ti
         }
         pc->req_len = (size_t)n;
         pc->state = PC_CONNECTING;
-        int rc = uv_tcp_connect(&pc->creq, &pc->tcp, (const struct sockaddr *)&b->cfg->sa, probe_on_connect);
+        int rc = uv_tcp_connect(&pc->creq, &pc->tcp, (const struct sockaddr *)&b->cfg->sa,
+                                probe_on_connect);
         if (rc != 0) {
             pc->state = PC_CLOSING;
             pc->pending_closes = 2;

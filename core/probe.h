@@ -9,6 +9,7 @@
 #ifndef GW_PROBE_H
 #define GW_PROBE_H
 
+#include <llhttp.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -70,5 +71,41 @@ bool gw_probe_parse_signals(const gw_header_t *headers, size_t nheaders, gw_slic
 
 /** The header part of gw_probe_parse_signals, for piggybacked signals on normal responses. */
 bool gw_probe_parse_headers(const gw_header_t *headers, size_t nheaders, gw_probe_signals_t *out);
+
+#define GW_PROBE_BODY_MAX 1024
+#define GW_PROBE_HEADERS_MAX 32
+
+/* A probe reply being read: llhttp in response mode, the head's fields as slices of the bytes
+ * fed (the caller keeps them), and the body copied aside up to GW_PROBE_BODY_MAX. A reply is
+ * small; fields past GW_PROBE_HEADERS_MAX are ignored and a longer body counts as none. */
+typedef struct gw_probe_reply {
+    llhttp_t parser;
+    bool message_done;
+    bool in_field;
+    bool skip_field; /* the current field is one past GW_PROBE_HEADERS_MAX */
+    bool body_overflow;
+    bool keep; /* complete, nothing after it, and the connection may carry another probe */
+    uint32_t nheaders;
+    gw_header_t headers[GW_PROBE_HEADERS_MAX];
+    size_t body_len;
+    char body[GW_PROBE_BODY_MAX];
+} gw_probe_reply_t;
+
+enum { GW_PROBE_REPLY_MORE = 0, GW_PROBE_REPLY_DONE = 1, GW_PROBE_REPLY_BAD = -1 };
+
+/** Prepares `r` for a new reply. */
+void gw_probe_reply_init(gw_probe_reply_t *r);
+
+/**
+ * Parses the next `n` bytes of the reply; they must directly follow the bytes fed before in
+ * the same buffer, which stays valid while `r` is read. Returns GW_PROBE_REPLY_DONE when the
+ * reply is complete (r->keep set), GW_PROBE_REPLY_MORE when it needs more bytes, or
+ * GW_PROBE_REPLY_BAD when it is not valid HTTP/1.1.
+ */
+int gw_probe_reply_feed(gw_probe_reply_t *r, const char *p, size_t n);
+
+/** The load signals of a complete reply: a 2xx whose head or body has them (as in
+ * gw_probe_parse_signals). */
+bool gw_probe_reply_signals(const gw_probe_reply_t *r, gw_probe_signals_t *out);
 
 #endif
