@@ -377,8 +377,7 @@ int gw_probe_send(gw_worker_t *w, gw_backend_t *b, const char *path, uint32_t ti
         }
         pc->req_len = (size_t)n;
         pc->state = PC_CONNECTING;
-        int rc = uv_tcp_connect(&pc->creq, &pc->tcp, (const struct sockaddr *)&b->cfg->sa,
-                                probe_on_connect);
+        int rc = uv_tcp_connect(&pc->creq, &pc->tcp, (const struct sockaddr *)&b->cfg->sa, probe_on_connect);
         if (rc != 0) {
             pc->state = PC_CLOSING;
             pc->pending_closes = 2;

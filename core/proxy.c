@@ -190,9 +190,7 @@ static void resp_settings_init(void)
 
 /* ---- attaching and detaching ---- */
 
-/* Makes `u` carry an attempt of c's request: the request's only one (or the original of a
- * hedged one) in c->up, or its hedge in c->hedge. */
-static void proxy_attach(gw_conn_t *c, gw_upconn_t *u, bool hedge)
+void gw_proxy_attach(gw_conn_t *c, gw_upconn_t *u, bool hedge)
 {
     uv_once(&resp_once, resp_settings_init);
     if (hedge)
@@ -451,7 +449,7 @@ static bool proxy_launch(gw_conn_t *c, gw_backend_t *b, bool hedge)
     bool reused = u != NULL;
     if (!u && !(u = gw_upconn_connect(c->w, pool)))
         return false;
-    proxy_attach(c, u, hedge);
+    gw_proxy_attach(c, u, hedge);
     u->reused = reused;
     if (!hedge)
         proxy_hedge_arm(c);
@@ -796,10 +794,7 @@ static bool proxy_reserved_response_header(gw_slice_t n)
            (n.len == 12 && gw_slice_ieq(n, "x-request-id"));
 }
 
-/* Builds the head sent to the client from the backend's response head (after the on_response
- * hooks, which may change the status and headers). Returns 1, 0 on OOM, or -1 when a hook failed
- * (the request is then answered with a 500). */
-static int proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
+int gw_proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b)
 {
     gw_request_t *r = &c->req;
     llhttp_t *p = &u->parser;
@@ -952,7 +947,7 @@ static void proxy_buffered_send(gw_conn_t *c, gw_upconn_t *u)
     if (u->parsed < u->in_len)
         u->reusable = false;
     gw_buf_t head;
-    int hb = proxy_build_client_head(c, u, &head);
+    int hb = gw_proxy_build_client_head(c, u, &head);
     if (hb < 0) {
         proxy_hook_failed(c);
         return;
@@ -1053,45 +1048,60 @@ static void proxy_on_head(gw_conn_t *c, gw_upconn_t *u)
     GW_RELAXED_STORE(r->backend->latency_ewma_us, old ? (old * 7 + us) / 8 : us);
 }
 
+int gw_proxy_read_head(gw_upconn_t *u)
+{
+    for (;;) {
+        llhttp_errno_t e = llhttp_execute(&u->parser, u->in + u->parsed, u->in_len - u->parsed);
+        if (e == HPE_OK) {
+            u->parsed = u->in_len;
+            return GW_PROXY_HEAD_MORE;
+        }
+        if (e != HPE_PAUSED)
+            return GW_PROXY_HEAD_BAD;
+        u->parsed = (size_t)(llhttp_get_error_pos(&u->parser) - u->in);
+        llhttp_resume(&u->parser);
+        if (u->message_done) {
+            /* The end of a 1xx interim response: go on with the final one. Its head was
+             * relayed (or dropped) by the caller, so its fields and bytes are dropped and the
+             * buffer is freed for what follows, however many 1xx come first. */
+            u->message_done = false;
+            u->nheaders = 0;
+            u->reason = GW_SLICE(NULL, 0);
+            memmove(u->in, u->in + u->parsed, u->in_len - u->parsed);
+            u->in_len -= u->parsed;
+            u->parsed = 0;
+            continue;
+        }
+        int status = u->parser.status_code;
+        return status >= 100 && status < 200 && status != 101 ? GW_PROXY_HEAD_INTERIM
+                                                              : GW_PROXY_HEAD_FINAL;
+    }
+}
+
 static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
 {
     gw_request_t *r = &c->req;
     gw_buf_t head = {0};
     bool send_head = false;
     while (!u->head_done) {
-        llhttp_errno_t e = llhttp_execute(&u->parser, u->in + u->parsed, u->in_len - u->parsed);
-        if (e == HPE_OK) {
-            u->parsed = u->in_len;
+        int rh = gw_proxy_read_head(u);
+        if (rh == GW_PROXY_HEAD_MORE) {
             if (u->in_len >= gw_worker_buf_size(c->w))
                 proxy_fail(c, u, GW_UERR_PROTOCOL, false);
             else
                 gw_upconn_read_start(u); /* it stops while a 1xx waits for the client */
             return;
         }
-        if (e != HPE_PAUSED) {
+        if (rh == GW_PROXY_HEAD_BAD) {
             gw_log_warn("upstream %s: invalid response: %s", u->pool->backend->cfg->url,
                         u->head_error ? u->head_error : llhttp_get_error_reason(&u->parser));
             proxy_fail(c, u, GW_UERR_PROTOCOL, false);
             return;
         }
-        u->parsed = (size_t)(llhttp_get_error_pos(&u->parser) - u->in);
-        llhttp_resume(&u->parser);
-        if (u->message_done) {
-            /* The end of a 1xx interim response: go on with the final one. Its bytes were
-             * relayed (or dropped), so the buffer is freed for what follows, however many 1xx
-             * come first. */
-            u->message_done = false;
-            memmove(u->in, u->in + u->parsed, u->in_len - u->parsed);
-            u->in_len -= u->parsed;
-            u->parsed = 0;
-            continue;
-        }
         proxy_settle(c, u);
         int status = u->parser.status_code;
-        if (status >= 100 && status < 200 && status != 101) {
+        if (rh == GW_PROXY_HEAD_INTERIM) {
             int rc = proxy_relay_interim(c, u);
-            u->nheaders = 0;
-            u->reason = GW_SLICE(NULL, 0);
             if (rc < 0) {
                 proxy_drop_upstream(c);
                 gw_conn_close(c);
@@ -1128,7 +1138,7 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
             proxy_buffer_more(c, u);
             return;
         }
-        int hb = proxy_build_client_head(c, u, &head);
+        int hb = gw_proxy_build_client_head(c, u, &head);
         if (hb < 0) {
             proxy_hook_failed(c);
             return;

@@ -391,6 +391,28 @@ void gw_proxy_on_connect(gw_upconn_t *u, int status);
 void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread);
 void gw_proxy_on_timeout(gw_upconn_t *u);
 
+/* The response head, step by step (proxy.c; test/fuzz/fuzz_response_head.c drives them without
+ * sockets). */
+/** Makes `u` carry an attempt of c's request (the request's only one, or the original of a
+ * hedged one, in c->up; its hedge in c->hedge) and prepares its response parser. */
+void gw_proxy_attach(gw_conn_t *c, gw_upconn_t *u, bool hedge);
+enum { GW_PROXY_HEAD_BAD = -1, GW_PROXY_HEAD_MORE, GW_PROXY_HEAD_FINAL, GW_PROXY_HEAD_INTERIM };
+/**
+ * Parses u->in[u->parsed..u->in_len) up to the end of the next response head, through proxy.c's
+ * llhttp callbacks (which refuse a bad status line, field name or obs-fold). Returns
+ * GW_PROXY_HEAD_FINAL (the final head, u->parsed just past it), GW_PROXY_HEAD_INTERIM (a 1xx
+ * other than 101, for the caller to relay or drop; the next call goes on after it),
+ * GW_PROXY_HEAD_MORE when more bytes are needed, or GW_PROXY_HEAD_BAD for a malformed response.
+ */
+int gw_proxy_read_head(gw_upconn_t *u);
+/**
+ * Builds the head sent to the client from the backend's response head (after the on_response
+ * hooks, which may change the status and headers) and decides the framing towards the client
+ * (u->dechunk, u->rechunk, u->close_delimited, r->close_after). Returns 1, 0 on OOM, or -1 when
+ * a hook failed (the request is then answered with a 500).
+ */
+int gw_proxy_build_client_head(gw_conn_t *c, gw_upconn_t *u, gw_buf_t *b);
+
 /** Monotonic time in nanoseconds (the loop's cached time is not precise enough for latency). */
 uint64_t gw_now_ns(void);
 

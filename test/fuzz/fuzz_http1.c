@@ -5,8 +5,8 @@
  * header list forwarded with gw_http1_forward_headers under route operations and hook edits
  * taken from the other lines ("-name" removes, "+name: value" sets, "!name: value" is an edit).
  * Besides memory errors it checks what the helpers promise: the URL's slices lie inside the URL,
- * numbers read back as their digits, an escaped string stays inside its quotes, and no
- * hop-by-hop field is ever forwarded.
+ * numbers read back as their digits, an escaped string stays inside its quotes, no hop-by-hop
+ * field is ever forwarded, and the gateway's Via and X-Forwarded-For leave one line each.
  */
 #include <cjson/cJSON.h>
 #include <string.h>
@@ -141,7 +141,6 @@ static void check_forward(const line_t *lines, size_t nlines)
     gw_header_edit_t edit[MAX_LINES];
     uint32_t nh = 0, nedit = 0;
     size_t nset = 0, nremove = 0;
-    gw_slice_t connection = GW_SLICE(NULL, 0);
     for (size_t i = 0; i < nlines; i++) {
         gw_slice_t s = GW_SLICE(lines[i].p, lines[i].len), name, value;
         char kind = s.len ? s.p[0] : 0;
@@ -155,7 +154,8 @@ static void check_forward(const line_t *lines, size_t nlines)
             /* Route operations and hook edits name end-to-end fields (config.c and the Lua
              * bridge refuse the rest), so what they add is never hop-by-hop. */
             if (!split_header(s, &name, &value) || !gw_http1_is_token(name) ||
-                gw_http1_is_hop_by_hop(name) || memchr(value.p, 0, value.len))
+                gw_http1_is_hop_by_hop(name) || gw_slice_ieq(name, "via") ||
+                gw_slice_ieq(name, "x-forwarded-for") || memchr(value.p, 0, value.len))
                 continue;
             if (kind == '+') {
                 set[nset].name = dup_z(name);
@@ -167,11 +167,8 @@ static void check_forward(const line_t *lines, size_t nlines)
             }
             continue;
         }
-        if (split_header(s, &name, &value)) {
+        if (split_header(s, &name, &value))
             h[nh++] = (gw_header_t){name, value};
-            if (gw_slice_ieq(name, "connection"))
-                connection = value;
-        }
     }
     gw_header_ops_t ops = {.set = set, .nset = nset, .remove = remove, .nremove = nremove};
     gw_header_edits_t edits = {.e = edit, .n = nedit, .cap = nedit};
@@ -179,10 +176,15 @@ static void check_forward(const line_t *lines, size_t nlines)
     gw_arena_init(&arena, 4096, 1 << 20, NULL);
     gw_buf_t b;
     gw_buf_init(&b, &arena, 64);
-    gw_http1_forward_headers(&b, h, nh, connection, never_reserved, &ops, &edits);
+    /* The gateway's Via element and X-Forwarded-For address, as for a request, or none. */
+    gw_http1_via_t via = {.name = nlines & 1 ? "gw" : NULL,
+                          .major = 1,
+                          .minor = (uint8_t)(nlines & 2 ? 1 : 0),
+                          .forwarded_for = nlines & 4 ? GW_SLICE_LIT("10.0.0.1") : GW_SLICE("", 0)};
+    gw_http1_forward_headers(&b, h, nh, never_reserved, &ops, &edits, &via);
     GW_FUZZ_CHECK(!b.oom);
     /* Every line written is "name: value\r\n" and none names a hop-by-hop field. */
-    size_t off = 0, out_lines = 0;
+    size_t off = 0, out_lines = 0, nvia = 0, nxff = 0;
     while (off < b.len) {
         const char *eol = NULL;
         for (size_t k = off; k + 1 < b.len && !eol; k++)
@@ -195,10 +197,17 @@ static void check_forward(const line_t *lines, size_t nlines)
         GW_FUZZ_CHECK(colon != NULL);
         gw_slice_t name = GW_SLICE(b.p + off, (size_t)(colon - (b.p + off)));
         GW_FUZZ_CHECK(!gw_http1_is_hop_by_hop(name));
+        nvia += gw_slice_ieq(name, "via");
+        nxff += gw_slice_ieq(name, "x-forwarded-for");
         off = (size_t)(eol - b.p) + 2;
         out_lines++;
     }
-    GW_FUZZ_CHECK(out_lines <= nh + nset + nedit);
+    GW_FUZZ_CHECK(out_lines <= nh + nset + nedit + 2);
+    /* The gateway's Via and X-Forwarded-For turn the message's lines into one each. */
+    if (via.name)
+        GW_FUZZ_CHECK(nvia == 1);
+    if (via.forwarded_for.len)
+        GW_FUZZ_CHECK(nxff == 1);
     gw_arena_free(&arena);
     for (size_t i = 0; i < nset; i++) {
         free(set[i].name);
