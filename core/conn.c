@@ -232,6 +232,14 @@ static void settings_init(void)
     req_settings.on_message_complete = on_message_complete;
 }
 
+void gw_conn_prepare(gw_conn_t *c)
+{
+    uv_once(&settings_once, settings_init);
+    llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
+    c->parser.data = c;
+    conn_start_request(c);
+}
+
 /* ---- timers ---- */
 
 static void conn_on_timer(uv_timer_t *t);
@@ -840,7 +848,14 @@ static void conn_error(gw_conn_t *c, int status, const char *code, const char *m
     gw_conn_respond_error(c, status, code, message);
 }
 
-static void conn_parse_error(gw_conn_t *c, llhttp_errno_t e)
+static bool conn_reject(gw_conn_verdict_t *v, int status, const char *code, const char *message)
+{
+    *v = (gw_conn_verdict_t){status, code, message};
+    return false;
+}
+
+/* Refuses a request llhttp (or one of our callbacks) stopped; returns false. */
+static bool conn_parse_verdict(gw_conn_t *c, llhttp_errno_t e, gw_conn_verdict_t *v)
 {
     int status = c->parse_error_status ? c->parse_error_status : 400;
     const char *msg = c->parse_error_msg ? c->parse_error_msg : llhttp_get_error_reason(&c->parser);
@@ -860,7 +875,14 @@ static void conn_parse_error(gw_conn_t *c, llhttp_errno_t e)
     }
     if (!c->req.method_name.p)
         c->req.method_name = GW_SLICE_LIT("-");
-    conn_error(c, status, code, msg);
+    return conn_reject(v, status, code, msg);
+}
+
+static void conn_parse_error(gw_conn_t *c, llhttp_errno_t e)
+{
+    gw_conn_verdict_t v;
+    conn_parse_verdict(c, e, &v);
+    conn_error(c, v.status, v.code, v.message);
 }
 
 /* Builds the head sent upstream: request line with the rewritten target, Host, the client's
@@ -927,7 +949,7 @@ static void conn_forward_upgrade(gw_conn_t *c, gw_buf_t *b)
     r->is_upgrade = !b->oom;
 }
 
-static bool conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
+bool gw_conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route)
 {
     gw_request_t *r = &c->req;
     gw_buf_t *b = &r->up_head;
@@ -1031,8 +1053,7 @@ static void conn_respond_static(gw_conn_t *c, const gw_route_cfg_t *route)
     conn_send(c, rs->status, ctype, GW_SLICE(rs->body, rs->body_len), extra, n, !c->req.body_done);
 }
 
-/* The request head is complete and the parser is paused just past it. */
-static void conn_on_head(gw_conn_t *c)
+bool gw_conn_check_head(gw_conn_t *c, gw_conn_verdict_t *v)
 {
     gw_request_t *r = &c->req;
     llhttp_t *p = &c->parser;
@@ -1046,56 +1067,53 @@ static void conn_on_head(gw_conn_t *c)
     r->has_content_length = (p->flags & F_CONTENT_LENGTH) != 0;
     r->content_length = r->has_content_length ? p->content_length : 0;
     r->has_body = r->chunked || r->content_length > 0;
-    conn_make_request_id(c);
-    c->state = GW_CS_PROXY;
-    c->state_since_ms = now_ms(c);
 
     if (p->http_major != 1)
-        return conn_error(c, 505, "version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported");
+        return conn_reject(v, 505, "version_not_supported", "only HTTP/1.0 and HTTP/1.1 are supported");
     if (r->http_minor == 1 && r->nhost == 0)
-        return conn_error(c, 400, "bad_request", "missing Host header");
+        return conn_reject(v, 400, "bad_request", "missing Host header");
     if (r->nhost > 1)
-        return conn_error(c, 400, "bad_request", "more than one Host header");
+        return conn_reject(v, 400, "bad_request", "more than one Host header");
     if ((p->flags & F_TRANSFER_ENCODING) && (!r->chunked || r->http_minor == 0))
-        return conn_error(c, 400, "bad_request", "unsupported Transfer-Encoding");
+        return conn_reject(v, 400, "bad_request", "unsupported Transfer-Encoding");
     if (p->method == HTTP_CONNECT)
-        return conn_error(c, 405, "method_not_allowed", "CONNECT is not supported");
+        return conn_reject(v, 405, "method_not_allowed", "CONNECT is not supported");
     if (cfg->limits.max_body_bytes && r->content_length > cfg->limits.max_body_bytes)
-        return conn_error(c, 413, "body_too_large", "request body too large");
+        return conn_reject(v, 413, "body_too_large", "request body too large");
     r->is_upgrade = p->upgrade && r->upgrade.len > 0;
 
     if (!r->has_body) {
         /* No body: let the parser reach the end of the message now (it pauses there). */
         llhttp_errno_t e = llhttp_execute(p, c->in + c->parsed, 0);
         if (e != HPE_PAUSED && e != HPE_PAUSED_UPGRADE && e != HPE_OK)
-            return conn_parse_error(c, e);
+            return conn_parse_verdict(c, e, v);
         r->body_done = true;
     }
 
     gw_slice_t target;
     if (!conn_origin_target(r, &c->arena, &target))
-        return conn_error(c, 400, "bad_request", "invalid request target");
+        return conn_reject(v, 400, "bad_request", "invalid request target");
     if (memchr(r->target.p, '#', r->target.len) != NULL)
-        return conn_error(c, 400, "bad_request", "a request target must not have a fragment");
+        return conn_reject(v, 400, "bad_request", "a request target must not have a fragment");
     if (!gw_http1_authority_valid(r->host))
-        return conn_error(c, 400, "bad_request", "invalid Host");
+        return conn_reject(v, 400, "bad_request", "invalid Host");
     const char *q = memchr(target.p, '?', target.len);
     r->raw_path = GW_SLICE(target.p, q ? (size_t)(q - target.p) : target.len);
     r->raw_rest = GW_SLICE(target.p + r->raw_path.len, target.len - r->raw_path.len);
     r->query = q ? GW_SLICE(q + 1, r->raw_rest.len - 1) : GW_SLICE("", 0);
 
     /* Routes match on the canonical path; the client's bytes are what goes upstream unless the
-     * route rewrites the path (see conn_build_upstream_head). */
+     * route rewrites the path (see gw_conn_build_upstream_head). */
     gw_router_path_t rp;
     char *scratch = gw_arena_alloc(&c->arena, gw_router_scratch_size(cfg, r->raw_path.len));
     if (!scratch)
-        return conn_error(c, 500, "internal", "out of memory for the request path");
+        return conn_reject(v, 500, "internal", "out of memory for the request path");
     gw_router_path_init(&rp, r->raw_path, scratch);
     int route_ix = gw_router_match(cfg, r->method, r->host, &rp);
     if (route_ix < GW_ROUTER_NO_ROUTE)
-        return conn_error(c, 400, "bad_request", conn_path_error(route_ix));
+        return conn_reject(v, 400, "bad_request", conn_path_error(route_ix));
     if (route_ix == GW_ROUTER_NO_ROUTE)
-        return conn_error(c, 404, "no_route", "no route matches this request");
+        return conn_reject(v, 404, "no_route", "no route matches this request");
     r->route = route_ix;
     const gw_route_cfg_t *route = &cfg->routes[r->route];
     /* The form this route matched on: already computed, so this cannot fail. */
@@ -1105,9 +1123,24 @@ static void conn_on_head(gw_conn_t *c)
         char *up = gw_arena_alloc(&c->arena, tcap);
         ssize_t tlen = up ? gw_router_rewrite(route, r->up_path, up, tcap) : -1;
         if (tlen < 0)
-            return conn_error(c, 500, "internal", "could not build the upstream request");
+            return conn_reject(v, 500, "internal", "could not build the upstream request");
         r->up_path = GW_SLICE(up, (size_t)tlen);
     }
+    return true;
+}
+
+/* The request head is complete and the parser is paused just past it. */
+static void conn_on_head(gw_conn_t *c)
+{
+    gw_request_t *r = &c->req;
+    const gw_config_t *cfg = cfg_of(c);
+    conn_make_request_id(c);
+    c->state = GW_CS_PROXY;
+    c->state_since_ms = now_ms(c);
+    gw_conn_verdict_t v;
+    if (!gw_conn_check_head(c, &v))
+        return conn_error(c, v.status, v.code, v.message);
+    const gw_route_cfg_t *route = &cfg->routes[r->route];
     conn_update_reading(c);
     gw_conn_arm_timer(c);
     if (c->w->lua && (gw_lua_has_hook(c, GW_HOOK_ON_REQUEST) || gw_lua_has_hook(c, GW_HOOK_REWRITE_PATH))) {
@@ -1121,14 +1154,41 @@ static void conn_on_head(gw_conn_t *c)
     if (route->has_respond)
         return conn_respond_static(c, route);
     r->upstream = route->upstream;
-    if (!conn_build_upstream_head(c, route))
+    if (!gw_conn_build_upstream_head(c, route))
         return conn_error(c, 500, "internal", "could not build the upstream request");
     gw_proxy_start(c);
 }
 
-static void conn_process(gw_conn_t *c)
+int gw_conn_read_head(gw_conn_t *c, gw_conn_verdict_t *v)
 {
     const gw_config_t *cfg = cfg_of(c);
+    llhttp_errno_t e = llhttp_execute(&c->parser, c->in + c->parsed, c->in_len - c->parsed);
+    if (e == HPE_OK) {
+        c->parsed = c->in_len;
+        if (c->in_len - c->head_start > cfg->limits.max_header_bytes ||
+            c->in_len >= gw_worker_buf_size(c->w)) {
+            c->parse_error_status = 431;
+            conn_reject(v, 431, "headers_too_large", "request head too large");
+            return -1;
+        }
+        return 0;
+    }
+    if (e == HPE_PAUSED) {
+        c->parsed = (size_t)(llhttp_get_error_pos(&c->parser) - c->in);
+        c->head_end = c->parsed;
+        llhttp_resume(&c->parser);
+        if (c->head_end - c->head_start > cfg->limits.max_header_bytes) {
+            conn_reject(v, 431, "headers_too_large", "request head too large");
+            return -1;
+        }
+        return 1;
+    }
+    conn_parse_verdict(c, e, v);
+    return -1;
+}
+
+static void conn_process(gw_conn_t *c)
+{
     if (c->state != GW_CS_IDLE && c->state != GW_CS_HEAD)
         return;
     if (c->parsed == c->in_len)
@@ -1139,26 +1199,12 @@ static void conn_process(gw_conn_t *c)
         c->req.open = true;
         conn_set_state(c, GW_CS_HEAD);
     }
-    llhttp_errno_t e = llhttp_execute(&c->parser, c->in + c->parsed, c->in_len - c->parsed);
-    if (e == HPE_OK) {
-        c->parsed = c->in_len;
-        if (c->in_len - c->head_start > cfg->limits.max_header_bytes ||
-            c->in_len >= gw_worker_buf_size(c->w)) {
-            c->parse_error_status = 431;
-            return conn_error(c, 431, "headers_too_large", "request head too large");
-        }
-        return;
-    }
-    if (e == HPE_PAUSED) {
-        c->parsed = (size_t)(llhttp_get_error_pos(&c->parser) - c->in);
-        c->head_end = c->parsed;
-        llhttp_resume(&c->parser);
-        if (c->head_end - c->head_start > cfg->limits.max_header_bytes)
-            return conn_error(c, 431, "headers_too_large", "request head too large");
+    gw_conn_verdict_t v;
+    int rc = gw_conn_read_head(c, &v);
+    if (rc > 0)
         conn_on_head(c);
-        return;
-    }
-    conn_parse_error(c, e);
+    else if (rc < 0)
+        conn_error(c, v.status, v.code, v.message);
 }
 
 /* Parses buffered body bytes and hands the raw range to proxy.c. */
@@ -1236,7 +1282,6 @@ void gw_conn_tunnel_consumed(gw_conn_t *c)
 
 void gw_conn_accept(gw_worker_t *w, uv_stream_t *server)
 {
-    uv_once(&settings_once, settings_init);
     gw_conn_t *c = calloc(1, sizeof *c);
     if (!c)
         return;
@@ -1251,9 +1296,7 @@ void gw_conn_accept(gw_worker_t *w, uv_stream_t *server)
     GW_COUNTER_INC(w->metrics->connections_total);
     GW_RELAXED_STORE(w->metrics->connections_active, GW_RELAXED_LOAD(w->metrics->connections_active) + 1);
     gw_arena_init(&c->arena, 8192, 0, &w->arena_cache);
-    llhttp_init(&c->parser, HTTP_REQUEST, &req_settings);
-    c->parser.data = c;
-    conn_start_request(c);
+    gw_conn_prepare(c);
     c->state = GW_CS_IDLE;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0) {
         gw_conn_close(c);

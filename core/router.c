@@ -27,7 +27,9 @@ static unsigned char gw_router_lower(unsigned char c)
 static gw_slice_t gw_router_host_name(gw_slice_t host)
 {
     size_t n = host.len;
-    if (n > 0 && host.p[0] == '[') {
+    if (n == 0)
+        return host; /* no Host (HTTP/1.0): .p may be NULL, which memchr must not get */
+    if (host.p[0] == '[') {
         const char *end = memchr(host.p, ']', n);
         if (end != NULL)
             n = (size_t)(end - host.p) + 1;

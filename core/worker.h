@@ -254,6 +254,32 @@ struct gw_conn {
 /** Accepts a connection on `server` (a listener of worker `w`). */
 void gw_conn_accept(gw_worker_t *w, uv_stream_t *server);
 
+/* A request head, step by step (conn.c; test/fuzz/fuzz_request_head.c drives them without
+ * sockets). A refused request gets `status` with the JSON error `code` and `message`. */
+typedef struct gw_conn_verdict {
+    int status;
+    const char *code;
+    const char *message;
+} gw_conn_verdict_t;
+/** Readies `c` (its arena initialised) for its first request: the request parser and state. */
+void gw_conn_prepare(gw_conn_t *c);
+/**
+ * Parses c->in[c->parsed..c->in_len) of a request head that began at c->head_start, through
+ * conn.c's llhttp callbacks (field names, obs-fold, Expect, limits). Returns 1 when the head is
+ * complete (the parser paused just past it, c->head_end set), 0 when more bytes are needed, or
+ * -1 with *v when the request is refused.
+ */
+int gw_conn_read_head(gw_conn_t *c, gw_conn_verdict_t *v);
+/**
+ * Checks a complete head and routes it: version, Host (count and syntax), framing
+ * (Transfer-Encoding, Content-Length against the limit), the target's form, the canonical path
+ * and the route. Returns true with r->route and r->up_path set, or false with *v.
+ */
+bool gw_conn_check_head(gw_conn_t *c, gw_conn_verdict_t *v);
+/** Serialises the head sent upstream for `route` into r->up_head (all but Host and the final
+ * CRLF, which proxy.c writes per backend). Returns false on OOM. */
+bool gw_conn_build_upstream_head(gw_conn_t *c, const gw_route_cfg_t *route);
+
 /** Closes every idle connection; marks the others to close after their response. */
 void gw_conn_drain_all(gw_worker_t *w);
 /** Closes every connection at once. */

@@ -69,6 +69,22 @@ static void test_match_empty_and_catch_all(void **state)
     assert_int_equal(match(&cfg, HTTP_GET, "anything:1", "/x/y"), 0);
 }
 
+/* Found by fuzz_request_head: an HTTP/1.0 request without Host has a NULL host slice, which
+ * went to memchr (undefined behaviour, UBSan's nonnull-attribute). */
+static void test_match_without_host(void **state)
+{
+    GW_UNUSED(state);
+    gw_route_cfg_t routes[] = {{.name = "host", .host = "example.com"},
+                               {.name = "wild", .host = "*.example.com"},
+                               {.name = "all"}};
+    gw_config_t cfg = {.routes = routes, .nroutes = GW_ARRAY_LEN(routes)};
+    char scratch[64];
+    gw_router_path_t rp;
+    gw_router_path_init(&rp, S("/x"), scratch);
+    assert_int_equal(gw_router_match(&cfg, HTTP_GET, GW_SLICE(NULL, 0), &rp), 2);
+    assert_false(gw_router_host_matches("example.com", GW_SLICE(NULL, 0)));
+}
+
 static void test_host_matches(void **state)
 {
     GW_UNUSED(state);
@@ -380,7 +396,7 @@ int main(void)
         cmocka_unit_test(test_canonical_escapes), cmocka_unit_test(test_canonical_slashes),
         cmocka_unit_test(test_canonical_params),  cmocka_unit_test(test_canonical_rejects),
         cmocka_unit_test(test_match_forms),       cmocka_unit_test(test_rewrite),
-        cmocka_unit_test(test_rewrite_too_small),
+        cmocka_unit_test(test_rewrite_too_small), cmocka_unit_test(test_match_without_host),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
