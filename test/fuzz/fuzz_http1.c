@@ -1,8 +1,8 @@
 /*
  * Fuzzes the HTTP/1 helpers of core/http1.c and the JSON escaping of core/log.c: the input is
- * lines; each line goes through the token, hop-by-hop, number, port, list and escape functions,
- * the first line is also an upstream URL, and the lines that look like "name: value" are a
- * header list forwarded with gw_http1_forward_headers under route operations and hook edits
+ * lines; each line goes through the token, hop-by-hop, number, port, authority, list and escape
+ * functions, the first line is also an upstream URL, and the lines that look like "name: value"
+ * are a header list forwarded with gw_http1_forward_headers under route operations and hook edits
  * taken from the other lines ("-name" removes, "+name: value" sets, "!name: value" is an edit).
  * Besides memory errors it checks what the helpers promise: the URL's slices lie inside the URL,
  * numbers read back as their digits, an escaped string stays inside its quotes, no hop-by-hop
@@ -66,6 +66,10 @@ static void check_line(gw_slice_t s, uint8_t cap_byte)
     }
     uint16_t port = gw_http1_parse_port(s);
     GW_FUZZ_CHECK(port == 0 || (v >= 1 && v <= 65535));
+    /* A valid authority (Host) is printable ASCII without userinfo, path, query or spaces. */
+    if (gw_http1_authority_valid(s))
+        for (size_t i = 0; i < s.len; i++)
+            GW_FUZZ_CHECK(s.p[i] > 0x20 && s.p[i] < 0x7f && !strchr("@/?#\\", s.p[i]));
     /* An element with no comma and no surrounding whitespace is found in a list of itself. */
     bool plain = s.len > 0 && !memchr(s.p, ',', s.len) && s.p[0] != ' ' && s.p[0] != '\t' &&
                  s.p[s.len - 1] != ' ' && s.p[s.len - 1] != '\t';
