@@ -385,7 +385,8 @@ static bool http1_ip_literal(gw_slice_t s)
     }
     char buf[INET6_ADDRSTRLEN];
     struct in6_addr addr;
-    if (s.len == 0 || s.len >= sizeof buf)
+    /* inet_pton stops at a NUL: "[::1\0junk]" must not pass for "[::1]". */
+    if (s.len == 0 || s.len >= sizeof buf || memchr(s.p, '\0', s.len) != NULL)
         return false;
     memcpy(buf, s.p, s.len);
     buf[s.len] = '\0';

@@ -394,6 +394,9 @@ static void test_authority(void **state)
             fail_msg("authority \"%s\" should be invalid", bad[i]);
     }
     assert_false(gw_http1_authority_valid(GW_SLICE("h\0x", 3)));
+    /* Found by fuzz_http1: inet_pton read the literal only up to a NUL. */
+    assert_false(gw_http1_authority_valid(GW_SLICE("[::98\0v1B\0\0]", 14)));
+    assert_false(gw_http1_authority_valid(GW_SLICE("[::1\0]:80", 9)));
 }
 
 int main(void)
