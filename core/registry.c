@@ -536,7 +536,8 @@ static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, r
     if (reg) {
         if (weight && !cJSON_IsNull(weight)) {
             double d = cJSON_IsNumber(weight) ? weight->valuedouble : -1;
-            if (d != (double)(long)d || d < 1 || d > 1000) {
+            /* The range first: converting 1e400 (inf) to long is undefined. */
+            if (!(d >= 1 && d <= 1000) || d != (double)(long)d) {
                 st = reg_reply(json, 400, "bad_request",
                                "\"weight\" must be an integer from 1 to 1000");
                 goto done;
@@ -554,7 +555,7 @@ static int reg_parse(gw_registry_t *r, bool reg, const char *body, size_t len, r
         }
         if (ttl && !cJSON_IsNull(ttl)) {
             double d = cJSON_IsNumber(ttl) ? ttl->valuedouble : -1;
-            if (d != (double)(long)d || d < 0 || d > GW_REG_MAX_TTL_MS) {
+            if (!(d >= 0 && d <= GW_REG_MAX_TTL_MS) || d != (double)(long)d) {
                 st = reg_reply(json, 400, "bad_request",
                                "\"ttl_ms\" must be an integer from 0 (never "
                                "expires) to %u",

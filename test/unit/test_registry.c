@@ -270,6 +270,13 @@ static void test_validation(void **state)
                  "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"meta\":[1]}", 400, "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"ttl_ms\":-1}", 400, "bad_request");
+    /* Found by fuzz_admin_json: 1e400 is inf, whose conversion to long was undefined (UBSan). */
+    assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"weight\":1e400}", 400,
+                 "bad_request");
+    assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"ttl_ms\":1e400}", 400,
+                 "bad_request");
+    assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"ttl_ms\":-1e400}", 400,
+                 "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":7}", 400, "bad_request");
     assert_error(f, true, "{\"url\":\"http://127.0.0.1:9005\",\"upstream\":\"web\"}", 404,
                  "unknown_upstream");
