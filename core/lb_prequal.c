@@ -233,8 +233,10 @@ static int lb_pq_pick(void *state, const gw_lb_ctx_t *ctx)
     int idx = gw_prequal_pick(s->pq, ctx->now_ms, s->excluded, s->load, ctx->rng, &branch);
     if (idx < 0)
         idx = lb_pq_last_resort(s, ctx);
-    if (s->w)
+    if (s->w) {
+        gw_prequal_loop_idle(s->pq, ctx->now_ms, uv_metrics_idle_time(&s->w->loop));
         lb_pq_probe(s, gw_prequal_probes_for_request(s->pq), ctx->now_ms);
+    }
     return idx;
 }
 

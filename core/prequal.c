@@ -94,7 +94,10 @@ struct gw_prequal {
     uint32_t *eff;                  /* params.pool_size: effective RIF of pool[i] during a pick */
     uint64_t *pred;                 /* params.pool_size: predicted latency of pool[i], likewise */
     uint32_t pool_len;
-    double probe_acc; /* take() accumulators */
+    double probe_acc;       /* take() accumulators */
+    double spare;           /* idle fraction of the worker's loop (gw_prequal_loop_idle) ... */
+    uint64_t spare_ms;      /* ... measured since this time (0: not yet) ... */
+    uint64_t spare_idle_ns; /* ... when the loop's total idle time was this */
     double remove_acc;
     bool remove_worst_next; /* alternation of the per-request removals; starts with the oldest */
     uint32_t remove_credit; /* new entries not yet matched by a per-request removal (capped) */
@@ -169,6 +172,7 @@ gw_prequal_t *gw_prequal_new(const gw_prequal_params_t *params, size_t nbackends
     if (p == NULL)
         return NULL;
     p->params = *params;
+    p->spare = 1.0;
     p->pool = calloc(params->pool_size, sizeof(*p->pool));
     p->eff = calloc(params->pool_size, sizeof(*p->eff));
     p->pred = calloc(params->pool_size, sizeof(*p->pred));
@@ -257,7 +261,31 @@ static uint32_t gw_prequal_take(double *acc, double rate)
 
 uint32_t gw_prequal_probes_for_request(gw_prequal_t *p)
 {
-    return gw_prequal_take(&p->probe_acc, p->params.probes_per_request);
+    return gw_prequal_take(&p->probe_acc, p->params.probes_per_request * p->spare);
+}
+
+/* Probing with spare time (ours, docs/PREQUAL.md §3.1). A probe is a round trip like a request,
+ * and per backend a cluster of 5 and one of 32 at the same load per replica want the same
+ * probes; what differs is the worker's total, and at r_probe per request that total takes the
+ * CPU the requests need (32 one-at-a-time replicas, ~8,000 req/s: ~24,000 probes/s). Probes are
+ * the work that can wait, so a request's probes are scaled by the fraction of the last window
+ * the worker's loop spent idle: full rate while the worker has time, fewer as the requests
+ * themselves fill it. */
+void gw_prequal_loop_idle(gw_prequal_t *p, uint64_t now_ms, uint64_t idle_ns)
+{
+    if (p->spare_ms != 0 && now_ms < p->spare_ms + GW_PREQUAL_SPARE_WINDOW_MS)
+        return;
+    if (p->spare_ms != 0 && idle_ns >= p->spare_idle_ns) {
+        double f = (double)(idle_ns - p->spare_idle_ns) / ((double)(now_ms - p->spare_ms) * 1e6);
+        p->spare = GW_MIN(f, 1.0);
+    }
+    p->spare_ms = GW_MAX(now_ms, 1u); /* 0 marks "no window yet" */
+    p->spare_idle_ns = idle_ns;
+}
+
+double gw_prequal_spare(const gw_prequal_t *p)
+{
+    return p->spare;
 }
 
 size_t gw_prequal_choose_probe_targets(gw_prequal_t *p, const bool *eligible, size_t n, uint32_t k,

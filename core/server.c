@@ -429,6 +429,8 @@ static int worker_init(gw_server_t *s, gw_worker_t *w, int id, char **err)
         return rc;
     }
     w->loop_ready = true;
+    /* Prequal scales its probing by the loop's idle time (docs/PREQUAL.md §3.1). */
+    uv_loop_configure(&w->loop, UV_METRICS_IDLE_TIME);
     uv_async_init(&w->loop, &w->wakeup, worker_on_wakeup);
     w->wakeup.data = w;
     uv_timer_init(&w->loop, &w->drain_timer);

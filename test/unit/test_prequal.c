@@ -984,6 +984,49 @@ static void test_probe_budget(void **state)
     gw_prequal_free(p);
 }
 
+/* Probing with spare time (docs/PREQUAL.md §3.1): a request's probes scale with the idle
+ * fraction of the worker's loop, measured over windows of GW_PREQUAL_SPARE_WINDOW_MS. */
+static uint32_t probes_for(gw_prequal_t *p, int requests)
+{
+    uint32_t total = 0;
+    for (int i = 0; i < requests; i++)
+        total += gw_prequal_probes_for_request(p);
+    return total;
+}
+
+static void test_spare_scales_probes(void **state)
+{
+    GW_UNUSED(state);
+    const uint64_t ms = 1000000;         /* ns */
+    gw_prequal_params_t pp = defaults(); /* r_probe = 3 */
+    gw_prequal_t *p = mk(&pp, 8);
+    assert_true(gw_prequal_spare(p) == 1.0); /* full rate until measured */
+    assert_int_equal(probes_for(p, 100), 300);
+    gw_prequal_loop_idle(p, 1000, 7 * ms); /* starts the first window */
+    assert_true(gw_prequal_spare(p) == 1.0);
+    gw_prequal_loop_idle(p, 1099, 7 * ms); /* busy, but the window is not over */
+    assert_true(gw_prequal_spare(p) == 1.0);
+    gw_prequal_loop_idle(p, 1100, 57 * ms); /* 50 ms idle of 100 */
+    assert_true(fabs(gw_prequal_spare(p) - 0.5) < 1e-9);
+    assert_int_equal(probes_for(p, 100), 150);
+    gw_prequal_loop_idle(p, 1300, 257 * ms); /* idle the whole 200 ms */
+    assert_true(gw_prequal_spare(p) == 1.0);
+    assert_int_equal(probes_for(p, 100), 300);
+    gw_prequal_loop_idle(p, 1400, 257 * ms); /* no idle time at all: no request-driven probes */
+    assert_true(gw_prequal_spare(p) == 0.0);
+    assert_int_equal(probes_for(p, 100), 0);
+    gw_prequal_loop_idle(p, 1500, 400 * ms); /* more idle than wall time (clock steps): 1 */
+    assert_true(gw_prequal_spare(p) == 1.0);
+    gw_prequal_loop_idle(p, 1600, 100 * ms); /* a counter that went back: kept, new window */
+    assert_true(gw_prequal_spare(p) == 1.0);
+    gw_prequal_loop_idle(p, 1700, 190 * ms); /* 90 ms idle of 100 */
+    assert_true(fabs(gw_prequal_spare(p) - 0.9) < 1e-9);
+    assert_int_equal(probes_for(p, 1000), 2700);
+    /* The idle tick's probes do not depend on it. */
+    assert_int_equal(gw_prequal_idle_probes(p), 3);
+    gw_prequal_free(p);
+}
+
 static void test_idle_probe(void **state)
 {
     GW_UNUSED(state);
@@ -1431,6 +1474,7 @@ int main(void)
         cmocka_unit_test(test_probe_targets_distinct),
         cmocka_unit_test(test_probe_targets_uniform),
         cmocka_unit_test(test_probe_budget),
+        cmocka_unit_test(test_spare_scales_probes),
         cmocka_unit_test(test_idle_probe),
         cmocka_unit_test(test_purge),
         cmocka_unit_test(test_resize_membership),
