@@ -129,9 +129,10 @@ class PrequalTest(GwTestCase):
         probes = metric_value(text, "prequal_probes_total", upstream="u", result="ok")
         per_request = probes / total
         log("probes per request: %.2f" % per_request)
-        # probes_per_request = 3; a backend with a probe in flight is skipped, and idle probing
-        # adds a few: stay in a band around 3.
-        self.assertGreater(per_request, 1.5)
+        # probes_per_request = 3, scaled by the worker's idle fraction (docs/PREQUAL.md §3.1:
+        # this closed loop keeps the worker busy, an ASan build more so); a backend with a probe
+        # in flight is skipped, and idle probing adds a few: below ~3, never none.
+        self.assertGreater(per_request, 0.5)
         self.assertLess(per_request, 4.0)
 
     def test_frozen_backend_gets_less_traffic_than_round_robin(self):
