@@ -1172,6 +1172,18 @@ class _Watchdog:
         self.timer.cancel()
 
 
+def stop_shared(gw, *closers):
+    """tearDownClass of a class whose tests share one gateway: stops it (which checks its exit
+    status and the sanitizers' reports), then runs each of `closers` (a server's close, a
+    backend's stop) whatever happened."""
+    try:
+        gw.stop()
+    finally:
+        gw.kill()
+        for close in closers:
+            close()
+
+
 class GwTestCase(unittest.TestCase):
     """Base class: per-test watchdog and cleanup helpers."""
 

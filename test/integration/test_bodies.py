@@ -61,12 +61,7 @@ class BodiesTest(GwTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.gw.stop()
-        finally:
-            cls.gw.kill()
-            cls.py.close()
-            cls.b1.stop()
+        stop_shared(cls.gw, cls.py.close, cls.b1.stop)
 
     # --- request bodies -------------------------------------------------------
 

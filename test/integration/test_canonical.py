@@ -51,11 +51,7 @@ class CanonicalTest(GwTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.gw.stop()
-        finally:
-            cls.gw.kill()
-            cls.py.close()
+        stop_shared(cls.gw, cls.py.close)
 
     def setUp(self):
         super().setUp()

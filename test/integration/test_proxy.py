@@ -73,13 +73,7 @@ class ProxyTest(GwTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.gw.stop()
-        finally:
-            cls.gw.kill()
-            cls.py.close()
-            cls.b1.stop()
-            cls.b2.stop()
+        stop_shared(cls.gw, cls.py.close, cls.b1.stop, cls.b2.stop)
 
     def echo(self, path, headers=None, method="GET", body=None, host="localhost"):
         with self.gw.client() as c:

@@ -27,11 +27,7 @@ class TimeoutsTest(GwTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.gw.stop()
-        finally:
-            cls.gw.kill()
-            cls.py.close()
+        stop_shared(cls.gw, cls.py.close)
 
     def test_half_head_408(self):
         with self.gw.client() as c:
@@ -149,11 +145,7 @@ class FirstRequestTimeoutTest(GwTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.gw.stop()
-        finally:
-            cls.gw.kill()
-            cls.py.close()
+        stop_shared(cls.gw, cls.py.close)
 
     def test_silent_connection_closed_at_header_ms(self):
         with self.gw.client() as c:

@@ -65,11 +65,7 @@ class UpstreamResponseCase(GwTestCase):
 
     @classmethod
     def tearDownClass(cls):
-        try:
-            cls.gw.stop()
-        finally:
-            cls.gw.kill()
-            cls.py.close()
+        stop_shared(cls.gw, cls.py.close)
 
     def setUp(self):
         super().setUp()
@@ -454,29 +450,27 @@ class UpgradeTest(UpstreamResponseCase):
         self.assertUpstreamClosed()
         self.assertForwarded(0, forwarded_head("GET /h2c HTTP/1.1", [], self.py.port))
 
-    def test_101_to_a_protocol_not_offered_is_a_502(self):
-        def answer(conn, req):
-            conn.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: mqtt\r\nConnection: Upgrade\r\n\r\n")
-            return "eof"
-        self.answer(answer)
-        with self.gw.client() as c:
-            c.request("GET", "/ws", host="a", headers=[
-                ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("X-Request-Id", RID)])
-            self.assertJsonError(c.read_response(), 502, "upstream_protocol_error")
-        self.assertUpstreamClosed()
-        self.assertForwarded(0, forwarded_head("GET /ws HTTP/1.1", [], self.py.port,
-                                               tail=["Connection: upgrade", "Upgrade: websocket"]))
+    def test_101_that_does_not_answer_the_offer_is_a_502(self):
+        # The offer is websocket: a 101 to another protocol, or naming none, opens no tunnel.
+        for upgrade in [b"Upgrade: mqtt\r\n", b""]:
+            with self.subTest(upgrade=upgrade):
+                self.py.state.pop("eof", None)
+                self.before = len(self.py.requests)
 
-    def test_101_without_upgrade_header_is_a_502(self):
-        def answer(conn, req):
-            conn.send(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n\r\n")
-            return "eof"
-        self.answer(answer)
-        with self.gw.client() as c:
-            c.request("GET", "/ws", host="a", headers=[
-                ("Connection", "Upgrade"), ("Upgrade", "websocket"), ("X-Request-Id", RID)])
-            self.assertJsonError(c.read_response(), 502, "upstream_protocol_error")
-        self.assertUpstreamClosed()
+                def answer(conn, req):
+                    conn.send(b"HTTP/1.1 101 Switching Protocols\r\n" + upgrade +
+                              b"Connection: Upgrade\r\n\r\n")
+                    return "eof"
+                self.answer(answer)
+                with self.gw.client() as c:
+                    c.request("GET", "/ws", host="a", headers=[
+                        ("Connection", "Upgrade"), ("Upgrade", "websocket"),
+                        ("X-Request-Id", RID)])
+                    self.assertJsonError(c.read_response(), 502, "upstream_protocol_error")
+                self.assertUpstreamClosed()
+                self.assertForwarded(0, forwarded_head(
+                    "GET /ws HTTP/1.1", [], self.py.port,
+                    tail=["Connection: upgrade", "Upgrade: websocket"]))
 
     def test_http10_upgrade_not_forwarded(self):
         def answer(conn, req):
