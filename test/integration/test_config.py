@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -131,18 +132,24 @@ def run_t(path, timeout=30, args=()):
                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=timeout)
 
 
-class ConfigTest(GwTestCase):
+class ConfigFileCase(GwTestCase):
+    """Tests that write gateway.lua files into a directory of their own."""
 
     def setUp(self):
         super().setUp()
         require_gateway()
         self.dir = tempfile.mkdtemp(prefix="pgw-cfg-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
 
     def write(self, name, text):
         path = os.path.join(self.dir, name + ".lua")
         with open(path, "w") as f:
             f.write(text)
         return path
+
+
+class ConfigTest(ConfigFileCase):
+
 
     def test_good_config(self):
         port, aport = free_port(), free_port()
@@ -266,22 +273,12 @@ SERVING = """return {{
 """
 
 
-class EvaluationLimitsTest(GwTestCase):
+class EvaluationLimitsTest(ConfigFileCase):
     """gateway.lua that never finishes, grows without end or calls os.exit fails like any bad
     config, at -t, at start and on a reload (where the running configuration stays)."""
 
     TEST_TIMEOUT = 120
 
-    def setUp(self):
-        super().setUp()
-        require_gateway()
-        self.dir = tempfile.mkdtemp(prefix="pgw-cfg-")
-
-    def write(self, name, text):
-        path = os.path.join(self.dir, name + ".lua")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
 
     def check_fails(self, p, needle):
         err = p.stderr.decode(errors="replace")
@@ -422,20 +419,9 @@ return { listen = "127.0.0.1:%d", admin = false,
         self.assertIn("evaluation exceeded the time limit", gw.stderr())
 
 
-class AdminExposureTest(GwTestCase):
+class AdminExposureTest(ConfigFileCase):
     """An admin listener other hosts can reach needs a token or admin.insecure = true; a request
     with two Authorization headers is refused."""
-
-    def setUp(self):
-        super().setUp()
-        require_gateway()
-        self.dir = tempfile.mkdtemp(prefix="pgw-cfg-")
-
-    def write(self, name, text):
-        path = os.path.join(self.dir, name + ".lua")
-        with open(path, "w") as f:
-            f.write(text)
-        return path
 
     def config(self, admin):
         return ('return {\n  listen = "127.0.0.1:%d",\n  admin = %s,\n'
