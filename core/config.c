@@ -1480,7 +1480,7 @@ static int gw_cfg_prequal(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
     static const char *const keys[] = {
         "probe_path", "pool_size",     "max_age_ms",    "probes_per_request", "removes_per_request",
         "delta",      "max_reuse",     "q_rif",         "rif_history",        "probe_timeout_ms",
-        "idle_probe_ms", "max_probes_in_flight", "probe_rate", NULL};
+        "idle_probe_ms", "max_probes_in_flight", "probe_rate", "latency_smoothing_ms", NULL};
     gw_prequal_params_t *p = &u->prequal;
     gw_prequal_params_default(p);
     const char *path = "/probe";
@@ -1510,6 +1510,7 @@ static int gw_cfg_prequal(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
             {"idle_probe_ms", &p->idle_probe_ms, NULL},
             {"max_probes_in_flight", &p->max_probes_in_flight, NULL},
             {"probe_rate", &p->probe_rate, NULL},
+            {"latency_smoothing_ms", &p->latency_smoothing_ms, NULL},
         };
         for (size_t i = 0; i < GW_ARRAY_LEN(fields) && rc == 0; i++)
             rc = fields[i].u32 ? gw_cfg_u32_field(c, pt, fields[i].key, 0, fields[i].u32)

@@ -77,6 +77,9 @@ typedef struct gw_prequal_backend {
     double tokens;        /* probe budget: token bucket ... */
     uint64_t tokens_ms;   /* ... last refilled at */
     uint64_t cost_avg_us; /* moving average of latency / (rif_at_start + 1), 0 before one */
+    double cost_l;        /* reported latencies, decayed (docs/PREQUAL.md §3.5) ... */
+    double cost_r;        /* ... and the (RIF + 1) they were reported at, decayed alike ... */
+    uint64_t cost_ms;     /* ... as of this time (0: no report with a latency yet) */
     bool has_report;      /* the latest report (probe, piggyback or synthetic), for the threshold */
     uint32_t report_rif;
     uint32_t report_base;
@@ -104,6 +107,8 @@ struct gw_prequal {
     bool any_request;
     uint64_t last_request_ms;
     uint64_t seq;
+    uint64_t prior_us; /* the median backend's cost (§3.5) ... */
+    uint64_t prior_at; /* ... computed at this time + 1 (0: never) */
     gw_prequal_stats_t stats;
 };
 
@@ -122,6 +127,7 @@ void gw_prequal_params_default(gw_prequal_params_t *p)
         .idle_probe_ms = 250,
         .max_probes_in_flight = 64,
         .probe_rate = 1000,
+        .latency_smoothing_ms = 100,
     };
 }
 
@@ -154,6 +160,8 @@ const char *gw_prequal_params_check(const gw_prequal_params_t *p)
         return "max_probes_in_flight must be in [1, 65536]";
     if (!GW_PREQUAL_IN(p->probe_rate, 1u, 1000000u))
         return "probe_rate must be in [1, 1000000]";
+    if (!GW_PREQUAL_IN(p->latency_smoothing_ms, 1u, 60000u))
+        return "latency_smoothing_ms must be in [1, 60000]";
     return NULL;
 }
 
@@ -434,6 +442,15 @@ static uint32_t gw_prequal_oldest(const gw_prequal_t *p)
     return best;
 }
 
+/* The weight left to a backend's cost sums at now_ms: exp(-age / latency_smoothing_ms). */
+static double gw_prequal_decay(const gw_prequal_t *p, const gw_prequal_backend_t *b,
+                               uint64_t now_ms)
+{
+    if (b->cost_ms == 0 || now_ms <= b->cost_ms)
+        return 1.0;
+    return exp(-(double)(now_ms - b->cost_ms) / (double)p->params.latency_smoothing_ms);
+}
+
 static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64_t latency_us,
                               uint64_t recv_ms, uint32_t base, size_t n_healthy, uint64_t *rng,
                               gw_prequal_probe_stat_t stat)
@@ -445,6 +462,13 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
     rb->report_rif = rif;
     rb->report_base = base;
     rb->report_ms = recv_ms;
+    if (latency_us > 0) {
+        /* A report of 0 says the backend has no recent sample at that RIF: no cost to learn. */
+        double f = gw_prequal_decay(p, rb, recv_ms);
+        rb->cost_l = rb->cost_l * f + (double)latency_us;
+        rb->cost_r = rb->cost_r * f + (double)rif + 1.0;
+        rb->cost_ms = GW_MAX(recv_ms, 1u);
+    }
     uint32_t uses = gw_prequal_random_round(gw_prequal_reuse_budget(&p->params, n_healthy), rng);
     uses = GW_MIN(GW_MAX(uses, 1u), p->params.max_reuse);
     int32_t slot = p->backends[backend].slot;
@@ -617,10 +641,35 @@ static int gw_prequal_fewest_in_flight(const gw_prequal_t *p, const uint64_t *tr
  * by (eff + 1)/(rif + 1) keeps the paper's signal when nothing changed and follows the queue
  * when it did. A reply with latency 0 (the backend has no recent sample at that RIF) gets the
  * gateway's own cost estimate for the backend rather than "free". */
-static uint64_t gw_prequal_predict(const gw_prequal_t *p, const gw_prequal_entry_t *e, uint32_t eff)
+static uint64_t gw_prequal_predict(const gw_prequal_t *p, const gw_prequal_entry_t *e, uint32_t eff,
+                                   uint64_t now_ms)
 {
-    uint64_t cost = e->cost_us ? e->cost_us : p->backends[e->backend].cost_avg_us;
+    const gw_prequal_backend_t *b = &p->backends[e->backend];
+    uint64_t cost;
+    if (b->cost_ms != 0 || p->prior_us != 0) {
+        double f = gw_prequal_decay(p, b, now_ms);
+        cost = (uint64_t)((b->cost_l * f + (double)p->prior_us) / (b->cost_r * f + 1.0));
+    } else {
+        cost = e->cost_us ? e->cost_us : b->cost_avg_us;
+    }
     return cost * ((uint64_t)GW_MIN(eff, 1u << 20) + 1);
+}
+
+/* The prior of the cost estimates (§3.5): the median of the backends' smoothed costs that had a
+ * report with a latency within max_age_ms, 0 when none had. Recomputed once per millisecond. */
+static void gw_prequal_update_prior(gw_prequal_t *p, uint64_t now_ms)
+{
+    if (p->prior_at == now_ms + 1)
+        return;
+    p->prior_at = now_ms + 1;
+    uint32_t cnt = 0;
+    for (uint32_t i = 0; i < p->nbackends; i++) {
+        const gw_prequal_backend_t *b = &p->backends[i];
+        if (b->cost_ms == 0 || (now_ms > b->cost_ms && now_ms - b->cost_ms > p->params.max_age_ms))
+            continue;
+        p->scratch[cnt++] = (uint32_t)GW_MIN(b->cost_l / b->cost_r, (double)UINT32_MAX);
+    }
+    p->prior_us = cnt ? gw_prequal_select(p->scratch, cnt, cnt / 2) : 0;
 }
 
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
@@ -631,11 +680,12 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     gw_prequal_expire(p, now_ms);
 
     uint64_t thr = gw_prequal_rif_threshold(p, now_ms, load);
+    gw_prequal_update_prior(p, now_ms);
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
     for (uint32_t i = 0; i < p->pool_len; i++) {
         p->eff[i] = gw_prequal_eff_rif(&p->pool[i], load);
-        p->pred[i] = gw_prequal_predict(p, &p->pool[i], p->eff[i]);
+        p->pred[i] = gw_prequal_predict(p, &p->pool[i], p->eff[i], now_ms);
     }
     for (uint32_t i = 0; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i];

@@ -39,6 +39,7 @@ typedef struct gw_prequal_params {
     uint32_t idle_probe_ms;        /* idle probing period, 1..60000 */
     uint32_t max_probes_in_flight; /* caller's per-worker cap, 1..65536 (validated only) */
     uint32_t probe_rate; /* budget: probes per second to one backend per worker, 1..10^6 */
+    uint32_t latency_smoothing_ms; /* time constant of a backend's cost estimate, 1..60000 */
 } gw_prequal_params_t;
 
 typedef enum gw_prequal_branch {

@@ -502,8 +502,9 @@ static void test_alternating_removal(void **state)
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
     pp.q_rif = 1.0; /* all cold: worst = highest latency */
-    /* Each request completes before the next (done()), so the predicted latency is the
-     * reported one. */
+    /* Each request completes before the next (done()), and the cost estimates do not decay
+     * over these 400 ms, so the predicted latencies keep the reported order. */
+    pp.latency_smoothing_ms = 60000;
     gw_prequal_t *p = mk(&pp, 8);
     probe(p, 0, 0, 400, 100);
     probe(p, 1, 0, 100, 200);
@@ -719,8 +720,10 @@ static void test_effective_rif(void **state)
     gw_prequal_free(p);
 }
 
-/* The latency compared is a prediction for a request sent now: the cost per queued request
- * (reported latency / (probed RIF + 1)) × (effective RIF + 1). */
+/* The latency compared is a prediction for a request sent now: the backend's cost per queued
+ * request × (effective RIF + 1). The cost is the ratio of its decayed sums of reported latency
+ * and (RIF + 1), with the median backend's cost as a prior worth one report at RIF 0
+ * (docs/PREQUAL.md §3.5). */
 static void test_predicted_latency(void **state)
 {
     GW_UNUSED(state);
@@ -728,23 +731,88 @@ static void test_predicted_latency(void **state)
     pp.q_rif = 1.0;
     pp.removes_per_request = 0;
     gw_prequal_t *p = mk(&pp, 3);
-    probe(p, 0, 0, 1000, 0); /* cost 1000: predicts 1000 now */
-    probe(p, 1, 4, 2500, 0); /* cost 500: predicts 2500 now */
+    probe(p, 0, 0, 1000, 0); /* ratio 1000 */
+    probe(p, 1, 4, 2500, 0); /* ratio 500; the prior is the median of 500 and 1000: 1000 */
+    /* cost 0 = (1000 + 1000) / (1 + 1) = 1000; cost 1 = (2500 + 1000) / (5 + 1) = 583 */
     gw_prequal_branch_t br;
-    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 1000 < 2500 */
-    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 2000 < 2500 */
-    assert_int_equal(pick(p, 0, NULL, &br), 1); /* 3000 > 2500: the reported 1000 no longer holds */
-    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 3000 = 3000: lower RIF (2 < 5) */
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 1000 < 583 × 5 = 2916 */
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 2000 < 2916 */
+    assert_int_equal(pick(p, 0, NULL, &br), 1); /* 3000 > 2916: the reported 1000 no longer holds */
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 3000 < 583 × 6 = 3498 */
     done(0);
     done(0);
     done(0);
     assert_int_equal(pick(p, 0, NULL, &br), 0); /* completions lower it again */
-    /* A reported latency of 0 (no recent sample at that RIF) is not "free": the gateway's own
-     * cost estimate for the backend stands in. Before any sample it is 0. */
-    probe(p, 2, 3, 0, 0);
+    /* A reported latency of 0 (no recent sample at that RIF) teaches nothing: the backend is
+     * valued at the prior, the median backend's cost (1000), not as free. */
+    probe(p, 2, 3, 0, 0); /* eff 3: 1000 × 4 = 4000 */
+    assert_int_equal(pick(p, 0, NULL, &br), 0); /* 0 at eff 1: 2000 */
+    probe(p, 2, 0, 0, 0); /* eff 0: 1000, while 0 predicts 3000 and 1 3498 */
     assert_int_equal(pick(p, 0, NULL, &br), 2);
-    gw_prequal_record_latency(p, 2, 1, 8000, 0); /* cost 8000 / 2 = 4000: predicts 16000+ */
-    assert_int_equal(pick(p, 0, NULL, &br), 0);
+    gw_prequal_free(p);
+}
+
+/* The bias that per-report costs had (docs/PREQUAL.md §3.5): a backend's latency estimate at
+ * RIF r is a median over r-1..r+1, so at RIF 0 it includes requests that queued behind one
+ * and a one-at-a-time backend reports ~3 ms at RIF 0 and ~3.2 ms at RIF 1. Dividing the latest
+ * report by (RIF + 1) made an idle backend that last reported RIF 0 look twice as costly as a
+ * busy one that reported RIF 1, and a quarter of the picks went to a backend with a request in
+ * flight while another was idle. Summed over reports, equal backends get equal costs. */
+static void test_cost_summed_over_reports(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    gw_prequal_t *p = mk(&pp, 2);
+    for (uint64_t t = 0; t < 100; t += 2) {
+        probe(p, 0, 0, 3000, t);
+        probe(p, 1, 1, 3200, t);
+        probe(p, 0, 1, 3200, t + 1);
+        probe(p, 1, 0, 3000, t + 1);
+    }
+    /* The latest reports: backend 0 at RIF 1 (3200 / 2 per report), backend 1 at RIF 0 (3000 /
+     * 1), both with base 0. A request to backend 0 completes since its probe (eff 0), one is in
+     * flight to backend 1 (eff 1). Per report 0 predicted 1600 and 1 6000; summed, one cost
+     * against two of the same size. */
+    probe(p, 0, 1, 3200, 100);
+    probe(p, 1, 0, 3000, 100);
+    g_load[1].inflight = 1;
+    gw_prequal_branch_t br;
+    assert_int_equal(pick(p, 100, NULL, &br), 0);
+    /* The other way round: 0 now at eff 2, 1 at eff 1. Per report 0 predicted 1600 × 3 = 4800
+     * against 1's 6000, and queued a second request behind 0's; summed, 1 is the lower. */
+    assert_int_equal(pick(p, 100, NULL, &br), 1);
+    gw_prequal_free(p);
+}
+
+/* A slower backend keeps its cost while it reports, and goes back to the median backend's cost
+ * when it stops reporting latencies (it gets no requests, so its samples age out and it reports
+ * 0): without that it would keep the cost of its slow phase and never get a request to show
+ * that it recovered. */
+static void test_stale_cost_returns_to_prior(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    pp.removes_per_request = 0;
+    pp.q_rif = 1.0;
+    gw_prequal_t *p = mk(&pp, 3);
+    for (uint64_t t = 0; t <= 100; t++) {
+        probe(p, 0, 0, 2000, t);
+        probe(p, 1, 0, 2000, t);
+        probe(p, 2, 0, 20000, t); /* 10× slower */
+    }
+    g_load[0].inflight = 3; /* eff 3: 8000 */
+    g_load[1].inflight = 3;
+    gw_prequal_branch_t br;
+    assert_int_not_equal(pick(p, 100, NULL, &br), 2); /* 2 predicts ~20000 at eff 0 */
+    for (uint64_t t = 101; t <= 900; t++) {
+        probe(p, 0, 3, 8000, t);
+        probe(p, 1, 3, 8000, t);
+        probe(p, 2, 0, 0, t); /* no samples any more */
+    }
+    g_load[0].inflight = 3;
+    g_load[1].inflight = 3;
+    assert_int_equal(pick(p, 900, NULL, &br), 2); /* back at ~2000: the idle one wins */
     gw_prequal_free(p);
 }
 
@@ -1267,6 +1335,9 @@ static void test_synthesize_entry(void **state)
     gw_prequal_synthesize(p, 2, 0, 1000, 3, &rng);
     assert_true(entry_of(p, 2, 1000, &e));
     assert_int_equal(e.latency_us, 0);
+    /* It is valued at the median backend's cost (backend 1's), so it wins once backend 1 has a
+     * request in flight. */
+    g_load[1].inflight = 6; /* synthesized at 5: eff 6 */
     gw_prequal_branch_t br;
     assert_int_equal(pick(p, 1000, NULL, &br), 2);
     gw_prequal_free(p);
@@ -1467,6 +1538,8 @@ int main(void)
         cmocka_unit_test(test_tried_excluded),
         cmocka_unit_test(test_effective_rif),
         cmocka_unit_test(test_predicted_latency),
+        cmocka_unit_test(test_cost_summed_over_reports),
+        cmocka_unit_test(test_stale_cost_returns_to_prior),
         cmocka_unit_test(test_probe_timeout_drops_entry),
         cmocka_unit_test(test_one_entry_per_backend),
         cmocka_unit_test(test_uses_never_exceed_budget),
