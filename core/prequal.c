@@ -54,7 +54,6 @@ typedef struct gw_prequal_entry {
     uint64_t recv_ms;    /* receipt time of the probe reply */
     uint64_t seq;        /* insertion order: breaks recv_ms ties so "oldest" is deterministic */
     uint64_t latency_us; /* reported latency estimate */
-    uint64_t cost_us;    /* latency_us / (rif + 1): per queued request; 0 when latency_us is 0 */
     uint32_t backend;
     uint32_t rif;       /* reported RIF */
     uint32_t base;      /* the gateway's in-flight count to the backend when the probe went out */
@@ -486,7 +485,6 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
         .recv_ms = recv_ms,
         .seq = p->seq++,
         .latency_us = latency_us,
-        .cost_us = latency_us / ((uint64_t)rif + 1),
         .backend = backend,
         .rif = rif,
         .base = base,
@@ -634,23 +632,23 @@ static int gw_prequal_fewest_in_flight(const gw_prequal_t *p, const uint64_t *tr
     return best;
 }
 
-/* The latency a request sent now would see (ours): the cost per queued request times the queue
- * it would join, cost × (effective RIF + 1). The reported latency is for a request that arrives
- * at the probed RIF; it says nothing about the requests sent since, so ranking cold entries by it
- * sends every request to the entry that looked fastest until the next probe (herding). Scaling
- * by (eff + 1)/(rif + 1) keeps the paper's signal when nothing changed and follows the queue
- * when it did. A reply with latency 0 (the backend has no recent sample at that RIF) gets the
- * gateway's own cost estimate for the backend rather than "free". */
-static uint64_t gw_prequal_predict(const gw_prequal_t *p, const gw_prequal_entry_t *e, uint32_t eff,
+/* The latency a request sent now would see (ours, docs/PREQUAL.md §3.5): the cost per queued
+ * request times the queue it would join, cost × (effective RIF + 1). The reported latency is for
+ * a request that arrives at the probed RIF; it says nothing about the requests sent since, so
+ * ranking cold entries by it sends every request to the entry that looked fastest until the next
+ * probe (herding). The cost is learnt over all of the backend's recent reports, not the latest
+ * one: a latency at RIF 0 is a median that includes requests that queued behind one, so the
+ * latest report's latency / (RIF + 1) made idle backends look costlier than busy ones. The prior
+ * (the median backend's cost) brings back a backend whose samples aged out because it got no
+ * requests; before any backend reported a latency, the gateway's own average stands in. */
+static uint64_t gw_prequal_predict(const gw_prequal_t *p, uint32_t backend, uint32_t eff,
                                    uint64_t now_ms)
 {
-    const gw_prequal_backend_t *b = &p->backends[e->backend];
-    uint64_t cost;
+    const gw_prequal_backend_t *b = &p->backends[backend];
+    uint64_t cost = b->cost_avg_us;
     if (b->cost_ms != 0 || p->prior_us != 0) {
         double f = gw_prequal_decay(p, b, now_ms);
         cost = (uint64_t)((b->cost_l * f + (double)p->prior_us) / (b->cost_r * f + 1.0));
-    } else {
-        cost = e->cost_us ? e->cost_us : b->cost_avg_us;
     }
     return cost * ((uint64_t)GW_MIN(eff, 1u << 20) + 1);
 }
@@ -685,7 +683,7 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     uint32_t usable = 0;
     for (uint32_t i = 0; i < p->pool_len; i++) {
         p->eff[i] = gw_prequal_eff_rif(&p->pool[i], load);
-        p->pred[i] = gw_prequal_predict(p, &p->pool[i], p->eff[i], now_ms);
+        p->pred[i] = gw_prequal_predict(p, p->pool[i].backend, p->eff[i], now_ms);
     }
     for (uint32_t i = 0; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i];

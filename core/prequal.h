@@ -220,9 +220,12 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
  * probed RIF + the gateway's in-flight count now − its in-flight count when the probe was sent
  * (requests sent since the probe minus those completed since), at least 0. Latency, in the cold
  * order (lowest first, then effective RIF, then index) and as the hot order's tie-break, is the
- * prediction for a request sent now: cost × (effective RIF + 1), the cost being the reported
- * latency / (probed RIF + 1), or, for a reported latency of 0, the moving average of latency /
- * (rif_at_start + 1) over gw_prequal_record_latency's samples (0 before one). Expired entries
+ * prediction for a request sent now: cost × (effective RIF + 1). The cost is (L + prior) / (R + 1),
+ * L and R being the backend's sums of reported latencies and of (probed RIF + 1) over every
+ * report with a latency, decayed by exp(−age / latency_smoothing_ms), and the prior the median
+ * of the backends' L / R among those with such a report within max_age_ms (recomputed at most
+ * once per now_ms). Before any backend reported a latency, the moving average of latency /
+ * (rif_at_start + 1) over gw_prequal_record_latency's samples stands in (0 before one). Expired entries
  * are dropped first (reason age). Returns the backend index and sets *branch to COLD or HOT; with
  * fewer than 2 usable entries sets FALLBACK and returns the backend not in `tried` with the
  * fewest requests in flight (load; ties at random with `rng`), or -1 when all are in `tried`. After
@@ -278,8 +281,8 @@ void gw_prequal_on_piggyback(gw_prequal_t *p, uint32_t backend, uint32_t rif, ui
 /** Records a finished request to `backend`: the gateway's in-flight count to it (all workers)
  * when the request was sent, and its latency. Kept in a ring of the last GW_PREQUAL_LAT_SAMPLES
  * per backend, for synthetic entries, and in a moving average (weight 1/8) of latency /
- * (rif_at_start + 1), the backend's cost per queued request, for entries that report a latency of
- * 0. Call it for every backend; it is cheap. */
+ * (rif_at_start + 1), the backend's cost per queued request before any backend reported a
+ * latency (see gw_prequal_pick). Call it for every backend; it is cheap. */
 void gw_prequal_record_latency(gw_prequal_t *p, uint32_t backend, uint32_t rif_at_start,
                                uint64_t latency_us, uint64_t now_ms);
 
