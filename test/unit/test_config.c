@@ -349,6 +349,7 @@ static void test_defaults(void **state)
     assert_int_equal(u->prequal.idle_probe_ms, 250);
     assert_int_equal(u->prequal.max_probes_in_flight, 64);
     assert_int_equal(u->prequal.probe_rate, 1000);
+    assert_int_equal(u->prequal.latency_smoothing_ms, 100);
     assert_int_equal(u->connect_timeout_ms, 1000);
     assert_int_equal(u->read_timeout_ms, 30000);
     assert_int_equal(u->send_timeout_ms, 30000);
@@ -650,12 +651,14 @@ static void test_prequal_params(void **state)
 {
     gw_config_t *cfg = load_ok("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
                                "  prequal = { probe_path = '/load', q_rif = 0.6, probes_per_request = 1.5,\n"
-                               "              pool_size = 8 } } },\n" MINIMAL_ROUTES "}");
+                               "              pool_size = 8, latency_smoothing_ms = 250 } } },\n"
+                               MINIMAL_ROUTES "}");
     const gw_upstream_cfg_t *u = &cfg->upstreams[0];
     assert_string_equal(u->probe_path, "/load");
     assert_true(u->prequal.q_rif == 0.6);
     assert_true(u->prequal.probes_per_request == 1.5);
     assert_int_equal(u->prequal.pool_size, 8);
+    assert_int_equal(u->prequal.latency_smoothing_ms, 250);
     assert_int_equal(u->prequal.max_reuse, 16); /* untouched keys keep their defaults */
     gw_config_free(cfg);
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
@@ -664,6 +667,9 @@ static void test_prequal_params(void **state)
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  prequal = { pool_size = 0 } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.prequal.pool_size: must be in [1, 1024]");
+    check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
+              "  prequal = { latency_smoothing_ms = 0 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.prequal.latency_smoothing_ms: must be in [1, 60000]");
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  prequal = { probe_path = 'probe' } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.prequal.probe_path: must start with \"/\"");

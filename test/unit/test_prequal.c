@@ -112,6 +112,7 @@ static void test_params_default(void **state)
     assert_int_equal(pp.idle_probe_ms, 250);
     assert_int_equal(pp.max_probes_in_flight, 64);
     assert_int_equal(pp.probe_rate, 1000);
+    assert_int_equal(pp.latency_smoothing_ms, 100);
     assert_null(gw_prequal_params_check(&pp));
 }
 
@@ -155,6 +156,8 @@ static void test_params_check(void **state)
     BAD(max_probes_in_flight, 0);
     BAD(probe_rate, 0);
     BAD(probe_rate, 1000001);
+    BAD(latency_smoothing_ms, 0);
+    BAD(latency_smoothing_ms, 60001);
 #undef BAD
     /* The edges are valid. */
     pp = defaults();
