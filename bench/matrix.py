@@ -577,7 +577,9 @@ class Matrix:
         self.start_targets(instances, workers)
         try:
             seg, rounds = self.segment_secs(scn)
-            for load in self.a.loads:
+            # --rates: fixed req/s, shown as the load they are of this cell's capacity.
+            loads = ([100.0 * r / cap for r in self.a.rates] if self.a.rates else self.a.loads)
+            for load in loads:
                 rate = cap * load / 100.0
                 log("  load %g%%: %.0f req/s; %d round(s) of %g s per target (+%g s warm-up)"
                     % (load, rate, rounds, seg, self.a.warmup))
@@ -864,10 +866,11 @@ def main():
                            "4 rounds of 5 s (hours)")
     ap.add_argument("--scenarios", help="from: %s" % ",".join(SCENARIOS))
     ap.add_argument("--loads", help="percent of the measured capacity, e.g. 50,65,80,90")
+    ap.add_argument("--rates", help="fixed offered req/s instead of --loads, e.g. 5000,9000")
     ap.add_argument("--replicas", help="e.g. 5,32")
     ap.add_argument("--clients", help="INSTANCESxWORKERS, e.g. 1x1,1x2,3x1")
     ap.add_argument("--slots", help="backend --concurrency values; 0 = unlimited overlap "
-                                    "(bench/prequal.sh's set-up); default 1")
+                                    "(e.g. the example backend's own behaviour); default 1")
     ap.add_argument("--targets", help="comma list; default: %s and every --gw" %
                                       ",".join(DEFAULT_TARGETS))
     ap.add_argument("--rounds", type=int, help="interleaved rounds per cell")
@@ -899,6 +902,9 @@ def main():
         if s not in SCENARIOS:
             sys.exit("matrix: unknown scenario %s (from: %s)" % (s, ", ".join(SCENARIOS)))
     a.loads = parse_list(a.loads or base["loads"], float, "load")
+    a.rates = parse_list(a.rates, float, "rate") if a.rates else []
+    if any(r <= 0 for r in a.rates):
+        sys.exit("matrix: rates are req/s above 0")
     a.replicas = parse_list(a.replicas or base["replicas"], int, "replicas")
     a.clients = parse_list(a.clients or base["clients"], parse_clients, "clients")
     a.slots = parse_list(a.slots or base["slots"], int, "slots")

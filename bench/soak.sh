@@ -12,11 +12,9 @@ cd "$(dirname "$0")/.."
 millions=${1:-1}
 conns=${2:-3000}
 storms=${3:-8}
-./scripts/install-deps
-dpkg-query -W -f='${Status}' wrk 2>/dev/null | grep -q "install ok installed" ||
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build build -j"$(nproc)" >/dev/null
+. bench/lib.sh
+bench_deps wrk
+bench_build prequal-gw pgw-backend
 ulimit -n $((conns + 4096))
 tmp=$(mktemp -d)
 pids=()
