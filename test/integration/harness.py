@@ -1236,6 +1236,43 @@ class GwTestCase(unittest.TestCase):
         return j
 
 
+class RawBackendTestCase(GwTestCase):
+    """Tests that share one gateway in front of one RawServer, the upstream "py". A subclass
+    sets HANDLER (the server's handler), GW_OPTIONS (basic_config's other keys: timeouts,
+    limits, ...) and may override upstream() and routes() (default: every path to "py").
+    setUp notes how many requests the server has seen: self.py.requests[self.before:] are the
+    test's own."""
+
+    HANDLER = staticmethod(keepalive_handler(json_echo))
+    GW_OPTIONS = {}
+
+    @classmethod
+    def upstream(cls):
+        return upstream_cfg(cls.py.url)
+
+    @classmethod
+    def routes(cls):
+        return [{"match": {"path_prefix": "/"}, "upstream": "py"}]
+
+    @classmethod
+    def setUpClass(cls):
+        cls.py = RawServer(cls.HANDLER)
+        try:
+            cls.gw = Gateway(basic_config(upstreams={"py": cls.upstream()}, routes=cls.routes(),
+                                          **cls.GW_OPTIONS))
+        except BaseException:
+            cls.py.close()
+            raise
+
+    @classmethod
+    def tearDownClass(cls):
+        stop_shared(cls.gw, cls.py.close)
+
+    def setUp(self):
+        super().setUp()
+        self.before = len(self.py.requests)
+
+
 def main():
     """unittest.main that kills children on the way out and exits non-zero on failure."""
     try:

@@ -24,38 +24,28 @@ def echo_target(conn, req):
     conn.respond(200, req.target.encode("latin-1"), {"Content-Type": "text/plain"})
 
 
-class CanonicalTest(GwTestCase):
+class CanonicalTest(RawBackendTestCase):
+    HANDLER = staticmethod(keepalive_handler(echo_target))
 
     @classmethod
-    def setUpClass(cls):
-        cls.py = RawServer(keepalive_handler(echo_target))
-        cls.gw = Gateway(basic_config(
-            upstreams={"py": upstream_cfg(cls.py.url)},
-            routes=[
-                {"name": "admin", "match": {"path_prefix": "/admin/"}, "upstream": "py",
-                 "on_request": NEED_KEY},
-                {"name": "ids", "match": {"path_prefix": "/ids/"}, "upstream": "py",
-                 "encoded_slash": "decode"},
-                {"name": "p", "match": {"path_prefix": "/p/"}, "upstream": "py",
-                 "encoded_slash": "decode"},
-                {"name": "raw", "match": {"path_prefix": "//raw/"}, "upstream": "py",
-                 "merge_slashes": False},
-                {"name": "norm", "match": {"path_prefix": "/norm/"}, "upstream": "py",
-                 "normalize_path": True},
-                {"name": "strip", "match": {"path_prefix": "/strip/"}, "upstream": "py",
-                 "strip_prefix": True, "add_prefix": "/v2"},
-                {"name": "lua", "match": {"path_prefix": "/lua/"}, "upstream": "py",
-                 "on_request": SHOW_PATHS},
-                {"name": "files", "match": {"path_prefix": "/"}, "upstream": "py"},
-            ]))
-
-    @classmethod
-    def tearDownClass(cls):
-        stop_shared(cls.gw, cls.py.close)
-
-    def setUp(self):
-        super().setUp()
-        self.before = len(self.py.requests)
+    def routes(cls):
+        return [
+            {"name": "admin", "match": {"path_prefix": "/admin/"}, "upstream": "py",
+             "on_request": NEED_KEY},
+            {"name": "ids", "match": {"path_prefix": "/ids/"}, "upstream": "py",
+             "encoded_slash": "decode"},
+            {"name": "p", "match": {"path_prefix": "/p/"}, "upstream": "py",
+             "encoded_slash": "decode"},
+            {"name": "raw", "match": {"path_prefix": "//raw/"}, "upstream": "py",
+             "merge_slashes": False},
+            {"name": "norm", "match": {"path_prefix": "/norm/"}, "upstream": "py",
+             "normalize_path": True},
+            {"name": "strip", "match": {"path_prefix": "/strip/"}, "upstream": "py",
+             "strip_prefix": True, "add_prefix": "/v2"},
+            {"name": "lua", "match": {"path_prefix": "/lua/"}, "upstream": "py",
+             "on_request": SHOW_PATHS},
+            {"name": "files", "match": {"path_prefix": "/"}, "upstream": "py"},
+        ]
 
     def exchange(self, raw):
         """Sends raw bytes on a fresh connection; returns the response and the request lines the

@@ -14,23 +14,9 @@ from harness import *  # noqa: E402,F401,F403
 CANARY = b"GET /pipelined-after-bad HTTP/1.1\r\nHost: x\r\n\r\n"
 
 
-class FramingTest(GwTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.py = RawServer(keepalive_handler(json_echo))
-        cls.gw = Gateway(basic_config(
-            upstreams={"py": upstream_cfg(cls.py.url)},
-            routes=[{"match": {"path_prefix": "/"}, "upstream": "py"}],
-            limits={"header_bytes": 4096, "uri_bytes": 1024, "headers": 20, "body_bytes": 1000}))
-
-    @classmethod
-    def tearDownClass(cls):
-        stop_shared(cls.gw, cls.py.close)
-
-    def setUp(self):
-        super().setUp()
-        self.before = len(self.py.requests)
+class FramingTest(RawBackendTestCase):
+    GW_OPTIONS = {"limits": {"header_bytes": 4096, "uri_bytes": 1024, "headers": 20,
+                             "body_bytes": 1000}}
 
     def backend_saw(self):
         return self.py.requests[self.before:]

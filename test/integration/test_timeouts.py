@@ -14,20 +14,9 @@ BODY_MS = 1000
 KEEPALIVE_MS = 500
 
 
-class TimeoutsTest(GwTestCase):
-
-    @classmethod
-    def setUpClass(cls):
-        cls.py = RawServer(keepalive_handler(json_echo))
-        cls.gw = Gateway(basic_config(
-            upstreams={"py": upstream_cfg(cls.py.url)},
-            routes=[{"match": {"path_prefix": "/"}, "upstream": "py"}],
-            timeouts={"header_ms": HEADER_MS, "body_ms": BODY_MS, "keepalive_ms": KEEPALIVE_MS,
-                      "send_ms": 5000, "drain_ms": 2000}))
-
-    @classmethod
-    def tearDownClass(cls):
-        stop_shared(cls.gw, cls.py.close)
+class TimeoutsTest(RawBackendTestCase):
+    GW_OPTIONS = {"timeouts": {"header_ms": HEADER_MS, "body_ms": BODY_MS,
+                               "keepalive_ms": KEEPALIVE_MS, "send_ms": 5000, "drain_ms": 2000}}
 
     def test_half_head_408(self):
         with self.gw.client() as c:
@@ -128,24 +117,13 @@ class TimeoutsTest(GwTestCase):
         self.assertLess(elapsed, max(HEADER_MS, KEEPALIVE_MS) / 1000 + 2.0)
 
 
-class FirstRequestTimeoutTest(GwTestCase):
+class FirstRequestTimeoutTest(RawBackendTestCase):
     """A connection's first request head is timed by header_ms from accept; keepalive_ms (much
     longer here) is only the wait between requests."""
 
     HEADER_MS = 600
     KEEPALIVE_MS = 10000
-
-    @classmethod
-    def setUpClass(cls):
-        cls.py = RawServer(keepalive_handler(json_echo))
-        cls.gw = Gateway(basic_config(
-            upstreams={"py": upstream_cfg(cls.py.url)},
-            routes=[{"match": {"path_prefix": "/"}, "upstream": "py"}],
-            timeouts={"header_ms": cls.HEADER_MS, "keepalive_ms": cls.KEEPALIVE_MS}))
-
-    @classmethod
-    def tearDownClass(cls):
-        stop_shared(cls.gw, cls.py.close)
+    GW_OPTIONS = {"timeouts": {"header_ms": HEADER_MS, "keepalive_ms": KEEPALIVE_MS}}
 
     def test_silent_connection_closed_at_header_ms(self):
         with self.gw.client() as c:

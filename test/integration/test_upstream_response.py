@@ -50,26 +50,16 @@ def forwarded_head(request_line, headers, backend_port, client_host="a", via="1.
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class UpstreamResponseCase(GwTestCase):
-    GW_EXTRA = {}
+class UpstreamResponseCase(RawBackendTestCase):
+    HANDLER = staticmethod(scripted)
     READ_MS = 1000
 
     @classmethod
-    def setUpClass(cls):
-        cls.py = RawServer(scripted)
-        cfg = basic_config(
-            upstreams={"py": upstream_cfg(cls.py.url, retries={"max": 0},
-                                          timeouts={"read_ms": cls.READ_MS})},
-            routes=[{"match": {"path_prefix": "/"}, "upstream": "py"}], **cls.GW_EXTRA)
-        cls.gw = Gateway(cfg)
-
-    @classmethod
-    def tearDownClass(cls):
-        stop_shared(cls.gw, cls.py.close)
+    def upstream(cls):
+        return upstream_cfg(cls.py.url, retries={"max": 0}, timeouts={"read_ms": cls.READ_MS})
 
     def setUp(self):
         super().setUp()
-        self.before = len(self.py.requests)
         self.py.state.pop("eof", None)
 
     def answer(self, fn):
