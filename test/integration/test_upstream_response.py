@@ -62,6 +62,12 @@ class UpstreamResponseCase(RawBackendTestCase):
         super().setUp()
         self.py.state.pop("eof", None)
 
+    def fetch(self, method, path, body=None):
+        """One request with X-Request-Id: RID and Host: a on a fresh connection; its response."""
+        with self.gw.client() as c:
+            c.request(method, path, headers={"X-Request-Id": RID}, body=body, host="a")
+            return c.read_response()
+
     def answer(self, fn):
         self.py.state["answer"] = fn
 
@@ -116,9 +122,7 @@ class InterimTest(UpstreamResponseCase):
                       + build_response(201, b"made"))
             return "again"
         self.answer(answer)
-        with self.gw.client() as c:
-            c.request("POST", "/make", headers={"X-Request-Id": RID}, body=b"abc", host="a")
-            r = c.read_response()
+        r = self.fetch("POST", "/make", body=b"abc")
         self.assertEqual([i.status for i in r.interim], [100, 103, 102])
         self.assertEqual([i.header("link") for i in r.interim], [None, "</a.js>", None])
         self.assertEqual((r.status, r.body), (201, b"made"))
@@ -131,9 +135,7 @@ class InterimTest(UpstreamResponseCase):
             conn.send(b"HTTP/1.1 103 Early Hints\r\nLink: </f>\r\n\r\nHTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n")
             return "eof"
         self.answer(answer)
-        with self.gw.client() as c:
-            c.request("GET", "/f", headers={"X-Request-Id": RID}, host="a")
-            r = c.read_response()
+        r = self.fetch("GET", "/f")
         self.assertEqual([i.status for i in r.interim], [103])
         self.assertJsonError(r, 502, "upstream_protocol_error")
         self.assertUpstreamClosed()
@@ -176,9 +178,7 @@ class InterimTest(UpstreamResponseCase):
             conn.respond(200, b"late")
             return "again"
         self.answer(answer)
-        with self.gw.client() as c:
-            c.request("GET", "/slow", headers={"X-Request-Id": RID}, host="a")
-            r = c.read_response()
+        r = self.fetch("GET", "/slow")
         self.assertEqual((r.status, r.body, len(r.interim)), (200, b"late", 2))
         self.assertForwarded(0, forwarded_head("GET /slow HTTP/1.1", [], self.py.port))
 
@@ -189,9 +189,7 @@ class InterimTest(UpstreamResponseCase):
             conn.respond(200, b"late")
             return "again"
         self.answer(answer)
-        with self.gw.client() as c:
-            c.request("GET", "/slow", headers={"X-Request-Id": RID}, host="a")
-            r = c.read_response()
+        r = self.fetch("GET", "/slow")
         self.assertJsonError(r, 504, "upstream_timeout")
 
     def test_http10_client_never_sees_a_1xx(self):
@@ -296,9 +294,7 @@ class ViaAndForwardedForTest(UpstreamResponseCase):
             conn.send(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
             return "eof"
         self.answer(answer)
-        with self.gw.client() as c:
-            c.request("GET", "/v10", host="a", headers={"X-Request-Id": RID})
-            r = c.read_response()
+        r = self.fetch("GET", "/v10")
         self.assertEqual((r.status, r.header("via")), (200, "1.0 prequal-gw"))
         self.assertForwarded(0, forwarded_head("GET /v10 HTTP/1.1", [], self.py.port))
 
