@@ -50,13 +50,11 @@
 #include "common.h"
 #include "prequal.h"
 
+/* A pool entry is its backend's latest report (gw_prequal_backend_t's report_*), which every
+ * reply replaces; the entry adds what belongs to its use in the pool. */
 typedef struct gw_prequal_entry {
-    uint64_t recv_ms;    /* receipt time of the probe reply */
-    uint64_t seq;        /* insertion order: breaks recv_ms ties so "oldest" is deterministic */
-    uint64_t latency_us; /* reported latency estimate */
+    uint64_t seq; /* insertion order: breaks report_ms ties so "oldest" is deterministic */
     uint32_t backend;
-    uint32_t rif;       /* reported RIF */
-    uint32_t base;      /* the gateway's in-flight count to the backend when the probe went out */
     uint32_t uses_left; /* > 0 while in the pool */
 } gw_prequal_entry_t;
 
@@ -79,10 +77,11 @@ typedef struct gw_prequal_backend {
     double cost_l;        /* reported latencies, decayed (docs/PREQUAL.md §3.5) ... */
     double cost_r;        /* ... and the (RIF + 1) they were reported at, decayed alike ... */
     uint64_t cost_ms;     /* ... as of this time (0: no report with a latency yet) */
-    bool has_report;      /* the latest report (probe, piggyback or synthetic), for the threshold */
-    uint32_t report_rif;
-    uint32_t report_base;
-    uint64_t report_ms;
+    bool has_report;      /* the latest report (probe, piggyback or synthetic): */
+    uint32_t report_rif;  /* the reported RIF */
+    uint32_t report_base; /* the gateway's in-flight count to it when the probe went out */
+    uint64_t report_ms;   /* the reply's receipt time */
+    uint64_t report_latency_us;
     uint64_t retry_at_ms; /* passive/piggyback: when to try an explicit probe again */
     gw_prequal_sample_t samples[GW_PREQUAL_LAT_SAMPLES];
 } gw_prequal_backend_t;
@@ -320,8 +319,8 @@ size_t gw_prequal_choose_probe_targets(gw_prequal_t *p, const bool *eligible, si
 static void gw_prequal_expire(gw_prequal_t *p, uint64_t now_ms)
 {
     for (uint32_t i = 0; i < p->pool_len;) {
-        const gw_prequal_entry_t *e = &p->pool[i];
-        if (now_ms > e->recv_ms && now_ms - e->recv_ms > p->params.max_age_ms)
+        uint64_t t = p->backends[p->pool[i].backend].report_ms;
+        if (now_ms > t && now_ms - t > p->params.max_age_ms)
             gw_prequal_remove_slot(p, i, GW_PREQUAL_RM_AGE);
         else
             i++;
@@ -435,7 +434,8 @@ static uint32_t gw_prequal_oldest(const gw_prequal_t *p)
     uint32_t best = 0;
     for (uint32_t i = 1; i < p->pool_len; i++) {
         const gw_prequal_entry_t *e = &p->pool[i], *b = &p->pool[best];
-        if (e->recv_ms < b->recv_ms || (e->recv_ms == b->recv_ms && e->seq < b->seq))
+        uint64_t te = p->backends[e->backend].report_ms, tb = p->backends[b->backend].report_ms;
+        if (te < tb || (te == tb && e->seq < b->seq))
             best = i;
     }
     return best;
@@ -461,6 +461,7 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
     rb->report_rif = rif;
     rb->report_base = base;
     rb->report_ms = recv_ms;
+    rb->report_latency_us = latency_us;
     if (latency_us > 0) {
         /* A report of 0 says the backend has no recent sample at that RIF: no cost to learn. */
         double f = gw_prequal_decay(p, rb, recv_ms);
@@ -481,15 +482,7 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
         slot = (int32_t)p->pool_len++;
         p->backends[backend].slot = slot;
     }
-    p->pool[slot] = (gw_prequal_entry_t){
-        .recv_ms = recv_ms,
-        .seq = p->seq++,
-        .latency_us = latency_us,
-        .backend = backend,
-        .rif = rif,
-        .base = base,
-        .uses_left = uses,
-    };
+    p->pool[slot] = (gw_prequal_entry_t){.seq = p->seq++, .backend = backend, .uses_left = uses};
     GW_COUNTER_INC(p->stats.probes[stat]);
     GW_RELAXED_STORE(p->stats.pool_entries, (uint64_t)p->pool_len);
 }
@@ -543,9 +536,12 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
                       n_healthy, rng, GW_PREQUAL_PROBE_STAT_OK);
 }
 
-static uint32_t gw_prequal_eff_rif(const gw_prequal_entry_t *e, const gw_prequal_load_t *load)
+static uint32_t gw_prequal_eff_rif(const gw_prequal_t *p, const gw_prequal_entry_t *e,
+                                   const gw_prequal_load_t *load)
 {
-    return load ? gw_prequal_eff(e->rif, e->base, load[e->backend].inflight) : e->rif;
+    const gw_prequal_backend_t *b = &p->backends[e->backend];
+    return load ? gw_prequal_eff(b->report_rif, b->report_base, load[e->backend].inflight)
+                : b->report_rif;
 }
 
 /* HCL orders. Cold: lower latency, then lower RIF, then lower backend index. Hot: lower RIF, then
@@ -682,7 +678,7 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
     for (uint32_t i = 0; i < p->pool_len; i++) {
-        p->eff[i] = gw_prequal_eff_rif(&p->pool[i], load);
+        p->eff[i] = gw_prequal_eff_rif(p, &p->pool[i], load);
         p->pred[i] = gw_prequal_predict(p, p->pool[i].backend, p->eff[i], now_ms);
     }
     for (uint32_t i = 0; i < p->pool_len; i++) {
@@ -747,9 +743,9 @@ void gw_prequal_forget(gw_prequal_t *p, uint32_t backend)
 {
     if (backend >= p->nbackends)
         return;
-    int32_t slot = p->backends[backend].slot;
+    /* An entry is its backend's report: it cannot outlive the state it reads. */
+    gw_prequal_purge(p, backend, GW_PREQUAL_RM_MEMBERSHIP);
     gw_prequal_backend_init(&p->backends[backend]);
-    p->backends[backend].slot = slot;
 }
 
 void gw_prequal_on_probe_result(gw_prequal_t *p, uint32_t backend, gw_prequal_probe_result_t result,
@@ -887,11 +883,12 @@ size_t gw_prequal_pool_snapshot(const gw_prequal_t *p, uint64_t now_ms,
 {
     for (uint32_t i = 0; i < p->pool_len && i < cap; i++) {
         const gw_prequal_entry_t *e = &p->pool[i];
+        const gw_prequal_backend_t *b = &p->backends[e->backend];
         out[i] = (gw_prequal_entry_info_t){
             .backend = e->backend,
-            .rif = e->rif,
-            .latency_us = e->latency_us,
-            .age_ms = now_ms > e->recv_ms ? now_ms - e->recv_ms : 0,
+            .rif = b->report_rif,
+            .latency_us = b->report_latency_us,
+            .age_ms = now_ms > b->report_ms ? now_ms - b->report_ms : 0,
             .uses_left = e->uses_left,
         };
     }

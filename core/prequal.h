@@ -249,8 +249,9 @@ uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_pre
  * or 5xx, MEMBERSHIP for a removed backend). Returns whether an entry was dropped. */
 bool gw_prequal_purge(gw_prequal_t *p, uint32_t backend, gw_prequal_reason_t reason);
 
-/** Resets the per-backend state of `backend` (mode, no-signal count, latency samples) for an
- * index that now names a different backend. Does not touch the pool (see gw_prequal_purge). */
+/** Resets the per-backend state of `backend` (mode, no-signal count, latency samples, latest
+ * report) for an index that now names a different backend, and drops its pool entry if the
+ * caller has not (gw_prequal_purge, reason membership). */
 void gw_prequal_forget(gw_prequal_t *p, uint32_t backend);
 
 /** Feeds an explicit probe's outcome to the backend's mode state machine (docs/PREQUAL.md §4): in
