@@ -216,14 +216,25 @@ void gw_proxy_attach(gw_conn_t *c, gw_upconn_t *u, bool hedge)
 
 /* Detaches attempt `u` from its request and closes its connection (it cannot be reused); the
  * close releases its in-flight count. */
-static void proxy_drop_attempt(gw_conn_t *c, gw_upconn_t *u)
+static void proxy_detach(gw_conn_t *c, gw_upconn_t *u)
 {
     if (c->up == u)
         c->up = NULL;
     if (c->hedge == u)
         c->hedge = NULL;
     u->conn = NULL;
+}
+
+static void proxy_drop_attempt(gw_conn_t *c, gw_upconn_t *u)
+{
+    proxy_detach(c, u);
     gw_upconn_close(u);
+}
+
+/* One more upstream error of `kind` for backend `b` (gw_upstream_errors_total). */
+static void proxy_count_error(gw_worker_t *w, const gw_backend_t *b, enum gw_upstream_error kind)
+{
+    GW_COUNTER_INC(w->metrics->upstream_errors[b->cfg->gindex][kind]);
 }
 
 /* Detaches and closes the request's upstream connections, a hedge's included, and forgets a
@@ -515,7 +526,7 @@ static void proxy_on_hedge_due(uv_timer_t *t)
     }
     proxy_hedge_count(c, GW_HEDGE_SENT);
     if (!proxy_launch(c, b, true)) {
-        GW_COUNTER_INC(c->w->metrics->upstream_errors[b->cfg->gindex][GW_UERR_CONNECT]);
+        proxy_count_error(c->w, b, GW_UERR_CONNECT);
         proxy_report(c, b, NULL, GW_LB_CONNECT_ERROR, 0, 0);
         proxy_hedge_count(c, GW_HEDGE_FAILED);
     }
@@ -550,11 +561,7 @@ static void proxy_cancel(gw_conn_t *c, gw_upconn_t *u)
         proxy_drop_attempt(c, u);
         return;
     }
-    if (c->up == u)
-        c->up = NULL;
-    if (c->hedge == u)
-        c->hedge = NULL;
-    u->conn = NULL;
+    proxy_detach(c, u);
     u->reusable = false;
 }
 
@@ -624,7 +631,7 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
     const gw_upstream_cfg_t *ucfg = w->ups[r->upstream].cfg;
     gw_backend_t *b = u ? u->pool->backend : r->backend;
     if (b)
-        GW_COUNTER_INC(w->metrics->upstream_errors[b->cfg->gindex][kind]);
+        proxy_count_error(w, b, kind);
     proxy_report(c, b, u,
                  kind == GW_UERR_TIMEOUT   ? GW_LB_TIMEOUT
                  : kind == GW_UERR_CONNECT ? GW_LB_CONNECT_ERROR
@@ -704,7 +711,7 @@ void gw_proxy_on_timeout(gw_upconn_t *u)
          * it, a backend that answers nothing but whose every request is hedged away would never
          * be ejected. */
         if (u->inflight) {
-            GW_COUNTER_INC(u->w->metrics->upstream_errors[u->pool->backend->cfg->gindex][GW_UERR_TIMEOUT]);
+            proxy_count_error(u->w, u->pool->backend, GW_UERR_TIMEOUT);
             proxy_health_failure(u->w, u->pool->backend);
         }
         gw_upconn_close(u);
@@ -715,8 +722,7 @@ void gw_proxy_on_timeout(gw_upconn_t *u)
         return;
     }
     if (c->req.response_started) {
-        GW_COUNTER_INC(
-            c->w->metrics->upstream_errors[u->pool->backend->cfg->gindex][GW_UERR_TIMEOUT]);
+        proxy_count_error(c->w, u->pool->backend, GW_UERR_TIMEOUT);
         gw_conn_close(c);
         return;
     }
@@ -1191,7 +1197,7 @@ static void proxy_process_response(gw_conn_t *c, gw_upconn_t *u)
         } else {
             gw_log_warn("upstream %s: invalid response body: %s", u->pool->backend->cfg->url,
                         llhttp_get_error_reason(&u->parser));
-            GW_COUNTER_INC(c->w->metrics->upstream_errors[r->backend->cfg->gindex][GW_UERR_PROTOCOL]);
+            proxy_count_error(c->w, r->backend, GW_UERR_PROTOCOL);
             proxy_drop_upstream(c);
             gw_conn_close(c);
             return;
@@ -1316,7 +1322,7 @@ void gw_proxy_on_read(gw_upconn_t *u, ssize_t nread)
             return;
         }
         /* The response was cut short: the client must not mistake it for a complete one. */
-        GW_COUNTER_INC(c->w->metrics->upstream_errors[c->req.backend->cfg->gindex][GW_UERR_RESET]);
+        proxy_count_error(c->w, c->req.backend, GW_UERR_RESET);
         proxy_drop_upstream(c);
         gw_conn_close(c);
         return;
