@@ -76,4 +76,35 @@ static inline uint32_t gw_rand_below(uint64_t *state, uint32_t n)
     return (uint32_t)(((gw_rand_next(state) >> 32) * (uint64_t)n) >> 32);
 }
 
+/* The k-th smallest (0-based) of v[0..n-1], k < n; reorders v. Quickselect with a Hoare
+ * partition around the middle element: O(n) expected, no allocation. */
+static inline uint32_t gw_select_u32(uint32_t *v, uint32_t n, uint32_t k)
+{
+    int64_t lo = 0, hi = (int64_t)n - 1;
+    while (lo < hi) {
+        uint32_t pivot = v[lo + (hi - lo) / 2];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (v[i] < pivot)
+                i++;
+            while (v[j] > pivot)
+                j--;
+            if (i <= j) {
+                uint32_t t = v[i];
+                v[i++] = v[j];
+                v[j--] = t;
+            }
+        }
+        /* Now v[lo..j] <= pivot <= v[i..hi], and everything strictly between j and i is the
+         * pivot. */
+        if ((int64_t)k <= j)
+            hi = j;
+        else if ((int64_t)k >= i)
+            lo = i;
+        else
+            return v[k];
+    }
+    return v[k];
+}
+
 #endif

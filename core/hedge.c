@@ -56,21 +56,14 @@ void gw_hedge_refund(gw_hedge_t *h)
     h->tokens_milli = GW_MIN(h->tokens_milli + 1000, (uint32_t)GW_HEDGE_BURST * 1000);
 }
 
-static int hedge_cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
 /* The q-quantile of the window (nearest rank), as a delay in whole ms rounded up. */
 static uint32_t hedge_quantile_ms(const gw_hedge_t *h)
 {
-    uint32_t sorted[GW_HEDGE_WINDOW];
-    memcpy(sorted, h->window, h->nsamples * sizeof *sorted);
-    qsort(sorted, h->nsamples, sizeof *sorted, hedge_cmp_u32);
+    uint32_t v[GW_HEDGE_WINDOW];
+    memcpy(v, h->window, h->nsamples * sizeof *v);
     double rank = ceil(h->cfg->after_quantile * h->nsamples);
     uint32_t k = rank < 1 ? 0 : (uint32_t)rank - 1;
-    uint32_t us = sorted[GW_MIN(k, h->nsamples - 1)];
+    uint32_t us = gw_select_u32(v, h->nsamples, GW_MIN(k, h->nsamples - 1));
     return GW_MAX((us + 999) / 1000, (uint32_t)GW_HEDGE_MIN_MS);
 }
 

@@ -363,37 +363,6 @@ static uint32_t gw_prequal_random_round(double x, uint64_t *rng)
     return (uint32_t)fl + (u < x - fl ? 1u : 0u);
 }
 
-/* The k-th smallest (0-based) of v[0..n-1], k < n; reorders v. Quickselect with a Hoare
- * partition around the middle element: O(n) expected, no allocation. */
-static uint32_t gw_prequal_select(uint32_t *v, uint32_t n, uint32_t k)
-{
-    int64_t lo = 0, hi = (int64_t)n - 1;
-    while (lo < hi) {
-        uint32_t pivot = v[lo + (hi - lo) / 2];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] < pivot)
-                i++;
-            while (v[j] > pivot)
-                j--;
-            if (i <= j) {
-                uint32_t t = v[i];
-                v[i++] = v[j];
-                v[j--] = t;
-            }
-        }
-        /* Now v[lo..j] <= pivot <= v[i..hi], and everything strictly between j and i is the
-         * pivot. */
-        if ((int64_t)k <= j)
-            hi = j;
-        else if ((int64_t)k >= i)
-            lo = i;
-        else
-            return v[k];
-    }
-    return v[k];
-}
-
 /* The effective RIF of an entry: the probed RIF corrected by this gateway's own traffic since the
  * probe went out. The in-flight count now minus the count then is exactly (requests sent since)
  * − (requests completed since), counted by every worker; unlike adding one per pick it also falls
@@ -425,7 +394,7 @@ uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_pre
     if (cnt == 0)
         return GW_PREQUAL_THR_INF;
     uint32_t rank = (uint32_t)floor(p->params.q_rif * (double)(cnt - 1));
-    return gw_prequal_select(p->scratch, cnt, rank);
+    return gw_select_u32(p->scratch, cnt, rank);
 }
 
 /* Index of the oldest entry (earliest receipt, then earliest insertion); pool must not be empty. */
@@ -663,7 +632,7 @@ static void gw_prequal_update_prior(gw_prequal_t *p, uint64_t now_ms)
             continue;
         p->scratch[cnt++] = (uint32_t)GW_MIN(b->cost_l / b->cost_r, (double)UINT32_MAX);
     }
-    p->prior_us = cnt ? gw_prequal_select(p->scratch, cnt, cnt / 2) : 0;
+    p->prior_us = cnt ? gw_select_u32(p->scratch, cnt, cnt / 2) : 0;
 }
 
 int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
@@ -843,20 +812,16 @@ uint64_t gw_prequal_synthetic_latency(const gw_prequal_t *p, uint32_t backend, u
             continue;
         if (now_ms > s->t_ms && now_ms - s->t_ms > GW_PREQUAL_LAT_WINDOW_MS)
             continue;
-        /* Insertion sort: at most GW_PREQUAL_LAT_SAMPLES values. */
-        size_t j = n++;
-        while (j > 0 && v[j - 1] > s->latency_us) {
-            v[j] = v[j - 1];
-            j--;
-        }
-        v[j] = s->latency_us;
+        v[n++] = s->latency_us;
     }
     /* No fresh sample: 0, as a backend does (a stale high value would starve an idle backend). */
     if (n == 0)
         return 0;
+    uint32_t hi_mid = gw_select_u32(v, (uint32_t)n, (uint32_t)n / 2);
     if (n % 2 == 1)
-        return v[n / 2];
-    return (uint64_t)v[n / 2 - 1] + (v[n / 2] - v[n / 2 - 1]) / 2;
+        return hi_mid;
+    uint32_t lo_mid = gw_select_u32(v, (uint32_t)n, (uint32_t)n / 2 - 1);
+    return (uint64_t)lo_mid + (hi_mid - lo_mid) / 2;
 }
 
 void gw_prequal_synthesize(gw_prequal_t *p, uint32_t backend, uint32_t inflight, uint64_t now_ms,
