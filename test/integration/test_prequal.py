@@ -108,16 +108,18 @@ class PrequalTest(GwTestCase):
         gw.stop()
         return slow / total, total, text
 
+    def odd_one_shares(self, args, odd_args):
+        """Five backends started with `args`, the last also with `odd_args`: the odd one's share
+        under round robin, then under Prequal with its request count and metrics."""
+        backends = [self.backend("b%d" % i, extra_args=args + (odd_args if i == 4 else []))
+                    for i in range(5)]
+        rr_share, _, _ = self.slow_share("round_robin", backends, backends[4].url)
+        pq_share, total, text = self.slow_share("prequal", backends, backends[4].url)
+        return rr_share, pq_share, total, text
+
     def test_slow_backend_gets_less_traffic_than_round_robin(self):
-        backends = []
-        for i in range(5):
-            args = ["--service-ms", "2", "--dist", "exp"]
-            if i == 4:
-                args += ["--slowdown", "5"]
-            backends.append(self.backend("b%d" % i, extra_args=args))
-        slow_url = backends[4].url
-        rr_share, _, _ = self.slow_share("round_robin", backends, slow_url)
-        pq_share, total, text = self.slow_share("prequal", backends, slow_url)
+        rr_share, pq_share, total, text = self.odd_one_shares(
+            ["--service-ms", "2", "--dist", "exp"], ["--slowdown", "5"])
         log("slow backend share: round_robin %.3f, prequal %.3f" % (rr_share, pq_share))
         self.assertGreater(rr_share, 0.15)          # round robin: about 1/5
         self.assertLess(pq_share, 0.6 * rr_share)   # Prequal: clearly less
@@ -136,20 +138,11 @@ class PrequalTest(GwTestCase):
         self.assertLess(per_request, 4.0)
 
     def test_frozen_backend_gets_less_traffic_than_round_robin(self):
-        help_text = subprocess.run([PGW_BACKEND, "--help"], capture_output=True, timeout=10)
-        if b"--freeze-ms" not in help_text.stdout + help_text.stderr:
-            self.skipTest("pgw-backend has no --freeze-ms (added with bench/prequal-matrix.sh)")
-        backends = []
-        for i in range(5):
-            args = ["--service-ms", "2", "--dist", "exp", "--concurrency", "1"]
-            if i == 4:
-                # Frozen 400 ms of every 500: requests and probes alike go unanswered. A
-                # balancer that saw it perfectly would send it about a fifth of 1/5.
-                args += ["--freeze-ms", "400", "--freeze-every-ms", "500"]
-            backends.append(self.backend("b%d" % i, extra_args=args))
-        frozen = backends[4].url
-        rr_share, _, _ = self.slow_share("round_robin", backends, frozen)
-        pq_share, total, text = self.slow_share("prequal", backends, frozen)
+        # Frozen 400 ms of every 500: requests and probes alike go unanswered. A balancer that
+        # saw it perfectly would send it about a fifth of 1/5.
+        rr_share, pq_share, total, text = self.odd_one_shares(
+            ["--service-ms", "2", "--dist", "exp", "--concurrency", "1"],
+            ["--freeze-ms", "400", "--freeze-every-ms", "500"])
         log("frozen backend share: round_robin %.3f, prequal %.3f" % (rr_share, pq_share))
         self.assertGreater(rr_share, 0.15)          # round robin: about 1/5
         self.assertLess(pq_share, 0.5 * rr_share)   # Prequal: clearly less
