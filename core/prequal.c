@@ -9,11 +9,14 @@
  * - Probing rate (§4 "Probing rate"): every request triggers r_probe probes to distinct backends
  *   chosen uniformly at random. Fractional rates go through an accumulator (take()) rather than a
  *   coin flip, so the long-run rate is exact and tests are deterministic.
- * - Probe pool (§4 "The probe pool"): at most pool_size entries, one per backend (a newer probe
- *   replaces the older; two entries of one backend would double its chance). A full pool evicts
- *   its oldest entry, because the oldest information is the least accurate.
+ * - Probe pool (§4 "The probe pool"): one entry per backend (a newer probe replaces the older;
+ *   two entries of one backend would double its chance). By default every backend may have one
+ *   (ours): a pool of the paper's 16 in front of 32 backends misses the idle ones whenever few
+ *   are idle, which is when it matters. pool_size > 0 caps the pool as in the paper; a full pool
+ *   evicts its oldest entry, because the oldest information is the least accurate.
  * - Reuse and removal (§4 "Probe reuse and removal"): an entry may serve b_reuse requests (Eq. 1,
- *   numerator 1+δ) so that the pool neither drains nor fills with stale entries; after each
+ *   numerator 1+δ, for the paper's pool of 16 unless pool_size is set) so that the pool neither
+ *   drains nor fills with stale entries, and one report cannot draw a herd; after each
  *   request r_remove entries are removed, alternating the oldest (staleness) and the worst (a
  *   backend that is bad now should not linger as a last resort), but never more than replies
  *   added (ours: with n <= pool_size replies mostly replace entries, and the pool drained). Entries
@@ -38,9 +41,8 @@
  * Ownership: one gw_prequal_t per upstream per worker, touched only by that worker. All memory is
  * allocated by gw_prequal_new()/gw_prequal_resize(); every other function runs in bounded time
  * without allocating. The pool is a small unordered array (swap-remove) with a per-backend slot
- * index for O(1) replacement; scans are O(pool_size) and pool_size is small (16 by default). The
- * threshold is a quickselect over one value per backend, O(n) per request like the caller's own
- * health scan.
+ * index for O(1) replacement; scans are O(pool entries) <= O(n), and the threshold is a
+ * quickselect over one value per backend, O(n) per request like the caller's own health scan.
  */
 #include <errno.h>
 #include <math.h>
@@ -91,9 +93,10 @@ struct gw_prequal {
     size_t nbackends;
     gw_prequal_backend_t *backends; /* nbackends (at least one allocated) */
     uint32_t *scratch;              /* nbackends: candidates of choose_probe_targets */
-    gw_prequal_entry_t *pool;       /* params.pool_size */
-    uint32_t *eff;                  /* params.pool_size: effective RIF of pool[i] during a pick */
-    uint64_t *pred;                 /* params.pool_size: predicted latency of pool[i], likewise */
+    gw_prequal_entry_t *pool;       /* pool_cap */
+    uint32_t *eff;                  /* pool_cap: effective RIF of pool[i] during a pick */
+    uint64_t *pred;                 /* pool_cap: predicted latency of pool[i], likewise */
+    uint32_t pool_cap;              /* params.pool_size, or nbackends (at least 1) when it is 0 */
     uint32_t pool_len;
     double probe_acc;       /* take() accumulators */
     double spare;           /* idle fraction of the worker's loop (gw_prequal_loop_idle) ... */
@@ -113,7 +116,7 @@ struct gw_prequal {
 void gw_prequal_params_default(gw_prequal_params_t *p)
 {
     *p = (gw_prequal_params_t){
-        .pool_size = 16,
+        .pool_size = 0,
         .max_age_ms = 1000,
         .probes_per_request = 3.0,
         .removes_per_request = 1.0,
@@ -134,8 +137,8 @@ void gw_prequal_params_default(gw_prequal_params_t *p)
 
 const char *gw_prequal_params_check(const gw_prequal_params_t *p)
 {
-    if (!GW_PREQUAL_IN(p->pool_size, 1u, 1024u))
-        return "pool_size must be in [1, 1024]";
+    if (p->pool_size > 1024u)
+        return "pool_size must be in [0, 1024]";
     if (!GW_PREQUAL_IN(p->max_age_ms, 1u, 60000u))
         return "max_age_ms must be in [1, 60000]";
     if (!GW_PREQUAL_IN(p->probes_per_request, 0.0, 16.0))
@@ -179,11 +182,7 @@ gw_prequal_t *gw_prequal_new(const gw_prequal_params_t *params, size_t nbackends
         return NULL;
     p->params = *params;
     p->spare = 1.0;
-    p->pool = calloc(params->pool_size, sizeof(*p->pool));
-    p->eff = calloc(params->pool_size, sizeof(*p->eff));
-    p->pred = calloc(params->pool_size, sizeof(*p->pred));
-    if (p->pool == NULL || p->eff == NULL || p->pred == NULL ||
-        gw_prequal_resize(p, nbackends) != 0) {
+    if (gw_prequal_resize(p, nbackends) != 0) {
         gw_prequal_free(p);
         return NULL;
     }
@@ -227,21 +226,45 @@ int gw_prequal_resize(gw_prequal_t *p, size_t nbackends)
 {
     if (nbackends > INT32_MAX)
         return -EINVAL;
-    /* Allocate both arrays before touching p so a failure leaves it unchanged. */
+    /* Allocate everything before touching p so a failure leaves it unchanged. */
     size_t alloc = nbackends > 0 ? nbackends : 1;
+    uint32_t cap = p->params.pool_size ? p->params.pool_size : (uint32_t)alloc;
     gw_prequal_backend_t *b = malloc(alloc * sizeof(*b));
     uint32_t *scratch = malloc(alloc * sizeof(*scratch));
-    if (b == NULL || scratch == NULL) {
+    gw_prequal_entry_t *pool = NULL;
+    uint32_t *eff = NULL;
+    uint64_t *pred = NULL;
+    if (cap != p->pool_cap) {
+        pool = malloc(cap * sizeof(*pool));
+        eff = malloc(cap * sizeof(*eff));
+        pred = malloc(cap * sizeof(*pred));
+    }
+    if (b == NULL || scratch == NULL || (cap != p->pool_cap && (!pool || !eff || !pred))) {
         free(b);
         free(scratch);
+        free(pool);
+        free(eff);
+        free(pred);
         return -ENOMEM;
     }
-    /* Drop the entries of vanished backends while the old per-backend array is still valid. */
+    /* Drop the entries of vanished backends while the old per-backend array is still valid;
+     * what is left has one entry per remaining backend, so it fits a pool of nbackends. */
     for (uint32_t i = 0; i < p->pool_len;) {
         if (p->pool[i].backend >= nbackends)
             gw_prequal_remove_slot(p, i, GW_PREQUAL_RM_MEMBERSHIP);
         else
             i++;
+    }
+    if (pool != NULL) {
+        if (p->pool_len > 0)
+            memcpy(pool, p->pool, p->pool_len * sizeof(*pool));
+        free(p->pool);
+        free(p->eff);
+        free(p->pred);
+        p->pool = pool;
+        p->eff = eff; /* eff and pred are scratch of a pick: nothing to keep */
+        p->pred = pred;
+        p->pool_cap = cap;
     }
     size_t keep = GW_MIN(p->nbackends, nbackends);
     if (keep > 0)
@@ -345,7 +368,8 @@ double gw_prequal_reuse_budget(const gw_prequal_params_t *params, size_t n_healt
     double cap = (double)params->max_reuse;
     if (n_healthy == 0)
         return cap;
-    double m = (double)params->pool_size, n = (double)n_healthy;
+    double m = (double)(params->pool_size ? params->pool_size : GW_PREQUAL_REUSE_POOL);
+    double n = (double)n_healthy;
     /* The pool gains (1 − m/n)·r_probe useful entries per request (a probe of a backend that
      * already has an entry only replaces it) and loses r_remove; reuse must make up the rest. */
     double denom = (1.0 - m / n) * params->probes_per_request - params->removes_per_request;
@@ -446,7 +470,7 @@ static void gw_prequal_insert(gw_prequal_t *p, uint32_t backend, uint32_t rif, u
         uint32_t cap = (uint32_t)ceil(p->params.removes_per_request);
         if (p->remove_credit < cap)
             p->remove_credit++;
-        if (p->pool_len == p->params.pool_size)
+        if (p->pool_len == p->pool_cap)
             gw_prequal_remove_slot(p, gw_prequal_oldest(p), GW_PREQUAL_RM_CAPACITY);
         slot = (int32_t)p->pool_len++;
         p->backends[backend].slot = slot;
@@ -682,11 +706,11 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
         gw_prequal_remove_slot(p, slot, GW_PREQUAL_RM_REUSE);
 
     /* Per-request removals never outrun the inflow of new entries: each needs a reply that
-     * added an entry since the last one. With n <= pool_size almost every reply only replaces an
-     * entry, so r_remove removals per request would drain the pool whenever replies lag behind
-     * requests (they arrive in batches, one loop iteration at a time) and send the next picks
-     * to the fallback. With n > pool_size replies keep bringing new backends and the paper's
-     * rate holds. */
+     * added an entry since the last one. When most backends have an entry (always with few
+     * backends) almost every reply only replaces one, so r_remove removals per request would
+     * drain the pool whenever replies lag behind requests (they arrive in batches, one loop
+     * iteration at a time) and send the next picks to the fallback. When replies keep bringing
+     * new backends the paper's rate holds. */
     uint32_t k = gw_prequal_take(&p->remove_acc, p->params.removes_per_request);
     k = GW_MIN(k, p->remove_credit);
     p->remove_credit -= k;

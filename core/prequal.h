@@ -27,7 +27,7 @@
 
 /* docs/PREQUAL.md §2. Field names match gateway.lua. */
 typedef struct gw_prequal_params {
-    uint32_t pool_size;            /* m: max pool entries (one per backend), 1..1024 */
+    uint32_t pool_size; /* m: max pool entries (one per backend), 0..1024; 0: one per backend */
     uint32_t max_age_ms;           /* entries older than this are dropped, 1..60000 */
     double probes_per_request;     /* r_probe, 0..16, fractional allowed */
     double removes_per_request;    /* r_remove, 0..16, fractional allowed */
@@ -101,6 +101,7 @@ typedef enum gw_prequal_probe_action {
 #define GW_PREQUAL_LAT_WINDOW_MS 1000u     /* samples older than this are ignored */
 #define GW_PREQUAL_THR_INF UINT64_MAX      /* threshold when q_rif >= 1 (everything cold) */
 #define GW_PREQUAL_PROBE_BURST 2.0         /* token bucket depth of the probe budget */
+#define GW_PREQUAL_REUSE_POOL 16           /* m of Eq. 1 when pool_size is 0: the paper's pool */
 
 /* Counters. Written only by the owning worker with relaxed stores; other threads may read them
  * with GW_RELAXED_LOAD. */
@@ -189,8 +190,9 @@ bool gw_prequal_idle_probe_due(gw_prequal_t *p, uint64_t now_ms);
 uint32_t gw_prequal_idle_probes(const gw_prequal_t *p);
 
 /** Eq. 1 of the paper: b_reuse = max{1, (1+δ) / ((1 − m/n)·r_probe − r_remove)}, with m =
- * pool_size and n = n_healthy; max_reuse when the denominator is <= 0 (or n is 0); never more than
- * max_reuse. Check value: m=16, n=100, r_probe=3, r_remove=1, δ=1 gives 1.316. */
+ * pool_size (GW_PREQUAL_REUSE_POOL when it is 0) and n = n_healthy; max_reuse when the
+ * denominator is <= 0 (or n is 0); never more than max_reuse. Check value: m=16, n=100,
+ * r_probe=3, r_remove=1, δ=1 gives 1.316. */
 double gw_prequal_reuse_budget(const gw_prequal_params_t *params, size_t n_healthy);
 
 /** Whether the probe budget allows an explicit probe to `backend` now: a token bucket per

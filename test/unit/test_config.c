@@ -336,8 +336,8 @@ static void test_defaults(void **state)
     gw_upstream_cfg_t *u = &cfg->upstreams[0];
     assert_string_equal(u->strategy, "prequal"); /* the default of every upstream */
     assert_string_equal(u->probe_path, "/probe");
-    /* The paper's parameters (docs/PREQUAL.md §2). */
-    assert_int_equal(u->prequal.pool_size, 16);
+    /* The paper's parameters (docs/PREQUAL.md §2), but a pool with room for every backend. */
+    assert_int_equal(u->prequal.pool_size, 0);
     assert_int_equal(u->prequal.max_age_ms, 1000);
     assert_true(u->prequal.probes_per_request == 3.0);
     assert_true(u->prequal.removes_per_request == 1.0);
@@ -665,8 +665,8 @@ static void test_prequal_params(void **state)
               "  prequal = {\n q_rif = 1.5 } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:4: upstreams.api.prequal.q_rif: must be in [0, 1]");
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
-              "  prequal = { pool_size = 0 } } },\n" MINIMAL_ROUTES "}",
-              "gw.lua:3: upstreams.api.prequal.pool_size: must be in [1, 1024]");
+              "  prequal = { pool_size = 1025 } } },\n" MINIMAL_ROUTES "}",
+              "gw.lua:3: upstreams.api.prequal.pool_size: must be in [0, 1024]");
     check_err("return {\n upstreams = { api = { backends = { 'http://127.0.0.1:1' },\n"
               "  prequal = { latency_smoothing_ms = 0 } } },\n" MINIMAL_ROUTES "}",
               "gw.lua:3: upstreams.api.prequal.latency_smoothing_ms: must be in [1, 60000]");

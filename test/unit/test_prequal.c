@@ -100,7 +100,7 @@ static void test_params_default(void **state)
 {
     GW_UNUSED(state);
     gw_prequal_params_t pp = defaults();
-    assert_int_equal(pp.pool_size, 16);
+    assert_int_equal(pp.pool_size, 0); /* one entry per backend */
     assert_int_equal(pp.max_age_ms, 1000);
     assert_true(pp.probes_per_request == 3.0);
     assert_true(pp.removes_per_request == 1.0);
@@ -135,7 +135,6 @@ static void test_params_check(void **state)
         pp.field = value;                                                                          \
         expect_bad(&pp, #field);                                                                   \
     } while (0)
-    BAD(pool_size, 0);
     BAD(pool_size, 1025);
     BAD(max_age_ms, 0);
     BAD(probes_per_request, -0.5);
@@ -163,7 +162,7 @@ static void test_params_check(void **state)
     pp = defaults();
     pp.q_rif = 0.0;
     pp.probes_per_request = 0.0;
-    pp.pool_size = 1;
+    pp.pool_size = 0;
     pp.rif_history = 4096;
     assert_null(gw_prequal_params_check(&pp));
     pp.q_rif = 1.0;
@@ -955,6 +954,51 @@ static void test_capacity_evicts_oldest(void **state)
     gw_prequal_free(p);
 }
 
+/* The default pool has room for every backend, and follows membership changes; an explicit
+ * pool_size is the paper's cap. */
+static void test_pool_holds_every_backend(void **state)
+{
+    GW_UNUSED(state);
+    gw_prequal_params_t pp = defaults();
+    gw_prequal_t *p = mk(&pp, 32);
+    for (uint32_t b = 0; b < 32; b++)
+        probe(p, b, 0, 100, 10);
+    assert_int_equal(st(p)->pool_entries, 32);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_CAPACITY], 0);
+    assert_int_equal(gw_prequal_resize(p, 40), 0); /* the pool grows with the upstream ... */
+    for (uint32_t b = 32; b < 40; b++)
+        probe(p, b, 0, 100, 20);
+    assert_int_equal(st(p)->pool_entries, 40);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_CAPACITY], 0);
+    assert_int_equal(gw_prequal_resize(p, 20), 0); /* ... and shrinks with it, keeping entries */
+    assert_int_equal(st(p)->pool_entries, 20);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_MEMBERSHIP], 20);
+    for (uint32_t b = 0; b < 20; b++)
+        assert_true(in_pool(p, b));
+    probe(p, 19, 0, 100, 30);
+    assert_int_equal(st(p)->pool_entries, 20);
+    gw_prequal_free(p);
+
+    pp.pool_size = 16;
+    p = mk(&pp, 32);
+    for (uint32_t b = 0; b < 32; b++)
+        probe(p, b, 0, 100, 10 + b);
+    assert_int_equal(st(p)->pool_entries, 16);
+    assert_int_equal(st(p)->removals[GW_PREQUAL_RM_CAPACITY], 16);
+    assert_false(in_pool(p, 15)); /* the oldest went */
+    assert_true(in_pool(p, 16));
+    gw_prequal_free(p);
+
+    /* Eq. 1 is sized for the paper's pool of 16 when pool_size is 0. */
+    pp = defaults();
+    double auto_b = gw_prequal_reuse_budget(&pp, 32);
+    pp.pool_size = 16;
+    assert_true(gw_prequal_reuse_budget(&pp, 32) == auto_b);
+    assert_true(fabs(auto_b - 4.0) < 1e-9); /* 2 / ((1 − 16/32)·3 − 1) */
+    pp.pool_size = 24;
+    assert_true(gw_prequal_reuse_budget(&pp, 32) == 16.0); /* 2 / (0.75 − 1) < 0: the cap */
+}
+
 /* ---- probing ---- */
 
 static void test_probe_targets_distinct(void **state)
@@ -1547,6 +1591,7 @@ int main(void)
         cmocka_unit_test(test_one_entry_per_backend),
         cmocka_unit_test(test_uses_never_exceed_budget),
         cmocka_unit_test(test_capacity_evicts_oldest),
+        cmocka_unit_test(test_pool_holds_every_backend),
         cmocka_unit_test(test_probe_targets_distinct),
         cmocka_unit_test(test_probe_targets_uniform),
         cmocka_unit_test(test_probe_budget),
