@@ -265,6 +265,16 @@ def pq_scrape(t):
     return tot
 
 
+def save_metrics(t, save):
+    """Each instance's /metrics after a round, beside the round's samples, for diagnosis (the
+    counters are cumulative over the cell's rounds)."""
+    for i, ap in enumerate(t.admin_ports):
+        st, body = http_get(ap, "/metrics")
+        if st == 200:
+            with open("%s.metrics-%d" % (save, i), "w") as f:
+                f.write(body)
+
+
 def gw_requests(t):
     """Requests each instance of a prequal-gw target has answered (gw_requests_total)."""
     out = []
@@ -610,6 +620,7 @@ class Matrix:
                         if t.is_prequal:
                             after = pq_scrape(t)
                             pq[t.name] = [x + y - z for x, y, z in zip(pq[t.name], after, before)]
+                            save_metrics(t, save)
                         split[t.name] = [x + y - z for x, y, z in
                                          zip(split[t.name], gw_requests(t), before_n)]
                         if res:
