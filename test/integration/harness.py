@@ -28,6 +28,7 @@ import json
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -952,6 +953,7 @@ class Gateway:
                  tmpdir=None, prelude="", args=()):
         require_gateway()
         self.args = list(args)
+        self.own_tmpdir = tmpdir is None
         self.tmpdir = tmpdir or tempfile.mkdtemp(prefix="pgw-it-")
         self.path = os.path.join(self.tmpdir, "gateway.lua")
         self.stderr_path = os.path.join(self.tmpdir, name + ".stderr")
@@ -1078,6 +1080,12 @@ class Gateway:
         self.stopped = True
         self._close_files()
 
+    def remove_tmpdir(self):
+        """Removes the directory the harness made for this gateway (config, logs), unless
+        PGW_KEEP_TMP is set to keep it for a post-mortem. Called after the final stop."""
+        if self.own_tmpdir and not os.environ.get("PGW_KEEP_TMP"):
+            shutil.rmtree(self.tmpdir, True)
+
     def _close_files(self):
         for f in (getattr(self, "_err", None), getattr(self, "_out", None)):
             if f:
@@ -1180,6 +1188,7 @@ def stop_shared(gw, *closers):
         gw.stop()
     finally:
         gw.kill()
+        gw.remove_tmpdir()
         for close in closers:
             close()
 
@@ -1216,6 +1225,7 @@ class GwTestCase(unittest.TestCase):
             gw.stop()
         finally:
             gw.kill()
+            gw.remove_tmpdir()
 
     # assertions
     def assertJsonError(self, resp, status, code=None):

@@ -118,8 +118,10 @@ class LuaTest(GwTestCase):
         return self.gw
 
     def write_hooks(self):
+        import shutil
         import tempfile
-        d = tempfile.mkdtemp()
+        d = tempfile.mkdtemp(prefix="pgw-lua-")
+        self.addCleanup(shutil.rmtree, d, True)
         p = os.path.join(d, "hooks.lua")
         with open(p, "w") as f:
             f.write(HOOKS)
