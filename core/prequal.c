@@ -290,16 +290,18 @@ static uint32_t gw_prequal_take(double *acc, double rate)
 
 uint32_t gw_prequal_probes_for_request(gw_prequal_t *p)
 {
-    return gw_prequal_take(&p->probe_acc, p->params.probes_per_request * p->spare);
+    double scale = GW_MIN(p->spare / GW_PREQUAL_SPARE_KNEE, 1.0);
+    return gw_prequal_take(&p->probe_acc, p->params.probes_per_request * scale);
 }
 
 /* Probing with spare time (ours, docs/PREQUAL.md §3.1). A probe is a round trip like a request,
  * and per backend a cluster of 5 and one of 32 at the same load per replica want the same
  * probes; what differs is the worker's total, and at r_probe per request that total takes the
  * CPU the requests need (32 one-at-a-time replicas, ~8,000 req/s: ~24,000 probes/s). Probes are
- * the work that can wait, so a request's probes are scaled by the fraction of the last window
- * the worker's loop spent idle: full rate while the worker has time, fewer as the requests
- * themselves fill it. */
+ * the work that can wait: a request's probes run at the full rate while the worker's loop was
+ * idle at least GW_PREQUAL_SPARE_KNEE of the last window, and in proportion below that. Under
+ * half busy, an event waits for less than one other event's handling on average, so probes
+ * cost the requests next to nothing; above it the wait grows without bound. */
 void gw_prequal_loop_idle(gw_prequal_t *p, uint64_t now_ms, uint64_t idle_ns)
 {
     if (p->spare_ms != 0 && now_ms < p->spare_ms + GW_PREQUAL_SPARE_WINDOW_MS)

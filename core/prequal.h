@@ -155,14 +155,17 @@ const gw_prequal_params_t *gw_prequal_params(const gw_prequal_t *p);
  * index. Returns 0, or -ENOMEM with `p` unchanged. Allocates. */
 int gw_prequal_resize(gw_prequal_t *p, size_t nbackends);
 
-/** Number of probes this request triggers: take(&acc, probes_per_request × spare), where take
- * adds the rate to an accumulator and returns its integer part, so 0.5 gives 0,1,0,1 and 3 gives
- * 3,3,3, and spare is the worker's idle fraction (gw_prequal_loop_idle; 1 until measured). The
+/** Number of probes this request triggers: take(&acc, probes_per_request × min(1, spare /
+ * GW_PREQUAL_SPARE_KNEE)), where take adds the rate to an accumulator and returns its integer
+ * part, so 0.5 gives 0,1,0,1 and 3 gives 3,3,3, and spare is the worker's idle fraction
+ * (gw_prequal_loop_idle; 1 until measured): the full rate while the loop is idle at least half
+ * the time, proportionally fewer below (docs/PREQUAL.md §3.1). The
  * caller sends min(result, eligible, room under max_probes_in_flight) and counts the rest as
  * skipped. */
 uint32_t gw_prequal_probes_for_request(gw_prequal_t *p);
 
 #define GW_PREQUAL_SPARE_WINDOW_MS 100 /* the idle fraction is measured over this long */
+#define GW_PREQUAL_SPARE_KNEE 0.5      /* idle fraction from which probes run at the full rate */
 
 /** The worker's event loop had spent `idle_ns` in total waiting for events at now_ms (libuv's
  * uv_metrics_idle_time). Once per GW_PREQUAL_SPARE_WINDOW_MS, the idle fraction of the window

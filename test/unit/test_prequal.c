@@ -1121,22 +1121,25 @@ static void test_spare_scales_probes(void **state)
     assert_true(gw_prequal_spare(p) == 1.0);
     gw_prequal_loop_idle(p, 1099, 7 * ms); /* busy, but the window is not over */
     assert_true(gw_prequal_spare(p) == 1.0);
-    gw_prequal_loop_idle(p, 1100, 57 * ms); /* 50 ms idle of 100 */
+    gw_prequal_loop_idle(p, 1100, 57 * ms); /* 50 ms idle of 100: still the full rate */
     assert_true(fabs(gw_prequal_spare(p) - 0.5) < 1e-9);
+    assert_int_equal(probes_for(p, 100), 300);
+    gw_prequal_loop_idle(p, 1200, 82 * ms); /* 25 ms idle of 100: half the rate */
+    assert_true(fabs(gw_prequal_spare(p) - 0.25) < 1e-9);
     assert_int_equal(probes_for(p, 100), 150);
-    gw_prequal_loop_idle(p, 1300, 257 * ms); /* idle the whole 200 ms */
+    gw_prequal_loop_idle(p, 1300, 182 * ms); /* idle the whole 100 ms */
     assert_true(gw_prequal_spare(p) == 1.0);
     assert_int_equal(probes_for(p, 100), 300);
-    gw_prequal_loop_idle(p, 1400, 257 * ms); /* no idle time at all: no request-driven probes */
+    gw_prequal_loop_idle(p, 1400, 182 * ms); /* no idle time at all: no request-driven probes */
     assert_true(gw_prequal_spare(p) == 0.0);
     assert_int_equal(probes_for(p, 100), 0);
     gw_prequal_loop_idle(p, 1500, 400 * ms); /* more idle than wall time (clock steps): 1 */
     assert_true(gw_prequal_spare(p) == 1.0);
     gw_prequal_loop_idle(p, 1600, 100 * ms); /* a counter that went back: kept, new window */
     assert_true(gw_prequal_spare(p) == 1.0);
-    gw_prequal_loop_idle(p, 1700, 190 * ms); /* 90 ms idle of 100 */
-    assert_true(fabs(gw_prequal_spare(p) - 0.9) < 1e-9);
-    assert_int_equal(probes_for(p, 1000), 2700);
+    gw_prequal_loop_idle(p, 1700, 140 * ms); /* 40 ms idle of 100 */
+    assert_true(fabs(gw_prequal_spare(p) - 0.4) < 1e-9);
+    assert_int_equal(probes_for(p, 1000), 2400);
     /* The idle tick's probes do not depend on it. */
     assert_int_equal(gw_prequal_idle_probes(p), 3);
     gw_prequal_free(p);
