@@ -634,6 +634,13 @@ static int gw_cfg_fail(gw_cfg_ctx_t *c, const char *fmt, ...)
     return -1;
 }
 
+/* A key that loads but does nothing: logged as a warning at its place (file, line, key path),
+ * like an error but without failing the load, so existing configurations keep working. */
+static void gw_cfg_warn(gw_cfg_ctx_t *c, const char *msg)
+{
+    gw_log_warn("%s:%d: %s: %s", c->chunk, gw_linemap_line(&c->lines, c->path), c->path, msg);
+}
+
 static size_t gw_cfg_push_key(gw_cfg_ctx_t *c, const char *key)
 {
     size_t old = c->plen;
@@ -1515,6 +1522,11 @@ static int gw_cfg_prequal(gw_cfg_ctx_t *c, int ut, gw_upstream_cfg_t *u)
         for (size_t i = 0; i < GW_ARRAY_LEN(fields) && rc == 0; i++)
             rc = fields[i].u32 ? gw_cfg_u32_field(c, pt, fields[i].key, 0, fields[i].u32)
                                : gw_cfg_number_field(c, pt, fields[i].key, fields[i].dbl);
+        o2 = gw_cfg_field(c, pt, "rif_history");
+        if (rc == 0 && !lua_isnil(c->L, -1))
+            gw_cfg_warn(c, "no longer used (the hot threshold takes one value per backend, "
+                           "docs/PREQUAL.md §3.4); ignored");
+        gw_cfg_field_done(c, o2);
         const char *bad = rc == 0 ? gw_prequal_params_check(p) : NULL;
         if (bad) {
             /* The message starts with the field's name: report it at that key. */

@@ -163,6 +163,23 @@ class ConfigTest(ConfigFileCase):
                          "%s: ok: 1 upstream (2 backends), 2 routes, 0 hooks, admin on 127.0.0.1:%d\n"
                          % (path, aport))
 
+    def test_unused_key_warns_at_its_place(self):
+        # prequal.rif_history does nothing any more: the config loads, and says so where it is.
+        port, aport = free_port(), free_port()
+        text = GOOD.format(port=port, aport=aport).replace(
+            'strategy = "round_robin",',
+            'strategy = "prequal",\n      prequal = { pool_size = 0,\n        rif_history = 64 },')
+        path = self.write("gateway", text)
+        p = run_t(path)
+        err = p.stderr.decode(errors="replace")
+        self.assertEqual(p.returncode, 0, err)
+        line = text.splitlines().index("        rif_history = 64 },") + 1
+        self.assertIn("[warn]", err)
+        self.assertIn("gateway.lua:%d: upstreams.api.prequal.rif_history: no longer used" % line,
+                      err)
+        p = run_t(self.write("quiet", GOOD.format(port=port, aport=aport)))
+        self.assertNotIn("warn", p.stderr.decode(errors="replace"))
+
     def test_example_config_from_issue(self):
         port, aport = free_port(), free_port()
         text = """return {
