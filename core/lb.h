@@ -34,8 +34,9 @@ enum gw_lb_outcome {
     GW_LB_CONNECT_ERROR,  /* could not connect */
     GW_LB_TIMEOUT,        /* connect or read timeout */
     GW_LB_PROTOCOL_ERROR, /* malformed response, reset mid-response */
-    GW_LB_CANCELLED,      /* the gateway gave up waiting (a hedge race was lost): latency_ms is
-                           * how long it had waited, a lower bound of the real latency */
+    GW_LB_CANCELLED,      /* the gateway gave up waiting (a hedge race was lost, or the client
+                           * left before the response head): latency_ms is how long it had
+                           * waited, a lower bound of the real latency */
 };
 
 typedef struct gw_lb_result {

@@ -248,8 +248,30 @@ static void proxy_drop_upstream(gw_conn_t *c)
         proxy_drop_attempt(c, c->up);
 }
 
+static void proxy_report(gw_conn_t *c, gw_backend_t *b, gw_upconn_t *u, enum gw_lb_outcome outcome,
+                         int status, uint64_t latency_ns);
+
+/* Tells the strategy that attempt `u` was given up before its response head (lb.h: cancelled,
+ * with how long it had waited); returns that wait in ns. */
+static uint64_t proxy_report_cancelled(gw_conn_t *c, gw_upconn_t *u)
+{
+    uint64_t waited = u->start_ns ? gw_now_ns() - u->start_ns : 0;
+    proxy_report(c, u->pool->backend, u, GW_LB_CANCELLED, 0, waited);
+    return waited;
+}
+
 void gw_proxy_abort(gw_conn_t *c)
 {
+    /* The client left before a response head: every attempt still waiting for one ends, for
+     * the strategy, as cancelled, as a lost hedge race does. Without it a strategy that counts
+     * what it sent until it hears back (a Lua least-connections, say) would count these for
+     * ever. */
+    if (c->req.upstream_head_ns == 0) {
+        if (c->hedge)
+            proxy_report_cancelled(c, c->hedge);
+        if (c->up)
+            proxy_report_cancelled(c, c->up);
+    }
     proxy_drop_upstream(c);
 }
 
@@ -469,6 +491,25 @@ static bool proxy_launch(gw_conn_t *c, gw_backend_t *b, bool hedge)
     return true;
 }
 
+/* The answer to a request whose last attempt failed with `kind` and that gets no other. */
+static void proxy_respond_failure(gw_conn_t *c, int kind)
+{
+    switch (kind) {
+    case GW_UERR_TIMEOUT:
+        gw_conn_respond_error(c, 504, "upstream_timeout", "the upstream did not answer in time");
+        break;
+    case GW_UERR_CONNECT:
+        gw_conn_respond_error(c, 502, "upstream_unavailable", "no upstream could be reached");
+        break;
+    case GW_UERR_PROTOCOL:
+        gw_conn_respond_error(c, 502, "upstream_protocol_error", "the upstream sent an invalid response");
+        break;
+    default:
+        gw_conn_respond_error(c, 502, "upstream_reset", "the upstream closed the connection");
+        break;
+    }
+}
+
 static void proxy_attempt(gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
@@ -479,13 +520,17 @@ static void proxy_attempt(gw_conn_t *c)
     }
     gw_backend_t *b = proxy_pick(c, false);
     if (!b) {
+        /* Every backend was tried (or the rest are down): the last failure is the answer. */
         if (r->attempts == 0)
             gw_conn_respond_error(c, 503, "no_healthy_backend", "no backend is available");
-        else if (r->last_error == GW_UERR_TIMEOUT)
-            gw_conn_respond_error(c, 504, "upstream_timeout", "the upstream did not answer in time");
         else
-            gw_conn_respond_error(c, 502, "upstream_unavailable", "no upstream could be reached");
+            proxy_respond_failure(c, r->last_error);
         return;
+    }
+    if (r->retry_due) {
+        /* Counted here, not when decided: a retry that finds no backend left did not happen. */
+        GW_COUNTER_INC(c->w->metrics->retries[r->upstream]);
+        r->retry_due = false;
     }
     r->backend = b;
     r->attempts++;
@@ -551,8 +596,7 @@ static void proxy_hedge_arm(gw_conn_t *c)
 static void proxy_cancel(gw_conn_t *c, gw_upconn_t *u)
 {
     gw_worker_upstream_t *wu = &c->w->ups[c->req.upstream];
-    uint64_t waited = u->start_ns ? gw_now_ns() - u->start_ns : 0;
-    proxy_report(c, u->pool->backend, u, GW_LB_CANCELLED, 0, waited);
+    uint64_t waited = proxy_report_cancelled(c, u);
     /* An original that lost took at least this long: leaving it out of the latencies would pull
      * the hedge quantile down, below the delays that made hedges win. */
     if (!u->is_hedge && waited)
@@ -679,7 +723,7 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
         return;
     }
     if (safe && r->attempts <= ucfg->retries_max) {
-        GW_COUNTER_INC(w->metrics->retries[r->upstream]);
+        r->retry_due = true;
         if (ucfg->retry_backoff_ms) {
             uv_timer_start(&c->aux_timer, proxy_on_backoff, ucfg->retry_backoff_ms, 0);
             return;
@@ -687,20 +731,7 @@ static void proxy_fail(gw_conn_t *c, gw_upconn_t *u, enum gw_upstream_error kind
         proxy_attempt(c);
         return;
     }
-    switch (kind) {
-    case GW_UERR_TIMEOUT:
-        gw_conn_respond_error(c, 504, "upstream_timeout", "the upstream did not answer in time");
-        break;
-    case GW_UERR_CONNECT:
-        gw_conn_respond_error(c, 502, "upstream_unavailable", "no upstream could be reached");
-        break;
-    case GW_UERR_PROTOCOL:
-        gw_conn_respond_error(c, 502, "upstream_protocol_error", "the upstream sent an invalid response");
-        break;
-    default:
-        gw_conn_respond_error(c, 502, "upstream_reset", "the upstream closed the connection");
-        break;
-    }
+    proxy_respond_failure(c, kind);
 }
 
 void gw_proxy_on_timeout(gw_upconn_t *u)

@@ -182,6 +182,7 @@ typedef struct gw_request {
     uint64_t tried[GW_MAX_UPSTREAM_BACKENDS / 64]; /* tried backends (and absent slots) by slot */
     uint32_t attempts;
     uint32_t stale_retries;
+    bool retry_due;        /* the next attempt is a retry: counted once it has a backend */
     int last_error;        /* enum gw_upstream_error of the last failure */
     bool hedgeable;        /* its upstream hedges, and it is a GET or HEAD without a body */
     uint8_t hedges;        /* hedges due so far (sent or skipped) */

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -263,6 +264,53 @@ class LuaTest(GwTestCase):
         p = subprocess.run([PGW_BIN, "-t", cfg], capture_output=True, timeout=10)
         self.assertNotEqual(p.returncode, 0)
         self.assertIn(":3: routes[1].on_request: expected function, got string", p.stderr.decode())
+
+
+COUNTING_STRATEGY = """{
+  name = "pending_first",
+  -- the first backend while nothing is pending, else the second: a count that an outcome the
+  -- strategy never hears about would leave raised for good
+  pick = function(backends, req, state)
+    state.pending = (state.pending or 0) + 1
+    return state.pending == 1 and backends[1] or backends[2]
+  end,
+  on_result = function(backend, result, state)
+    state.pending = state.pending - 1
+    state.last = result
+  end,
+}"""
+
+
+class LuaStrategyResultTest(GwTestCase):
+
+    def test_client_abort_reaches_on_result(self):
+        # A client that leaves before the response head ends the attempt, for the strategy, as
+        # a cancelled one (status 0, ok false), as a lost hedge race does.
+        eof = threading.Event()
+
+        def slow_first(conn):
+            while True:
+                req = conn.read_request()
+                if req.target == "/hang":
+                    conn.wait_eof(20)
+                    eof.set()
+                    return
+                conn.respond(200, b"b1")
+
+        b1 = self.raw_server(slow_first)
+        b2 = self.raw_server(keepalive_handler(lambda conn, req: conn.respond(200, b"b2")))
+        gw = self.gateway(basic_config(
+            upstreams={"u": {"backends": [b1.url, b2.url], "strategy": Lua(COUNTING_STRATEGY)}},
+            routes=[{"match": {"path_prefix": "/"}, "upstream": "u"}]))
+        c = Client(gw.port)
+        c.request("GET", "/hang")
+        self.assertTrue(b1.wait_requests(1))
+        c.close()
+        self.assertTrue(eof.wait(10), "the gateway kept the abandoned request open")
+        st, _, body = http_request(gw.port, "GET", "/ok")
+        self.assertEqual((st, body), (200, b"b1"))  # nothing pending: the abort was reported
+        st, _, body = http_request(gw.port, "GET", "/ok")
+        self.assertEqual((st, body), (200, b"b1"))
 
 
 if __name__ == "__main__":

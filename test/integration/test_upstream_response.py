@@ -534,5 +534,28 @@ class MalformedHeadTest(UpstreamResponseCase):
                 self.assertForwarded(0, forwarded_head("GET /m HTTP/1.1", [], self.py.port))
 
 
+
+class EveryBackendFailsTest(GwTestCase):
+    """When the retries run out of backends, the answer is the last failure's, not a generic
+    "unreachable": here every backend sends a malformed head, so the 502 says so."""
+
+    def test_last_failure_is_the_answer(self):
+        def junk(conn):
+            conn.read_request()
+            conn.send(b"HTTP/1.1 200 OK\r\nBad Name: x\r\n\r\n")
+        a, b = self.raw_server(junk), self.raw_server(junk)
+        gw = self.gateway(basic_config(
+            upstreams={"u": upstream_cfg(a.url, b.url, retries={"max": 2})},
+            routes=[{"match": {"path_prefix": "/"}, "upstream": "u"}]))
+        with gw.client() as c:
+            c.request("GET", "/both", host="a")
+            r = c.read_response()
+        self.assertJsonError(r, 502, "upstream_protocol_error")
+        # Both were tried (an idempotent request without a body is retried), once each.
+        self.assertTrue(a.wait_requests(1) and b.wait_requests(1))
+        self.assertEqual((len(a.requests), len(b.requests)), (1, 1))
+        self.assertEqual(gw.metric("gw_retries_total"), 1)
+
+
 if __name__ == "__main__":
     main()
