@@ -380,7 +380,7 @@ class Matrix:
         self.backends = []
         for i in range(1, n + 1):
             args = [self.backend, "--listen", HOST + ":0", "--name", "b%d" % i, "--service-ms",
-                    str(self.a.service_ms), "--dist", "exp", "--concurrency", str(slots),
+                    str(self.a.service_ms), "--dist", self.a.dist, "--concurrency", str(slots),
                     "--quiet"]
             if i == n:
                 args += odd
@@ -694,14 +694,14 @@ class Matrix:
         md = ["# Prequal benchmark matrix, %s" % a.started, "",
               "Command: `%s`" % a.command, "",
               "Open-loop Poisson load (pgw-loadgen), latency from the intended send time; replicas "
-              "are pgw-backend with %g ms exponential service; the odd replica is the last one "
+              "are pgw-backend with %g ms %s service; the odd replica is the last one "
               "(`b<n>`). p50/p99/p99.9: median over rounds of each round's value. err+tmo: errors "
               "and timeouts (%d ms) over all rounds. share: the odd replica's share of the answers "
               "(`equal`: the largest share). fallback: Prequal picks that went to its fallback "
               "branch; probes/pick: ok probes per pick (prequal_picks_total, "
               "prequal_probes_total over the measured segments). Clients: IxW = I instances "
               "of W workers (3x1: behind one HAProxy TCP front, round robin)." % (
-                  a.service_ms, a.timeout_ms), ""]
+                  a.service_ms, "exponential" if a.dist == "exp" else "fixed", a.timeout_ms), ""]
         for scn_desc in sorted({r["scenario"] for r in self.rows}):
             md.append("- `%s`: %s" % (scn_desc, SCENARIOS[scn_desc][2]))
         md.append("")
@@ -897,6 +897,8 @@ def main():
     ap.add_argument("--build", default=os.path.join(ROOT, "build"),
                     help="where pgw-backend and pgw-loadgen are")
     ap.add_argument("--service-ms", type=float, default=2.0)
+    ap.add_argument("--dist", choices=("exp", "fixed"), default="exp",
+                    help="service time distribution of the replicas (mean --service-ms)")
     ap.add_argument("--timeout-ms", type=int, default=5000)
     ap.add_argument("--open", type=int, default=48,
                     help="loadgen connections opened at start (a multiple of 3 splits evenly)")
