@@ -19,7 +19,8 @@
  *   drains nor fills with stale entries, and one report cannot draw a herd; after each
  *   request r_remove entries are removed, alternating the oldest (staleness) and the worst (a
  *   backend that is bad now should not linger as a last resort), but never more than replies
- *   added (ours: with n <= pool_size replies mostly replace entries, and the pool drained). Entries
+ *   added (ours: when most backends have an entry replies mostly replace entries, and the pool
+ *   drained). Entries
  * older than max_age_ms are dropped lazily when selecting.
  * - Selection (§4 "Replica selection"): RIF is judged against the q_rif quantile of the RIFs
  *   reported by *all* backends (not a backend's own history), one value per backend: its latest
@@ -340,12 +341,18 @@ size_t gw_prequal_choose_probe_targets(gw_prequal_t *p, const bool *eligible, si
     return m;
 }
 
+/* Whether something received at t_ms is older than max_age_ms at now_ms: an entry, a backend's
+ * latest report for the threshold, a cost for the prior. */
+static bool gw_prequal_too_old(const gw_prequal_t *p, uint64_t t_ms, uint64_t now_ms)
+{
+    return now_ms > t_ms && now_ms - t_ms > p->params.max_age_ms;
+}
+
 /* Drops entries older than max_age_ms (§4: a stale probe misleads more than no probe). */
 static void gw_prequal_expire(gw_prequal_t *p, uint64_t now_ms)
 {
     for (uint32_t i = 0; i < p->pool_len;) {
-        uint64_t t = p->backends[p->pool[i].backend].report_ms;
-        if (now_ms > t && now_ms - t > p->params.max_age_ms)
+        if (gw_prequal_too_old(p, p->backends[p->pool[i].backend].report_ms, now_ms))
             gw_prequal_remove_slot(p, i, GW_PREQUAL_RM_AGE);
         else
             i++;
@@ -401,6 +408,15 @@ static uint32_t gw_prequal_eff(uint32_t rif, uint32_t base, uint32_t inflight)
     return v < 0 ? 0 : v > UINT32_MAX ? UINT32_MAX : (uint32_t)v;
 }
 
+/* The effective RIF of backend i's latest report: what its entry is judged by, and its voice in
+ * the threshold. Without `load` (nothing known in flight) the reported RIF. */
+static uint32_t gw_prequal_report_eff(const gw_prequal_t *p, uint32_t i,
+                                      const gw_prequal_load_t *load)
+{
+    const gw_prequal_backend_t *b = &p->backends[i];
+    return load ? gw_prequal_eff(b->report_rif, b->report_base, load[i].inflight) : b->report_rif;
+}
+
 uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_prequal_load_t *load)
 {
     if (p->params.q_rif >= 1.0)
@@ -411,11 +427,9 @@ uint64_t gw_prequal_rif_threshold(gw_prequal_t *p, uint64_t now_ms, const gw_pre
     uint32_t cnt = 0;
     for (uint32_t i = 0; i < p->nbackends; i++) {
         const gw_prequal_backend_t *b = &p->backends[i];
-        if (!b->has_report ||
-            (now_ms > b->report_ms && now_ms - b->report_ms > p->params.max_age_ms))
+        if (!b->has_report || gw_prequal_too_old(p, b->report_ms, now_ms))
             continue;
-        p->scratch[cnt++] =
-            gw_prequal_eff(b->report_rif, b->report_base, load ? load[i].inflight : b->report_base);
+        p->scratch[cnt++] = gw_prequal_report_eff(p, i, load);
     }
     if (cnt == 0)
         return GW_PREQUAL_THR_INF;
@@ -529,14 +543,6 @@ void gw_prequal_on_probe(gw_prequal_t *p, uint32_t backend, uint32_t rif, uint64
         return;
     gw_prequal_insert(p, backend, rif, latency_us, recv_ms, p->backends[backend].probe_base,
                       n_healthy, rng, GW_PREQUAL_PROBE_STAT_OK);
-}
-
-static uint32_t gw_prequal_eff_rif(const gw_prequal_t *p, const gw_prequal_entry_t *e,
-                                   const gw_prequal_load_t *load)
-{
-    const gw_prequal_backend_t *b = &p->backends[e->backend];
-    return load ? gw_prequal_eff(b->report_rif, b->report_base, load[e->backend].inflight)
-                : b->report_rif;
 }
 
 /* HCL orders. Cold: lower latency, then lower RIF, then lower backend index. Hot: lower RIF, then
@@ -654,7 +660,7 @@ static void gw_prequal_update_prior(gw_prequal_t *p, uint64_t now_ms)
     uint32_t cnt = 0;
     for (uint32_t i = 0; i < p->nbackends; i++) {
         const gw_prequal_backend_t *b = &p->backends[i];
-        if (b->cost_ms == 0 || (now_ms > b->cost_ms && now_ms - b->cost_ms > p->params.max_age_ms))
+        if (b->cost_ms == 0 || gw_prequal_too_old(p, b->cost_ms, now_ms))
             continue;
         p->scratch[cnt++] = (uint32_t)GW_MIN(b->cost_l / b->cost_r, (double)UINT32_MAX);
     }
@@ -673,7 +679,7 @@ int gw_prequal_pick(gw_prequal_t *p, uint64_t now_ms, const uint64_t *tried,
     int32_t cold = -1, hot = -1;
     uint32_t usable = 0;
     for (uint32_t i = 0; i < p->pool_len; i++) {
-        p->eff[i] = gw_prequal_eff_rif(p, &p->pool[i], load);
+        p->eff[i] = gw_prequal_report_eff(p, p->pool[i].backend, load);
         p->pred[i] = gw_prequal_predict(p, p->pool[i].backend, p->eff[i], now_ms);
     }
     for (uint32_t i = 0; i < p->pool_len; i++) {
