@@ -248,33 +248,6 @@ static void proxy_drop_upstream(gw_conn_t *c)
         proxy_drop_attempt(c, c->up);
 }
 
-static void proxy_report(gw_conn_t *c, gw_backend_t *b, gw_upconn_t *u, enum gw_lb_outcome outcome,
-                         int status, uint64_t latency_ns);
-
-/* Tells the strategy that attempt `u` was given up before its response head (lb.h: cancelled,
- * with how long it had waited); returns that wait in ns. */
-static uint64_t proxy_report_cancelled(gw_conn_t *c, gw_upconn_t *u)
-{
-    uint64_t waited = u->start_ns ? gw_now_ns() - u->start_ns : 0;
-    proxy_report(c, u->pool->backend, u, GW_LB_CANCELLED, 0, waited);
-    return waited;
-}
-
-void gw_proxy_abort(gw_conn_t *c)
-{
-    /* The client left before a response head: every attempt still waiting for one ends, for
-     * the strategy, as cancelled, as a lost hedge race does. Without it a strategy that counts
-     * what it sent until it hears back (a Lua least-connections, say) would count these for
-     * ever. */
-    if (c->req.upstream_head_ns == 0) {
-        if (c->hedge)
-            proxy_report_cancelled(c, c->hedge);
-        if (c->up)
-            proxy_report_cancelled(c, c->up);
-    }
-    proxy_drop_upstream(c);
-}
-
 static gw_lb_ctx_t proxy_lb_ctx(gw_conn_t *c)
 {
     gw_request_t *r = &c->req;
@@ -313,6 +286,30 @@ static void proxy_report(gw_conn_t *c, gw_backend_t *b, gw_upconn_t *u, enum gw_
         res.sig_latency_us = sig.latency_us;
     }
     wu->lb->on_result(wu->lb_state, &ctx, b->index, &res);
+}
+
+/* Tells the strategy that attempt `u` was given up before its response head (lb.h: cancelled,
+ * with how long it had waited); returns that wait in ns. */
+static uint64_t proxy_report_cancelled(gw_conn_t *c, gw_upconn_t *u)
+{
+    uint64_t waited = u->start_ns ? gw_now_ns() - u->start_ns : 0;
+    proxy_report(c, u->pool->backend, u, GW_LB_CANCELLED, 0, waited);
+    return waited;
+}
+
+void gw_proxy_abort(gw_conn_t *c)
+{
+    /* The client left before a response head: every attempt still waiting for one ends, for
+     * the strategy, as cancelled, as a lost hedge race does. Without it a strategy that counts
+     * what it sent until it hears back (a Lua least-connections, say) would count these for
+     * ever. */
+    if (c->req.upstream_head_ns == 0) {
+        if (c->hedge)
+            proxy_report_cancelled(c, c->hedge);
+        if (c->up)
+            proxy_report_cancelled(c, c->up);
+    }
+    proxy_drop_upstream(c);
 }
 
 /* ---- sending the request ---- */
@@ -492,7 +489,7 @@ static bool proxy_launch(gw_conn_t *c, gw_backend_t *b, bool hedge)
 }
 
 /* The answer to a request whose last attempt failed with `kind` and that gets no other. */
-static void proxy_respond_failure(gw_conn_t *c, int kind)
+static void proxy_respond_failure(gw_conn_t *c, enum gw_upstream_error kind)
 {
     switch (kind) {
     case GW_UERR_TIMEOUT:

@@ -183,7 +183,7 @@ typedef struct gw_request {
     uint32_t attempts;
     uint32_t stale_retries;
     bool retry_due;        /* the next attempt is a retry: counted once it has a backend */
-    int last_error;        /* enum gw_upstream_error of the last failure */
+    enum gw_upstream_error last_error; /* of the last failure */
     bool hedgeable;        /* its upstream hedges, and it is a GET or HEAD without a body */
     uint8_t hedges;        /* hedges due so far (sent or skipped) */
     bool upstream_sent;    /* bytes of this request reached a backend */
