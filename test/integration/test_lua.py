@@ -276,7 +276,6 @@ COUNTING_STRATEGY = """{
   end,
   on_result = function(backend, result, state)
     state.pending = state.pending - 1
-    state.last = result
   end,
 }"""
 
