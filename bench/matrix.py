@@ -247,13 +247,20 @@ def parse_result(text):
     return r
 
 
-def pq_scrape(t):
-    """Sum over the target's instances: picks, fallback picks, ok probes."""
-    tot = [0, 0, 0]
+def scrape(t):
+    """Each instance's /metrics text (None where it did not answer): one fetch per instance
+    serves the Prequal totals, the request split and the saved copy."""
+    out = []
     for ap in t.admin_ports:
         st, body = http_get(ap, "/metrics")
-        if st != 200:
-            continue
+        out.append(body if st == 200 else None)
+    return out
+
+
+def pq_totals(bodies):
+    """Sum over a target's instances: picks, fallback picks, ok probes."""
+    tot = [0, 0, 0]
+    for body in filter(None, bodies):
         for ln in body.splitlines():
             if ln.startswith("prequal_picks_total{"):
                 v = float(ln.split()[-1])
@@ -265,24 +272,20 @@ def pq_scrape(t):
     return tot
 
 
-def save_metrics(t, save):
+def save_metrics(bodies, save):
     """Each instance's /metrics after a round, beside the round's samples, for diagnosis (the
     counters are cumulative over the cell's rounds)."""
-    for i, ap in enumerate(t.admin_ports):
-        st, body = http_get(ap, "/metrics")
-        if st == 200:
+    for i, body in enumerate(bodies):
+        if body is not None:
             with open("%s.metrics-%d" % (save, i), "w") as f:
                 f.write(body)
 
 
-def gw_requests(t):
+def gw_requests(bodies):
     """Requests each instance of a prequal-gw target has answered (gw_requests_total)."""
-    out = []
-    for ap in t.admin_ports:
-        st, body = http_get(ap, "/metrics")
-        out.append(sum(float(ln.split()[-1]) for ln in body.splitlines()
-                       if ln.startswith("gw_requests_total")) if st == 200 else 0.0)
-    return out
+    return [sum(float(ln.split()[-1]) for ln in body.splitlines()
+                if ln.startswith("gw_requests_total")) if body is not None else 0.0
+            for body in bodies]
 
 
 def median(xs):
@@ -608,8 +611,7 @@ class Matrix:
                     for t in order:
                         if t.failed or invalid:
                             continue
-                        before = pq_scrape(t) if t.is_prequal else None
-                        before_n = gw_requests(t)
+                        before = scrape(t)
                         save = os.path.join(self.work, "raw-%s-%s-%d-%s-%g-%s-%d" % (
                             scn, slots, n, cname, load, t.name, rnd))
                         res = self.loadgen_run([
@@ -617,12 +619,13 @@ class Matrix:
                             "--duration", "%g" % seg, "--warmup", "%g" % self.a.warmup,
                             "--connections", "2048", "--open", str(self.a.open),
                             "--timeout-ms", str(self.a.timeout_ms), "--quiet", "--save", save])
+                        after = scrape(t)
                         if t.is_prequal:
-                            after = pq_scrape(t)
-                            pq[t.name] = [x + y - z for x, y, z in zip(pq[t.name], after, before)]
-                            save_metrics(t, save)
+                            pq[t.name] = [x + y - z for x, y, z in
+                                          zip(pq[t.name], pq_totals(after), pq_totals(before))]
+                            save_metrics(after, save)
                         split[t.name] = [x + y - z for x, y, z in
-                                         zip(split[t.name], gw_requests(t), before_n)]
+                                         zip(split[t.name], gw_requests(after), gw_requests(before))]
                         if res:
                             res["save"] = save
                             per[t.name].append(res)
