@@ -94,9 +94,10 @@ extern const gw_lb_ops_t gw_lb_prequal;
 /* The adapter for an upstream whose strategy is a Lua table (lb_lua.c); not in the registry. */
 extern const gw_lb_ops_t gw_lb_lua;
 
-/* Prequal's pool for Lua strategies' backend views: copies up to `cap` entries of a prequal
- * state's pool (lb_prequal.c). */
-size_t gw_lb_prequal_pool(void *state, uint64_t now_ms, gw_prequal_entry_info_t *out, size_t cap);
+/* Prequal's pool for Lua strategies' backend views: backend's entry in a prequal state's pool,
+ * false when it has none (lb_prequal.c). */
+bool gw_lb_prequal_entry(void *state, uint32_t backend, uint64_t now_ms,
+                         gw_prequal_entry_info_t *out);
 extern const gw_lb_ops_t gw_lb_weighted_round_robin;
 extern const gw_lb_ops_t gw_lb_random;
 extern const gw_lb_ops_t gw_lb_weighted_random;

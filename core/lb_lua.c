@@ -37,7 +37,6 @@ typedef struct lb_lua {
     gw_ffi_backend_t *raw;
     uint64_t *mask;             /* scratch for native picks over a view */
     const gw_lb_ctx_t *ctx;     /* the pick in progress */
-    gw_prequal_entry_info_t pool[GW_PQ_SNAPSHOT_MAX];
 } lb_lua_t;
 
 static int lb_lua_create(const gw_upstream_cfg_t *u, size_t n, void **state)
@@ -98,16 +97,18 @@ static void lb_lua_refresh(lb_lua_t *s, const gw_lb_ctx_t *ctx)
         r->latency_ms = (double)GW_RELAXED_LOAD(b->latency_ewma_us) / 1000.0;
         r->probe_rif = -1;
     }
+    /* Every backend's own entry: the pool holds one per backend, more than /status's snapshot
+     * shows, so a copy of the pool capped at GW_PQ_SNAPSHOT_MAX would miss some. */
     int pq = lb_lua_native_index("prequal");
     if (pq >= 0 && s->native_state[pq]) {
-        size_t m = gw_lb_prequal_pool(s->native_state[pq], ctx->now_ms, s->pool, GW_PQ_SNAPSHOT_MAX);
-        for (size_t k = 0; k < m; k++) {
-            if (s->pool[k].backend >= n)
+        gw_prequal_entry_info_t e;
+        for (size_t i = 0; i < n; i++) {
+            if (!gw_lb_prequal_entry(s->native_state[pq], (uint32_t)i, ctx->now_ms, &e))
                 continue;
-            gw_ffi_backend_t *r = &s->raw[s->pool[k].backend];
-            r->probe_rif = (int32_t)s->pool[k].rif;
-            r->probe_latency_ms = (double)s->pool[k].latency_us / 1000.0;
-            r->probe_age_ms = (double)s->pool[k].age_ms;
+            gw_ffi_backend_t *r = &s->raw[i];
+            r->probe_rif = (int32_t)e.rif;
+            r->probe_latency_ms = (double)e.latency_us / 1000.0;
+            r->probe_age_ms = (double)e.age_ms;
         }
     }
 }

@@ -292,10 +292,11 @@ static void lb_pq_stop(void *state)
     }
 }
 
-size_t gw_lb_prequal_pool(void *state, uint64_t now_ms, gw_prequal_entry_info_t *out, size_t cap)
+bool gw_lb_prequal_entry(void *state, uint32_t backend, uint64_t now_ms,
+                         gw_prequal_entry_info_t *out)
 {
     lb_pq_t *s = state;
-    return gw_prequal_pool_snapshot(s->pq, now_ms, out, cap);
+    return gw_prequal_entry_info(s->pq, backend, now_ms, out);
 }
 
 const gw_lb_ops_t gw_lb_prequal = {

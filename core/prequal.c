@@ -875,21 +875,34 @@ const gw_prequal_stats_t *gw_prequal_stats(const gw_prequal_t *p)
     return &p->stats;
 }
 
+static gw_prequal_entry_info_t gw_prequal_info(const gw_prequal_t *p, const gw_prequal_entry_t *e,
+                                                uint64_t now_ms)
+{
+    const gw_prequal_backend_t *b = &p->backends[e->backend];
+    return (gw_prequal_entry_info_t){
+        .backend = e->backend,
+        .rif = b->report_rif,
+        .latency_us = b->report_latency_us,
+        .age_ms = now_ms > b->report_ms ? now_ms - b->report_ms : 0,
+        .uses_left = e->uses_left,
+    };
+}
+
 size_t gw_prequal_pool_snapshot(const gw_prequal_t *p, uint64_t now_ms,
                                 gw_prequal_entry_info_t *out, size_t cap)
 {
-    for (uint32_t i = 0; i < p->pool_len && i < cap; i++) {
-        const gw_prequal_entry_t *e = &p->pool[i];
-        const gw_prequal_backend_t *b = &p->backends[e->backend];
-        out[i] = (gw_prequal_entry_info_t){
-            .backend = e->backend,
-            .rif = b->report_rif,
-            .latency_us = b->report_latency_us,
-            .age_ms = now_ms > b->report_ms ? now_ms - b->report_ms : 0,
-            .uses_left = e->uses_left,
-        };
-    }
+    for (uint32_t i = 0; i < p->pool_len && i < cap; i++)
+        out[i] = gw_prequal_info(p, &p->pool[i], now_ms);
     return p->pool_len;
+}
+
+bool gw_prequal_entry_info(const gw_prequal_t *p, uint32_t backend, uint64_t now_ms,
+                           gw_prequal_entry_info_t *out)
+{
+    if (backend >= p->nbackends || p->backends[backend].slot < 0)
+        return false;
+    *out = gw_prequal_info(p, &p->pool[p->backends[backend].slot], now_ms);
+    return true;
 }
 
 const char *gw_prequal_branch_name(gw_prequal_branch_t b)

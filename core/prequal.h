@@ -310,6 +310,11 @@ void gw_prequal_count_probe(gw_prequal_t *p, gw_prequal_probe_stat_t stat);
 /** The counters, owned by `p` and valid until gw_prequal_free(). */
 const gw_prequal_stats_t *gw_prequal_stats(const gw_prequal_t *p);
 
+/** `backend`'s pool entry into *out, its age relative to now_ms; false when it has none. O(1).
+ * Does not expire entries. */
+bool gw_prequal_entry_info(const gw_prequal_t *p, uint32_t backend, uint64_t now_ms,
+                           gw_prequal_entry_info_t *out);
+
 /** Copies up to `cap` pool entries into out (in no particular order), ages relative to now_ms;
  * returns the number of entries in the pool (which may exceed cap). Does not expire entries. */
 size_t gw_prequal_pool_snapshot(const gw_prequal_t *p, uint64_t now_ms,

@@ -979,6 +979,21 @@ static void test_pool_holds_every_backend(void **state)
     assert_int_equal(st(p)->pool_entries, 20);
     gw_prequal_free(p);
 
+    /* One backend's entry, in O(1) and without a cap: a Lua view of 100 backends reads each
+     * one's, where /status's copy of the pool stops at GW_PQ_SNAPSHOT_MAX (64). */
+    p = mk(&pp, 100);
+    for (uint32_t b = 0; b < 99; b++)
+        probe(p, b, b % 7, 100 + b, 10);
+    gw_prequal_entry_info_t e;
+    assert_true(gw_prequal_entry_info(p, 98, 25, &e));
+    assert_int_equal(e.backend, 98);
+    assert_int_equal(e.rif, 98 % 7);
+    assert_int_equal(e.latency_us, 198);
+    assert_int_equal(e.age_ms, 15);
+    assert_false(gw_prequal_entry_info(p, 99, 25, &e));  /* never probed */
+    assert_false(gw_prequal_entry_info(p, 100, 25, &e)); /* out of range */
+    gw_prequal_free(p);
+
     pp.pool_size = 16;
     p = mk(&pp, 32);
     for (uint32_t b = 0; b < 32; b++)
