@@ -164,7 +164,9 @@ static void lb_pq_snapshot(lb_pq_t *s, uint64_t now)
 {
     gw_pq_snapshot_t *snap = &s->w->metrics->prequal_snap[s->upstream];
     uv_mutex_lock(&snap->lock);
-    snap->n = gw_prequal_pool_snapshot(s->pq, now, snap->entries, GW_PQ_SNAPSHOT_MAX);
+    /* The pool may hold more entries than the copy: n is what was copied. */
+    snap->total = gw_prequal_pool_snapshot(s->pq, now, snap->entries, GW_PQ_SNAPSHOT_MAX);
+    snap->n = GW_MIN(snap->total, (size_t)GW_PQ_SNAPSHOT_MAX);
     snap->rif_threshold = gw_prequal_rif_threshold(s->pq, now, s->load);
     snap->taken_ms = now;
     uv_mutex_unlock(&snap->lock);

@@ -40,7 +40,8 @@ enum gw_upstream_error {
 typedef struct gw_pq_snapshot {
     uv_mutex_t lock;
     gw_prequal_entry_info_t entries[GW_PQ_SNAPSHOT_MAX];
-    size_t n;
+    size_t n;     /* entries copied, <= GW_PQ_SNAPSHOT_MAX */
+    size_t total; /* entries in the pool */
     uint64_t rif_threshold; /* GW_PREQUAL_THR_INF: +Inf */
     uint64_t taken_ms;      /* loop time of the snapshot, 0: none yet */
 } gw_pq_snapshot_t;

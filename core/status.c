@@ -57,6 +57,7 @@ static cJSON *status_pool(const gw_admin_source_t *src, size_t u, uint64_t now_m
         cJSON_AddNumberToObject(eo, "uses_left", e->uses_left);
         cJSON_AddItemToArray(pool, eo);
     }
+    cJSON_AddNumberToObject(o, "pool_entries", (double)snap->total);
     if (snap->rif_threshold == GW_PREQUAL_THR_INF)
         cJSON_AddStringToObject(o, "rif_threshold", "+Inf");
     else

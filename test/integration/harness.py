@@ -163,22 +163,23 @@ def wait_port(port, timeout=10.0, proc=None):
 # ---------------------------------------------------------------------------
 
 class PgwBackend:
-    """The example backend. `name` is reported in its JSON echo as "backend"."""
+    """The example backend. `name` is reported in its JSON echo as "backend". `host` is the
+    address it binds (0.0.0.0: every loopback address, for many backends in one process)."""
 
-    def __init__(self, name="b1", extra_args=(), port=0):
+    def __init__(self, name="b1", extra_args=(), port=0, host=HOST):
         if not os.path.exists(PGW_BACKEND):
             if "PGW_BACKEND" in os.environ:
                 raise AssertionError("PGW_BACKEND=%s does not exist" % PGW_BACKEND)
             raise unittest.SkipTest("pgw-backend not found at %s" % PGW_BACKEND)
         self.name = name
         self.proc = _register(subprocess.Popen(
-            [PGW_BACKEND, "--listen", "%s:%d" % (HOST, port), "--quiet", "--name", name]
+            [PGW_BACKEND, "--listen", "%s:%d" % (host, port), "--quiet", "--name", name]
             + list(extra_args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
         self.port = None
         self._lines = []
         line = self._readline(10.0)
-        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line or "")
+        m = re.search(r"listening on %s:(\d+)" % re.escape(host), line or "")
         if not m:
             self.stop()
             raise RuntimeError("pgw-backend %s did not report its port; got %r; stderr: %s"
@@ -1202,8 +1203,8 @@ class GwTestCase(unittest.TestCase):
         self._wd = _Watchdog(self.TEST_TIMEOUT, self.id())
         self.addCleanup(self._wd.cancel)
 
-    def backend(self, name="b1", extra_args=(), port=0):
-        b = PgwBackend(name, extra_args, port)
+    def backend(self, name="b1", extra_args=(), port=0, host=HOST):
+        b = PgwBackend(name, extra_args, port, host)
         self.addCleanup(b.stop)
         return b
 

@@ -222,6 +222,24 @@ class PrequalTest(GwTestCase):
             self.assertGreaterEqual(e["rif"], 0)
         self.assertEqual(len({e["backend"] for e in pool}), len(pool), "one entry per backend")
 
+    def test_status_pool_larger_than_its_copy(self):
+        # The pool has room for every backend; /status copies at most 64 entries of it and says
+        # how many there are. 70 backends: one pgw-backend on every loopback address.
+        b = self.backend("many", host="0.0.0.0")
+        urls = ["http://127.0.0.%d:%d" % (k, b.port) for k in range(1, 71)]
+        gw = self.prequal_gateway(urls, idle_probe_ms=5)
+        drive(gw.port, 1.0, threads=2)
+
+        def entries():
+            st = json.loads(get(gw.admin_port, "/status")[2])
+            return st["upstreams"][0]["prequal"]
+        self.assertTrue(wait_until(lambda: entries()["pool_entries"] > 64, 10), entries())
+        pq = entries()
+        self.assertEqual(len(pq["pool"]), 64)
+        self.assertLessEqual(pq["pool_entries"], 70)
+        self.assertEqual(len({e["backend"] for e in pq["pool"]}), 64)
+        self.assertTrue({e["backend"] for e in pq["pool"]} <= set(urls))
+
     def test_metrics_pass_promtool(self):
         promtool = shutil.which("promtool")
         if not promtool:
